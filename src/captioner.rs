@@ -1,0 +1,191 @@
+//! The captioner: a loaded GIT model with its tokenizer and preprocessing, turning decoded images
+//! into captions. Shared by the CLI and the wasm bindings; it never touches files or the network.
+
+use image::RgbImage;
+
+use crate::generate::{generate, Decoding, GenerateOptions, Step};
+use crate::image::{pixel_values, PreprocessorConfig};
+use crate::model::{GenerationConfig, Git, GitConfig, ImagePrefix, Weights};
+use crate::tokenizer::{CaptionTokenizer, TextStream};
+use crate::{Error, Result};
+
+/// The small files of a checkpoint, as bytes (from disk, the hub, a browser fetch or GGUF metadata).
+#[derive(Debug, Clone, Default)]
+pub struct ModelFiles {
+    pub config: Vec<u8>,
+    pub generation_config: Option<Vec<u8>>,
+    pub preprocessor_config: Option<Vec<u8>>,
+    pub tokenizer_json: Option<Vec<u8>>,
+    pub vocab_txt: Option<Vec<u8>>,
+}
+
+impl ModelFiles {
+    /// Names of the files besides the weights that a checkpoint folder may hold.
+    pub const CONFIG: &'static str = "config.json";
+    pub const GENERATION: &'static str = "generation_config.json";
+    pub const PREPROCESSOR: &'static str = "preprocessor_config.json";
+    pub const TOKENIZER: &'static str = "tokenizer.json";
+    pub const VOCAB: &'static str = "vocab.txt";
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptionOptions {
+    pub max_new_tokens: usize,
+    pub decoding: Decoding,
+    /// Text after [CLS] that the caption continues (conditional captioning, or a VQA question).
+    pub prompt: Option<String>,
+}
+
+impl Default for CaptionOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 20, decoding: Decoding::Greedy, prompt: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    /// The generated text only (not the prompt), decoded as transformers' `batch_decode` does.
+    pub text: String,
+    /// The whole sequence as transformers' `generate` returns it: [CLS], prompt, generated ids.
+    pub token_ids: Vec<u32>,
+}
+
+pub struct Captioner {
+    model: Git,
+    tokenizer: CaptionTokenizer,
+    preprocess: PreprocessorConfig,
+    bos: u32,
+    eos: Vec<u32>,
+}
+
+impl Captioner {
+    pub fn new(files: &ModelFiles, weights: &Weights) -> Result<Self> {
+        let config = GitConfig::from_json(&files.config)?;
+        let generation = match &files.generation_config {
+            Some(b) => GenerationConfig::from_json(b)?,
+            None => GenerationConfig::default(),
+        };
+        let tokenizer = match (&files.tokenizer_json, &files.vocab_txt) {
+            (Some(json), _) => CaptionTokenizer::from_tokenizer_json(json)?,
+            (None, Some(vocab)) => CaptionTokenizer::from_vocab_txt(vocab)?,
+            (None, None) => return Err(Error::model("the checkpoint has neither tokenizer.json nor vocab.txt")),
+        };
+        let size = config.vision_config.image_size as u32;
+        let preprocess = match &files.preprocessor_config {
+            Some(b) => PreprocessorConfig::from_json(b)?,
+            None => PreprocessorConfig::clip(size),
+        };
+        // The vision tower accepts one size only; the preprocessor must produce it.
+        let preprocess = if preprocess.output_size() == (size as usize, size as usize) {
+            preprocess
+        } else {
+            preprocess.with_image_size(size)
+        };
+        let model = Git::new(weights, &config)?;
+        Ok(Self {
+            bos: generation.bos_token_id.unwrap_or(config.bos_token_id),
+            eos: generation.eos_token_id.as_ref().unwrap_or(&config.eos_token_id).ids(),
+            model,
+            tokenizer,
+            preprocess,
+        })
+    }
+
+    pub fn config(&self) -> &GitConfig {
+        self.model.config()
+    }
+
+    pub fn model(&self) -> &Git {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &CaptionTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn preprocessor(&self) -> &PreprocessorConfig {
+        &self.preprocess
+    }
+
+    /// Frames per input: 1, or the clip length of a video checkpoint.
+    pub fn frames(&self) -> usize {
+        self.model.config().frames()
+    }
+
+    /// Runs the image encoder and the image half of the decoder: everything that depends on the
+    /// image alone. `frames` is one image, or the frames of one clip for video checkpoints.
+    pub fn encode(&self, frames: &[RgbImage]) -> Result<ImagePrefix> {
+        if frames.is_empty() {
+            return Err(Error::invalid("no image given"));
+        }
+        let pixels = pixel_values(frames, &self.preprocess, self.model.device())?;
+        self.encode_pixels(&pixels)
+    }
+
+    /// As `encode`, from preprocessed pixel values (frames, C, H, W).
+    pub fn encode_pixels(&self, pixels: &candle_core::Tensor) -> Result<ImagePrefix> {
+        let features = self.model.encode_image(pixels)?;
+        self.model.image_prefix(&features)
+    }
+
+    /// Generates a caption for an encoded image. `on_text` receives text fragments as soon as
+    /// they are final (their concatenation is `Caption::text`); returning `false` cancels.
+    pub fn caption_encoded(
+        &self,
+        prefix: &ImagePrefix,
+        opts: &CaptionOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Caption> {
+        let prompt = match &opts.prompt {
+            Some(p) if !p.trim().is_empty() => self.tokenizer.encode_prompt(p)?,
+            _ => Vec::new(),
+        };
+        let gen_opts = GenerateOptions {
+            max_new_tokens: opts.max_new_tokens,
+            decoding: opts.decoding.clone(),
+            bos_token_id: self.bos,
+            eos_token_ids: self.eos.clone(),
+        };
+        let skip = 1 + prompt.len();
+        let mut stream = TextStream::new(&self.tokenizer);
+        let mut failure: Option<Error> = None;
+        let mut on_step = |step: Step<'_>| -> bool {
+            let piece = match step {
+                Step::Token(id) => stream.push(id),
+                Step::Final(ids) => stream.finish_with(&ids[skip.min(ids.len())..]),
+            };
+            match piece {
+                Ok(Some(text)) => on_text(&text),
+                Ok(None) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        };
+        let result = generate(&self.model, prefix, &prompt, &gen_opts, &mut on_step);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let token_ids = result?;
+        if let Some(rest) = stream.finish()? {
+            if !on_text(&rest) {
+                return Err(Error::Cancelled);
+            }
+        }
+        let text = self.tokenizer.decode(&token_ids[skip.min(token_ids.len())..])?;
+        debug_assert_eq!(stream.text(), text);
+        Ok(Caption { text, token_ids })
+    }
+
+    /// Encodes and captions in one call.
+    pub fn caption(
+        &self,
+        frames: &[RgbImage],
+        opts: &CaptionOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Caption> {
+        let prefix = self.encode(frames)?;
+        self.caption_encoded(&prefix, opts, on_text)
+    }
+}

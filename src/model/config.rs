@@ -1,0 +1,253 @@
+//! The checkpoint's own configuration files, read as transformers reads them: `config.json`
+//! (GitConfig with its nested GitVisionConfig) and `generation_config.json`.
+
+use candle_core::Tensor;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The activations GIT checkpoints name in their configs (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Activation {
+    /// Exact (erf) GELU, as transformers' "gelu".
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// CLIP's x * sigmoid(1.702 x).
+    #[serde(rename = "quick_gelu")]
+    QuickGelu,
+    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh", rename = "gelu_fast")]
+    GeluTanh,
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+impl Activation {
+    pub fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Gelu => xs.gelu_erf(),
+            Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Activation::GeluTanh => xs.gelu(),
+            Activation::Relu => xs.relu(),
+        }
+    }
+}
+
+fn default_vision_hidden() -> usize {
+    768
+}
+fn default_vision_intermediate() -> usize {
+    3072
+}
+fn default_12() -> usize {
+    12
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_image_size() -> usize {
+    224
+}
+fn default_patch() -> usize {
+    16
+}
+fn default_quick_gelu() -> Activation {
+    Activation::QuickGelu
+}
+fn default_vision_eps() -> f64 {
+    1e-5
+}
+
+/// GitVisionConfig: the CLIP ViT image encoder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VisionConfig {
+    #[serde(default = "default_vision_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_vision_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_12")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_12")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_channels")]
+    pub num_channels: usize,
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    #[serde(default = "default_patch")]
+    pub patch_size: usize,
+    #[serde(default = "default_quick_gelu")]
+    pub hidden_act: Activation,
+    #[serde(default = "default_vision_eps")]
+    pub layer_norm_eps: f64,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("all vision fields have defaults")
+    }
+}
+
+impl VisionConfig {
+    /// Tokens per frame: one per patch plus the class token.
+    pub fn tokens_per_image(&self) -> usize {
+        let side = self.image_size / self.patch_size;
+        side * side + 1
+    }
+}
+
+fn default_vocab() -> usize {
+    30522
+}
+fn default_hidden() -> usize {
+    768
+}
+fn default_6() -> usize {
+    6
+}
+fn default_gelu() -> Activation {
+    Activation::Gelu
+}
+fn default_max_pos() -> usize {
+    1024
+}
+fn default_text_eps() -> f64 {
+    1e-12
+}
+fn default_bos() -> u32 {
+    101
+}
+fn default_eos() -> EosTokens {
+    EosTokens::One(102)
+}
+
+/// `eos_token_id` may be one id or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EosTokens {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl EosTokens {
+    pub fn ids(&self) -> Vec<u32> {
+        match self {
+            EosTokens::One(id) => vec![*id],
+            EosTokens::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// GitConfig: the BERT-style text decoder and everything that ties the two halves together.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GitConfig {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub vision_config: VisionConfig,
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "default_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_6")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_12")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_vision_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "default_gelu")]
+    pub hidden_act: Activation,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_text_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_bos")]
+    pub bos_token_id: u32,
+    #[serde(default = "default_eos")]
+    pub eos_token_id: EosTokens,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    /// Set for video checkpoints: the number of frames, each with its own temporal embedding.
+    #[serde(default)]
+    pub num_image_with_embedding: Option<usize>,
+}
+
+impl GitConfig {
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let cfg: GitConfig = serde_json::from_slice(bytes)
+            .map_err(|e| Error::model(format!("config.json is not a valid GIT config: {e}")))?;
+        match cfg.model_type.as_deref() {
+            Some("git") => {}
+            Some(other) => {
+                return Err(Error::model(format!(
+                    "config.json describes a `{other}` model, not GIT (model_type \"git\"); \
+                     gitcap only runs GIT checkpoints such as microsoft/git-large-r-coco"
+                )))
+            }
+            None => {
+                return Err(Error::model(
+                    "config.json has no model_type; expected \"git\" (is this a GIT checkpoint?)",
+                ))
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let v = &self.vision_config;
+        let checks = [
+            (self.hidden_size % self.num_attention_heads == 0, "hidden_size must be a multiple of num_attention_heads"),
+            (v.hidden_size % v.num_attention_heads == 0, "vision hidden_size must be a multiple of its num_attention_heads"),
+            (v.patch_size > 0 && v.image_size % v.patch_size == 0, "vision image_size must be a multiple of patch_size"),
+            (self.vocab_size > 0 && self.max_position_embeddings > 0, "vocab_size and max_position_embeddings must be positive"),
+            (self.num_image_with_embedding != Some(0), "num_image_with_embedding must be at least 1 when set"),
+        ];
+        for (ok, msg) in checks {
+            if !ok {
+                return Err(Error::model(format!("config.json: {msg}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames per input: 1 for image checkpoints, `num_image_with_embedding` for video ones.
+    pub fn frames(&self) -> usize {
+        self.num_image_with_embedding.unwrap_or(1)
+    }
+
+    /// Image tokens the text attends to: all frames' tokens.
+    pub fn image_tokens(&self) -> usize {
+        self.vision_config.tokens_per_image() * self.frames()
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// The parts of `generation_config.json` gitcap honours; absent fields fall back to the model config.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationConfig {
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<EosTokens>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    #[serde(default)]
+    pub num_beams: Option<usize>,
+    #[serde(default)]
+    pub length_penalty: Option<f64>,
+}
+
+impl GenerationConfig {
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::model(format!("generation_config.json is not valid: {e}")))
+    }
+}

@@ -1,0 +1,12 @@
+//! The GIT architecture: pure tensor code, no I/O, compiled for native targets and wasm32 alike.
+
+pub mod config;
+pub mod git;
+pub mod nn;
+pub mod text;
+pub mod vision;
+
+pub use config::{GenerationConfig, GitConfig, VisionConfig};
+pub use git::Git;
+pub use nn::Weights;
+pub use text::{ImagePrefix, TextCache};

@@ -1,0 +1,220 @@
+//! The few layers GIT is built from, over one weight source that is either dense (safetensors,
+//! PyTorch pickles) or quantized (GGUF). The model files are written once against `Weights` and so
+//! serve f32, f16 and quantized checkpoints, natively and in wasm.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Shape, Tensor, D};
+use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
+
+use crate::{Error, Result};
+
+#[derive(Clone)]
+enum Source {
+    Dense(candle_nn::VarBuilder<'static>),
+    Quantized(QVarBuilder),
+}
+
+/// A view of a checkpoint's tensors under a name prefix (`git.encoder.layer.3`, ...).
+#[derive(Clone)]
+pub struct Weights {
+    source: Source,
+    prefix: String,
+}
+
+impl Weights {
+    pub fn dense(vb: candle_nn::VarBuilder<'static>) -> Self {
+        Self { source: Source::Dense(vb), prefix: String::new() }
+    }
+
+    pub fn quantized(vb: QVarBuilder) -> Self {
+        Self { source: Source::Quantized(vb), prefix: String::new() }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.source, Source::Quantized(_))
+    }
+
+    pub fn device(&self) -> Device {
+        match &self.source {
+            Source::Dense(vb) => vb.device().clone(),
+            Source::Quantized(vb) => vb.device().clone(),
+        }
+    }
+
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        let source = match &self.source {
+            Source::Dense(vb) => Source::Dense(vb.pp(name.to_string())),
+            Source::Quantized(vb) => Source::Quantized(vb.pp(name.to_string())),
+        };
+        Self { source, prefix }
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.source {
+            Source::Dense(vb) => vb.contains_tensor(name),
+            Source::Quantized(vb) => vb.contains_key(name),
+        }
+    }
+
+    /// A tensor in the compute dtype (f32), checked against the shape the config implies.
+    pub fn tensor(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        let t = self.raw_tensor(shape, name)?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// A tensor in whatever float dtype it is stored in (f16 embeddings stay f16).
+    fn raw_tensor(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        let shape = shape.into();
+        self.require(name)?;
+        let wrap = |e: candle_core::Error| Error::weight(self.full_name(name), format!("could not be read: {e}"));
+        let t = match &self.source {
+            Source::Dense(vb) => {
+                let t = vb.get_unchecked(name).map_err(wrap)?;
+                self.check_shape(name, t.shape(), &shape)?;
+                t
+            }
+            Source::Quantized(vb) => {
+                let q = vb.get_no_shape(name).map_err(wrap)?;
+                self.check_shape(name, q.shape(), &shape)?;
+                match q.dtype() {
+                    GgmlDType::F16 => q.dequantize_f16(&q.device())?,
+                    _ => q.dequantize(&q.device())?,
+                }
+            }
+        };
+        Ok(t)
+    }
+
+    fn require(&self, name: &str) -> Result<()> {
+        if self.contains(name) {
+            Ok(())
+        } else {
+            Err(Error::weight(self.full_name(name), "is missing from the checkpoint"))
+        }
+    }
+
+    fn check_shape(&self, name: &str, got: &Shape, want: &Shape) -> Result<()> {
+        if got.dims() == want.dims() {
+            Ok(())
+        } else {
+            Err(Error::weight(
+                self.full_name(name),
+                format!("has shape {:?} but the config implies {:?}", got.dims(), want.dims()),
+            ))
+        }
+    }
+
+    fn matmul_weight(&self, out_dim: usize, in_dim: usize, name: &str) -> Result<QMatMul> {
+        self.require(name)?;
+        match &self.source {
+            Source::Dense(_) => Ok(QMatMul::Tensor(self.tensor((out_dim, in_dim), name)?)),
+            Source::Quantized(vb) => {
+                let q: Arc<QTensor> = vb
+                    .get_no_shape(name)
+                    .map_err(|e| Error::weight(self.full_name(name), format!("could not be read: {e}")))?;
+                self.check_shape(name, q.shape(), &Shape::from((out_dim, in_dim)))?;
+                Ok(QMatMul::from_arc(q)?)
+            }
+        }
+    }
+
+    pub fn linear(&self, in_dim: usize, out_dim: usize) -> Result<Linear> {
+        let weight = self.matmul_weight(out_dim, in_dim, "weight")?;
+        let bias = self.tensor(out_dim, "bias")?;
+        Ok(Linear { weight, bias: Some(bias) })
+    }
+
+    pub fn layer_norm(&self, size: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm { weight: self.tensor(size, "weight")?, bias: self.tensor(size, "bias")?, eps })
+    }
+
+    pub fn embedding(&self, count: usize, dim: usize) -> Result<Embedding> {
+        Ok(Embedding { table: self.raw_tensor((count, dim), "weight")?, dim })
+    }
+
+    /// The same table used as a projection (a tied LM head).
+    pub fn embedding_as_linear(&self, count: usize, dim: usize, bias: Tensor) -> Result<Linear> {
+        Ok(Linear { weight: self.matmul_weight(count, dim, "weight")?, bias: Some(bias) })
+    }
+}
+
+/// y = x Wᵀ + b, with W dense or quantized. Inputs of any rank are folded into one matrix product,
+/// which is both what candle's quantized kernels expect and the fastest dense path.
+#[derive(Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dims = xs.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has at least one dimension");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let flat = xs.reshape((rows, in_dim))?;
+        let mut ys = self.weight.forward(&flat)?;
+        if let Some(b) = &self.bias {
+            ys = ys.broadcast_add(b)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = ys.dim(1)?;
+        Ok(ys.reshape(out_dims)?)
+    }
+
+    pub fn out_dim(&self) -> Result<usize> {
+        Ok(match &self.weight {
+            QMatMul::QTensor(q) => q.shape().dims()[0],
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0)?,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps as f32)?)
+    }
+}
+
+/// A lookup table; an f16 table stays f16 in memory and only the looked-up rows become f32.
+#[derive(Clone)]
+pub struct Embedding {
+    table: Tensor,
+    dim: usize,
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut out_dims = ids.dims().to_vec();
+        out_dims.push(self.dim);
+        let flat = ids.flatten_all()?;
+        let rows = self.table.index_select(&flat, 0)?.to_dtype(DType::F32)?;
+        Ok(rows.reshape(out_dims)?)
+    }
+
+    /// Rows `start..start + len` (position embeddings).
+    pub fn rows(&self, start: usize, len: usize) -> Result<Tensor> {
+        Ok(self.table.narrow(0, start, len)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Softmax over the last dimension, in f32.
+pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax_last_dim(xs)?)
+}
+
+#[allow(dead_code)]
+fn _assert_dims(_: D) {}

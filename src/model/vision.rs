@@ -1,0 +1,140 @@
+//! The image encoder: CLIP's ViT as GIT uses it (`git.image_encoder.vision_model`), with the
+//! post-LayerNorm applied to every token, not only the class token.
+
+use candle_core::{Tensor, D};
+
+use super::config::VisionConfig;
+use super::nn::{softmax_last, LayerNorm, Linear, Weights};
+use crate::Result;
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            q_proj: w.pp("q_proj").linear(d, d)?,
+            k_proj: w.pp("k_proj").linear(d, d)?,
+            v_proj: w.pp("v_proj").linear(d, d)?,
+            out_proj: w.pp("out_proj").linear(d, d)?,
+            heads: cfg.num_attention_heads,
+            head_dim: d / cfg.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = xs.dims3()?;
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split(self.q_proj.forward(xs)?)?;
+        let k = split(self.k_proj.forward(xs)?)?;
+        let v = split(self.v_proj.forward(xs)?)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let probs = softmax_last(&scores)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        self.out_proj.forward(&ctx)
+    }
+}
+
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: Attention,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: super::config::Activation,
+}
+
+impl EncoderLayer {
+    fn new(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            layer_norm1: w.pp("layer_norm1").layer_norm(d, cfg.layer_norm_eps)?,
+            self_attn: Attention::new(&w.pp("self_attn"), cfg)?,
+            layer_norm2: w.pp("layer_norm2").layer_norm(d, cfg.layer_norm_eps)?,
+            fc1: w.pp("mlp.fc1").linear(d, cfg.intermediate_size)?,
+            fc2: w.pp("mlp.fc2").linear(cfg.intermediate_size, d)?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
+        let m = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
+        Ok((h + m)?)
+    }
+}
+
+pub struct VisionTransformer {
+    /// The patch convolution (stride = kernel = patch) as a matrix over flattened patches.
+    patch_weight: Tensor,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    post_layernorm: LayerNorm,
+    cfg: VisionConfig,
+}
+
+impl VisionTransformer {
+    /// `w` points at `git.image_encoder.vision_model`.
+    pub fn new(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let c = cfg.num_channels;
+        let emb = w.pp("embeddings");
+        let patch_weight = emb.pp("patch_embedding").tensor((d, c, p, p), "weight")?.reshape((d, c * p * p))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(&w.pp(format!("encoder.layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_weight: patch_weight.t()?.contiguous()?,
+            class_embedding: emb.tensor(d, "class_embedding")?,
+            position_embedding: emb.pp("position_embedding").tensor((cfg.tokens_per_image(), d), "weight")?,
+            pre_layrnorm: w.pp("pre_layrnorm").layer_norm(d, cfg.layer_norm_eps)?,
+            layers,
+            post_layernorm: w.pp("post_layernorm").layer_norm(d, cfg.layer_norm_eps)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// pixel_values (B, C, H, W) → last hidden state (B, tokens, hidden).
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixel_values.dims4()?;
+        let p = self.cfg.patch_size;
+        let size = self.cfg.image_size;
+        if h != size || w != size || c != self.cfg.num_channels {
+            return Err(crate::Error::invalid(format!(
+                "pixel values are {c}×{h}×{w}, the model expects {}×{size}×{size}",
+                self.cfg.num_channels
+            )));
+        }
+        let (gh, gw) = (h / p, w / p);
+        let patches = pixel_values
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * gh * gw, c * p * p))?;
+        let d = self.cfg.hidden_size;
+        let patch_embeds = patches.matmul(&self.patch_weight)?.reshape((b, gh * gw, d))?;
+        let class = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+        let xs = Tensor::cat(&[&class, &patch_embeds], 1)?;
+        let xs = xs.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let mut xs = self.pre_layrnorm.forward(&xs)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs)?;
+        }
+        let out = self.post_layernorm.forward(&xs)?;
+        debug_assert_eq!(out.dim(D::Minus1)?, d);
+        Ok(out)
+    }
+}

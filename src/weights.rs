@@ -1,0 +1,199 @@
+//! Reading checkpoint weights into `model::Weights`: safetensors (single file or sharded with
+//! `model.safetensors.index.json`), PyTorch pickles (`pytorch_model.bin`, native only) and GGUF.
+
+use candle_core::{DType, Device};
+use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
+
+use crate::model::Weights;
+use crate::{Error, Result};
+
+/// Which file of a checkpoint folder holds the weights, in order of preference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightFile {
+    Safetensors(String),
+    ShardedSafetensors { index: String },
+    Pytorch(String),
+    Gguf(String),
+}
+
+/// File names looked for in a checkpoint, best first.
+pub const CANDIDATES: [&str; 3] = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];
+
+pub fn classify(name: &str) -> Option<WeightFile> {
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".gguf") {
+        Some(WeightFile::Gguf(name.to_string()))
+    } else if lower.ends_with(".safetensors.index.json") {
+        Some(WeightFile::ShardedSafetensors { index: name.to_string() })
+    } else if lower.ends_with(".safetensors") {
+        Some(WeightFile::Safetensors(name.to_string()))
+    } else if lower.ends_with(".bin") || lower.ends_with(".pth") || lower.ends_with(".pt") {
+        Some(WeightFile::Pytorch(name.to_string()))
+    } else {
+        None
+    }
+}
+
+/// The shard file names an index lists, each once, in first-seen order.
+pub fn shard_names(index_json: &[u8]) -> Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(index_json)
+        .map_err(|e| Error::model(format!("model.safetensors.index.json is not valid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::model("model.safetensors.index.json has no weight_map"))?;
+    let mut names: Vec<String> = Vec::new();
+    for file in map.values() {
+        let file = file.as_str().ok_or_else(|| Error::model("weight_map values must be file names"))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(Error::model(format!("weight_map names a file outside the checkpoint: {file}")));
+        }
+        if !names.iter().any(|n| n == file) {
+            names.push(file.to_string());
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::model("model.safetensors.index.json lists no shards"));
+    }
+    Ok(names)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::model(format!("{what} is truncated or corrupt ({e}); delete it and download it again"))
+}
+
+/// Weights from safetensors files held in memory (the browser's path).
+pub fn from_safetensors_buffers(buffers: Vec<Vec<u8>>, device: &Device) -> Result<Weights> {
+    use std::collections::HashMap;
+    if buffers.len() == 1 {
+        let buf = buffers.into_iter().next().expect("one buffer");
+        // Validate before handing over, so a truncated download reads as such.
+        safetensors_header_ok(&buf)?;
+        let vb = candle_nn::VarBuilder::from_buffered_safetensors(buf, DType::F32, device)
+            .map_err(|e| corrupt("the safetensors file", e))?;
+        return Ok(Weights::dense(vb));
+    }
+    let mut all: HashMap<String, candle_core::Tensor> = HashMap::new();
+    for buf in buffers {
+        safetensors_header_ok(&buf)?;
+        let tensors = candle_core::safetensors::load_buffer(&buf, device).map_err(|e| corrupt("a safetensors shard", e))?;
+        all.extend(tensors);
+    }
+    Ok(Weights::dense(candle_nn::VarBuilder::from_tensors(all, DType::F32, device)))
+}
+
+/// Checks that a safetensors buffer is complete: its header parses and its data section is as
+/// long as the header says (a truncated download otherwise surfaces as an obscure error later).
+pub fn safetensors_header_ok(buf: &[u8]) -> Result<()> {
+    let what = "the safetensors file";
+    if buf.len() < 8 {
+        return Err(corrupt(what, "shorter than its 8-byte header length"));
+    }
+    let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    if n > (buf.len() - 8) as u64 {
+        return Err(corrupt(what, "its header runs past the end of the file"));
+    }
+    let header = &buf[8..8 + n as usize];
+    check_data_len(what, header, (buf.len() - 8) as u64 - n)
+}
+
+/// Compares the tensor data a safetensors header promises with what the file holds.
+fn check_data_len(what: &str, header: &[u8], have: u64) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_slice(header).map_err(|e| corrupt(what, e))?;
+    let obj = v.as_object().ok_or_else(|| corrupt(what, "its header is not a JSON object"))?;
+    let promised = obj
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .filter_map(|(_, info)| info.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    if have < promised {
+        return Err(corrupt(what, format!("it holds {have} bytes of tensor data, its header promises {promised}")));
+    }
+    Ok(())
+}
+
+/// Weights from a GGUF file held in memory.
+pub fn from_gguf_buffer(buf: &[u8], device: &Device) -> Result<Weights> {
+    let vb = QVarBuilder::from_gguf_buffer(buf, device).map_err(|e| corrupt("the GGUF file", e))?;
+    Ok(Weights::quantized(vb))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::*;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// Finds the weights in a checkpoint folder.
+    pub fn find_in_dir(dir: &Path) -> Result<WeightFile> {
+        for name in CANDIDATES {
+            if dir.join(name).is_file() {
+                return Ok(classify(name).expect("known name"));
+            }
+        }
+        Err(Error::model(format!(
+            "{} holds no weights: expected one of {}",
+            dir.display(),
+            CANDIDATES.join(", ")
+        )))
+    }
+
+    /// Loads weights from files on disk; safetensors are memory-mapped, not copied.
+    pub fn load_file(dir: &Path, file: &WeightFile, device: &Device) -> Result<Weights> {
+        match file {
+            WeightFile::Safetensors(name) => mmap_safetensors(&[dir.join(name)], device),
+            WeightFile::ShardedSafetensors { index } => {
+                let path = dir.join(index);
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Error::model(format!("cannot read {}: {e}", path.display())))?;
+                let shards: Vec<PathBuf> = shard_names(&bytes)?.iter().map(|n| dir.join(n)).collect();
+                for s in &shards {
+                    if !s.is_file() {
+                        return Err(Error::model(format!("shard {} listed in {index} is missing", s.display())));
+                    }
+                }
+                mmap_safetensors(&shards, device)
+            }
+            WeightFile::Pytorch(name) => {
+                let path = dir.join(name);
+                let vb = candle_nn::VarBuilder::from_pth(&path, DType::F32, device)
+                    .map_err(|e| corrupt(&path.display().to_string(), e))?;
+                Ok(Weights::dense(vb))
+            }
+            WeightFile::Gguf(name) => {
+                let path = dir.join(name);
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Error::model(format!("cannot read {}: {e}", path.display())))?;
+                from_gguf_buffer(&bytes, device)
+            }
+        }
+    }
+
+    fn mmap_safetensors(paths: &[PathBuf], device: &Device) -> Result<Weights> {
+        use std::io::Read;
+        for p in paths {
+            let what = p.display().to_string();
+            let mut f = std::fs::File::open(p).map_err(|e| Error::model(format!("cannot open {what}: {e}")))?;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut n8 = [0u8; 8];
+            if len < 8 || f.read_exact(&mut n8).is_err() {
+                return Err(corrupt(&what, "shorter than its header"));
+            }
+            let n = u64::from_le_bytes(n8);
+            if n > len - 8 || n > 100_000_000 {
+                return Err(corrupt(&what, "its header runs past the end of the file"));
+            }
+            let mut header = vec![0u8; n as usize];
+            f.read_exact(&mut header).map_err(|e| corrupt(&what, e))?;
+            check_data_len(&what, &header, len - 8 - n)?;
+        }
+        // SAFETY: the files are opened read-only and, as for every memory-mapped checkpoint loader,
+        // must not be modified while gitcap runs; the checks above catch the common truncated download.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(paths, DType::F32, device) }
+            .map_err(|e| corrupt("the safetensors weights", e))?;
+        Ok(Weights::dense(vb))
+    }
+}

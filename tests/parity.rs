@@ -1,0 +1,100 @@
+//! gitcap against transformers' GitForCausalLM on small random checkpoints (see
+//! tests/make_fixtures.py): image features and logits within 1e-4, identical token ids and text.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{ids, max_abs_diff, model_dir, Reference};
+use gitcap::captioner::CaptionOptions;
+use gitcap::checkpoint::load_dir;
+use gitcap::model::TextCache;
+use gitcap::Decoding;
+
+const TOL: f32 = 1e-4;
+const MODELS: [&str; 2] = ["tiny-coco", "tiny-vatex"];
+
+fn options(case: &serde_json::Value) -> CaptionOptions {
+    let o = &case["options"];
+    let max_new_tokens = o["max_new_tokens"].as_u64().unwrap() as usize;
+    let decoding = match o.get("num_beams").and_then(|b| b.as_u64()) {
+        Some(n) => Decoding::Beam { num_beams: n as usize, length_penalty: o["length_penalty"].as_f64().unwrap() },
+        None => Decoding::Greedy,
+    };
+    CaptionOptions { max_new_tokens, decoding, prompt: case.get("prompt").and_then(|p| p.as_str()).map(String::from) }
+}
+
+#[test]
+fn image_features_and_logits_match_transformers() {
+    for name in MODELS {
+        let reference = Reference::load(name);
+        let captioner = load_dir(&model_dir(name), &Device::Cpu).unwrap();
+        let model = captioner.model();
+        for case in reference.cases() {
+            let key = case["key"].as_str().unwrap();
+            let pixels = reference.tensor(&format!("{key}.pixel_values"));
+            let pixels = if pixels.rank() == 3 { pixels.unsqueeze(0).unwrap() } else { pixels.clone() };
+            let features = model.encode_image(&pixels).unwrap();
+            let err = max_abs_diff(&features.squeeze(0).unwrap(), reference.tensor(&format!("{key}.image_features")));
+            println!("{name} {key}: image features max abs error {err:.2e}");
+            assert!(err < TOL, "{name} {key}: image features differ by {err}");
+
+            let prefix = model.image_prefix(&features).unwrap();
+            let input = ids(&case["logits_input_ids"]);
+            let t = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let logits = model.all_logits(&t, &prefix, &mut TextCache::new()).unwrap().squeeze(0).unwrap();
+            let (got, want) = match reference.tensors.get(&format!("{key}.logits")) {
+                Some(all) => (logits, all.clone()),
+                None => (logits.get(input.len() - 1).unwrap(), reference.tensor(&format!("{key}.last_logits")).clone()),
+            };
+            let err = max_abs_diff(&got, &want);
+            println!("{name} {key}: logits max abs error {err:.2e}");
+            assert!(err < TOL, "{name} {key}: logits differ by {err}");
+        }
+    }
+}
+
+#[test]
+fn cached_decoding_gives_the_logits_of_a_full_pass() {
+    // Feeding tokens one at a time through the caches must equal one pass over the whole sequence.
+    let reference = Reference::load("tiny-coco");
+    let captioner = load_dir(&model_dir("tiny-coco"), &Device::Cpu).unwrap();
+    let model = captioner.model();
+    let pixels = reference.tensor("case0.pixel_values").unsqueeze(0).unwrap();
+    let prefix = model.image_prefix(&model.encode_image(&pixels).unwrap()).unwrap();
+    let input = ids(&reference.cases()[0]["logits_input_ids"]);
+    let mut cache = TextCache::new();
+    let want = reference.tensor("case0.logits");
+    for (i, id) in input.iter().enumerate() {
+        let t = Tensor::new(&[[*id]], &Device::Cpu).unwrap();
+        let step = model.next_logits(&t, &prefix, &mut cache).unwrap().squeeze(0).unwrap();
+        let err = max_abs_diff(&step, &want.get(i).unwrap());
+        assert!(err < TOL, "position {i}: cached logits differ by {err}");
+    }
+}
+
+#[test]
+fn generated_ids_and_text_match_transformers() {
+    for name in MODELS {
+        let reference = Reference::load(name);
+        let captioner = load_dir(&model_dir(name), &Device::Cpu).unwrap();
+        for case in reference.cases() {
+            let key = case["key"].as_str().unwrap();
+            let pixels = reference.tensor(&format!("{key}.pixel_values"));
+            let pixels = if pixels.rank() == 3 { pixels.unsqueeze(0).unwrap() } else { pixels.clone() };
+            let prefix = captioner.encode_pixels(&pixels).unwrap();
+            for run in ["greedy", "beam4", "beam3_lp1", "prompt_greedy"] {
+                let expected = &case[run];
+                let mut streamed = String::new();
+                let caption = captioner
+                    .caption_encoded(&prefix, &options(expected), &mut |t| {
+                        streamed.push_str(t);
+                        true
+                    })
+                    .unwrap();
+                assert_eq!(caption.token_ids, ids(&expected["token_ids"]), "{name} {key} {run}: token ids");
+                assert_eq!(caption.text, expected["text"].as_str().unwrap(), "{name} {key} {run}: text");
+                assert_eq!(streamed, caption.text, "{name} {key} {run}: streamed fragments");
+            }
+        }
+    }
+}
