@@ -3,7 +3,7 @@
 
 use image::RgbImage;
 
-use crate::generate::{generate, Decoding, GenerateOptions, Step};
+use crate::generate::{Decoding, GenerateOptions, Generator, Step};
 use crate::image::{pixel_values, PreprocessorConfig};
 use crate::model::{GenerationConfig, Git, GitConfig, ImagePrefix, Weights};
 use crate::tokenizer::{CaptionTokenizer, TextStream};
@@ -38,7 +38,11 @@ pub struct CaptionOptions {
 
 impl Default for CaptionOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 20, decoding: Decoding::Greedy, prompt: None }
+        Self {
+            max_new_tokens: 20,
+            decoding: Decoding::Greedy,
+            prompt: None,
+        }
     }
 }
 
@@ -68,7 +72,11 @@ impl Captioner {
         let tokenizer = match (&files.tokenizer_json, &files.vocab_txt) {
             (Some(json), _) => CaptionTokenizer::from_tokenizer_json(json)?,
             (None, Some(vocab)) => CaptionTokenizer::from_vocab_txt(vocab)?,
-            (None, None) => return Err(Error::model("the checkpoint has neither tokenizer.json nor vocab.txt")),
+            (None, None) => {
+                return Err(Error::model(
+                    "the checkpoint has neither tokenizer.json nor vocab.txt",
+                ))
+            }
         };
         let size = config.vision_config.image_size as u32;
         let preprocess = match &files.preprocessor_config {
@@ -84,7 +92,11 @@ impl Captioner {
         let model = Git::new(weights, &config)?;
         Ok(Self {
             bos: generation.bos_token_id.unwrap_or(config.bos_token_id),
-            eos: generation.eos_token_id.as_ref().unwrap_or(&config.eos_token_id).ids(),
+            eos: generation
+                .eos_token_id
+                .as_ref()
+                .unwrap_or(&config.eos_token_id)
+                .ids(),
             model,
             tokenizer,
             preprocess,
@@ -128,14 +140,8 @@ impl Captioner {
         self.model.image_prefix(&features)
     }
 
-    /// Generates a caption for an encoded image. `on_text` receives text fragments as soon as
-    /// they are final (their concatenation is `Caption::text`); returning `false` cancels.
-    pub fn caption_encoded(
-        &self,
-        prefix: &ImagePrefix,
-        opts: &CaptionOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Caption> {
+    /// Starts captioning an encoded image; drive the job with `CaptionJob::step`.
+    pub fn start(&self, prefix: ImagePrefix, opts: &CaptionOptions) -> Result<CaptionJob> {
         let prompt = match &opts.prompt {
             Some(p) if !p.trim().is_empty() => self.tokenizer.encode_prompt(p)?,
             _ => Vec::new(),
@@ -146,36 +152,39 @@ impl Captioner {
             bos_token_id: self.bos,
             eos_token_ids: self.eos.clone(),
         };
-        let skip = 1 + prompt.len();
-        let mut stream = TextStream::new(&self.tokenizer);
-        let mut failure: Option<Error> = None;
-        let mut on_step = |step: Step<'_>| -> bool {
-            let piece = match step {
-                Step::Token(id) => stream.push(id),
-                Step::Final(ids) => stream.finish_with(&ids[skip.min(ids.len())..]),
-            };
-            match piece {
-                Ok(Some(text)) => on_text(&text),
-                Ok(None) => true,
-                Err(e) => {
-                    failure = Some(e);
-                    false
+        Ok(CaptionJob {
+            generator: Generator::new(&self.model, &prompt, &gen_opts)?,
+            prefix,
+            stream: TextStream::new(),
+            skip: 1 + prompt.len(),
+        })
+    }
+
+    /// Generates a caption for an encoded image. `on_text` receives text fragments as soon as
+    /// they are final (their concatenation is `Caption::text`); returning `false` cancels.
+    pub fn caption_encoded(
+        &self,
+        prefix: &ImagePrefix,
+        opts: &CaptionOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Caption> {
+        let mut job = self.start(prefix.clone(), opts)?;
+        loop {
+            match job.step(self)? {
+                JobEvent::Text(t) if t.is_empty() => {}
+                JobEvent::Text(t) => {
+                    if !on_text(&t) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                JobEvent::Done { rest, caption } => {
+                    if !rest.is_empty() && !on_text(&rest) {
+                        return Err(Error::Cancelled);
+                    }
+                    return Ok(caption);
                 }
             }
-        };
-        let result = generate(&self.model, prefix, &prompt, &gen_opts, &mut on_step);
-        if let Some(e) = failure {
-            return Err(e);
         }
-        let token_ids = result?;
-        if let Some(rest) = stream.finish()? {
-            if !on_text(&rest) {
-                return Err(Error::Cancelled);
-            }
-        }
-        let text = self.tokenizer.decode(&token_ids[skip.min(token_ids.len())..])?;
-        debug_assert_eq!(stream.text(), text);
-        Ok(Caption { text, token_ids })
     }
 
     /// Encodes and captions in one call.
@@ -187,5 +196,52 @@ impl Captioner {
     ) -> Result<Caption> {
         let prefix = self.encode(frames)?;
         self.caption_encoded(&prefix, opts, on_text)
+    }
+}
+
+/// What one step of a caption job produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    /// Text that became final with this step (often empty: a held-back word, a beam step).
+    Text(String),
+    /// The caption is complete; `rest` is the text not yet reported.
+    Done { rest: String, caption: Caption },
+}
+
+/// One caption in progress: one `step` per token, so a front end can stop between tokens
+/// or yield to its event loop.
+pub struct CaptionJob {
+    generator: Generator,
+    prefix: ImagePrefix,
+    stream: TextStream,
+    skip: usize,
+}
+
+impl CaptionJob {
+    pub fn step(&mut self, captioner: &Captioner) -> Result<JobEvent> {
+        let tokenizer = &captioner.tokenizer;
+        let piece = match self.generator.step(&captioner.model, &self.prefix)? {
+            Some(Step::Token(id)) => self.stream.push(tokenizer, id)?,
+            Some(Step::Final(ids)) => self
+                .stream
+                .finish_with(tokenizer, &ids[self.skip.min(ids.len())..])?,
+            Some(Step::Pending) | None => None,
+        };
+        let Some(token_ids) = self.generator.output().map(<[u32]>::to_vec) else {
+            return Ok(JobEvent::Text(piece.unwrap_or_default()));
+        };
+        let mut rest = piece.unwrap_or_default();
+        rest.push_str(&self.stream.finish(tokenizer)?.unwrap_or_default());
+        let text = tokenizer.decode(&token_ids[self.skip.min(token_ids.len())..])?;
+        if self.stream.text() != text {
+            return Err(Error::model(format!(
+                "streamed text {:?} does not match the decoded caption {text:?}; please report this",
+                self.stream.text()
+            )));
+        }
+        Ok(JobEvent::Done {
+            rest,
+            caption: Caption { text, token_ids },
+        })
     }
 }

@@ -23,7 +23,10 @@ pub fn read_model_files(dir: &Path) -> Result<ModelFiles> {
         return Err(Error::model(format!("{} is not a folder", dir.display())));
     }
     let config = read_optional(dir, ModelFiles::CONFIG)?.ok_or_else(|| {
-        Error::model(format!("{} has no config.json; is it a GIT checkpoint folder?", dir.display()))
+        Error::model(format!(
+            "{} has no config.json; is it a GIT checkpoint folder?",
+            dir.display()
+        ))
     })?;
     Ok(ModelFiles {
         config,
@@ -39,4 +42,13 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Captioner> {
     let files = read_model_files(dir)?;
     let weights = load_file(dir, &find_in_dir(dir)?, device)?;
     Captioner::new(&files, &weights)
+}
+
+/// Loads a captioner from a single GGUF file (weights plus the checkpoint's files as metadata).
+pub fn load_gguf(path: &Path, device: &Device) -> Result<Captioner> {
+    let _ = device;
+    Err(Error::model(format!(
+        "{}: GGUF models are not supported by this build",
+        path.display()
+    )))
 }

@@ -249,7 +249,9 @@ impl PreprocessorConfig {
         if let Some(v) = get("image_std") {
             cfg.image_std = parse_triple(v, "image_std")?;
             if cfg.image_std.iter().any(|s| *s == 0.0) {
-                return Err(Error::invalid("preprocessor config: `image_std` contains a zero"));
+                return Err(Error::invalid(
+                    "preprocessor config: `image_std` contains a zero",
+                ));
             }
         }
         Ok(cfg)
@@ -299,7 +301,10 @@ impl PreprocessorConfig {
             return (width, height);
         }
         match self.size {
-            ResizeTo::Exact { height: h, width: w } => (w, h),
+            ResizeTo::Exact {
+                height: h,
+                width: w,
+            } => (w, h),
             ResizeTo::ShortestEdge(s) => {
                 let (short, long) = if width <= height {
                     (width, height)
@@ -478,7 +483,9 @@ fn format_name(f: ImageFormat) -> &'static str {
 /// corrupt files, unsupported formats and empty input are errors (never panics).
 pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
     if bytes.is_empty() {
-        return Err(Error::image(format!("the image is empty (0 bytes); {NOT_SUPPORTED}")));
+        return Err(Error::image(format!(
+            "the image is empty (0 bytes); {NOT_SUPPORTED}"
+        )));
     }
     let format = match ::image::guess_format(bytes) {
         Ok(
@@ -524,8 +531,7 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
         )));
     }
     let orientation = read_orientation(&mut decoder);
-    let decoded =
-        DynamicImage::from_decoder(decoder).map_err(|e| decode_error(e, name, limits))?;
+    let decoded = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(e, name, limits))?;
     let rgb = to_rgb8_like_pil(decoded);
     Ok(apply_exif_orientation(rgb, orientation))
 }
@@ -536,9 +542,9 @@ fn decode_error(e: ImageError, format: &str, limits: &ImageLimits) -> Error {
             "the image is too large to decode within the {} MiB memory limit ({l})",
             limits.max_alloc >> 20
         )),
-        ImageError::Unsupported(u) => {
-            Error::image(format!("this {format} file uses a feature that is not supported: {u}"))
-        }
+        ImageError::Unsupported(u) => Error::image(format!(
+            "this {format} file uses a feature that is not supported: {u}"
+        )),
         ImageError::IoError(io) => Error::image(format!("{TRUNCATED} ({format}: {io})")),
         other => Error::image(format!("{TRUNCATED} ({format}: {other})")),
     }
@@ -546,9 +552,18 @@ fn decode_error(e: ImageError, format: &str, limits: &ImageLimits) -> Error {
 
 /// Width and height from the first bytes of PNG, GIF and BMP files.
 fn sniff_dimensions(format: ImageFormat, b: &[u8]) -> Option<(u32, u32)> {
-    let be32 = |i: usize| b.get(i..i + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]));
-    let le32 = |i: usize| b.get(i..i + 4).map(|s| i32::from_le_bytes([s[0], s[1], s[2], s[3]]));
-    let le16 = |i: usize| b.get(i..i + 2).map(|s| u32::from(u16::from_le_bytes([s[0], s[1]])));
+    let be32 = |i: usize| {
+        b.get(i..i + 4)
+            .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let le32 = |i: usize| {
+        b.get(i..i + 4)
+            .map(|s| i32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let le16 = |i: usize| {
+        b.get(i..i + 2)
+            .map(|s| u32::from(u16::from_le_bytes([s[0], s[1]])))
+    };
     match format {
         // signature, IHDR length, "IHDR", width, height
         ImageFormat::Png if b.get(12..16) == Some(b"IHDR") => Some((be32(16)?, be32(20)?)),
@@ -566,7 +581,11 @@ fn sniff_dimensions(format: ImageFormat, b: &[u8]) -> Option<(u32, u32)> {
 /// Pillow does ("image file is truncated"); the JPEG decoder itself would silently fill in a
 /// truncated scan.
 fn check_jpeg_complete(b: &[u8]) -> Result<()> {
-    let truncated = || Error::image(format!("{TRUNCATED} (JPEG: the data ends before the end-of-image marker)"));
+    let truncated = || {
+        Error::image(format!(
+            "{TRUNCATED} (JPEG: the data ends before the end-of-image marker)"
+        ))
+    };
     let n = b.len();
     let mut i = 2; // after SOI
     loop {
@@ -584,7 +603,7 @@ fn check_jpeg_complete(b: &[u8]) -> Result<()> {
         let marker = b[i];
         i += 1;
         match marker {
-            0xD9 => return Ok(()),                // EOI
+            0xD9 => return Ok(()),                 // EOI
             0x00 | 0x01 | 0xD0..=0xD8 => continue, // no payload
             _ => {
                 if i + 2 > n {
@@ -645,7 +664,9 @@ fn exif_orientation(data: &[u8]) -> Option<u32> {
             .and_then(|f| f.value.get_uint(0)),
         // kamadak-exif is strict about the whole structure; Pillow is not, so fall back to a
         // plain scan of the first directory.
-        Err(_) => ::image::metadata::Orientation::from_exif_chunk(data).map(|o| u32::from(o.to_exif())),
+        Err(_) => {
+            ::image::metadata::Orientation::from_exif_chunk(data).map(|o| u32::from(o.to_exif()))
+        }
     }
 }
 
@@ -1118,7 +1139,11 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessorConfig) -> Vec<f32> {
 }
 
 /// Preprocesses a batch into a `(N, 3, H, W)` f32 tensor on `device`.
-pub fn pixel_values(imgs: &[RgbImage], cfg: &PreprocessorConfig, device: &Device) -> Result<Tensor> {
+pub fn pixel_values(
+    imgs: &[RgbImage],
+    cfg: &PreprocessorConfig,
+    device: &Device,
+) -> Result<Tensor> {
     let first = imgs
         .first()
         .ok_or_else(|| Error::invalid("no images to preprocess"))?;
@@ -1153,8 +1178,9 @@ mod tests {
         assert_eq!(c.image_processor_type, "CLIPImageProcessor");
         assert_eq!(c.size, ResizeTo::ShortestEdge(384));
         assert_eq!(c.output_size(), (384, 384));
-        let v = PreprocessorConfig::from_json(br#"{"image_processor_type": "VideoMAEImageProcessor"}"#)
-            .unwrap();
+        let v =
+            PreprocessorConfig::from_json(br#"{"image_processor_type": "VideoMAEImageProcessor"}"#)
+                .unwrap();
         assert_eq!(v, PreprocessorConfig::videomae());
         let e = PreprocessorConfig::from_json(br#"{"size": {"longest_edge": 3}}"#);
         assert!(e.is_err());
@@ -1182,8 +1208,14 @@ mod tests {
     #[test]
     fn xmp() {
         assert_eq!(xmp_orientation(b"<x tiff:Orientation=\"6\"/>"), Some(6));
-        assert_eq!(xmp_orientation(b"<tiff:Orientation>3</tiff:Orientation>"), Some(3));
-        assert_eq!(xmp_orientation(b"tiff:Orientation tiff:Orientation=\"8\""), Some(8));
+        assert_eq!(
+            xmp_orientation(b"<tiff:Orientation>3</tiff:Orientation>"),
+            Some(3)
+        );
+        assert_eq!(
+            xmp_orientation(b"tiff:Orientation tiff:Orientation=\"8\""),
+            Some(8)
+        );
         assert_eq!(xmp_orientation(b"nothing"), None);
     }
 }

@@ -21,18 +21,22 @@ impl CaptionTokenizer {
 
     /// Builds the same tokenizer transformers' `BertTokenizer(vocab=..., do_lower_case=True)` makes.
     pub fn from_vocab_txt(bytes: &[u8]) -> Result<Self> {
-        let text = std::str::from_utf8(bytes).map_err(|_| Error::model("vocab.txt is not UTF-8 text"))?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| Error::model("vocab.txt is not UTF-8 text"))?;
         let mut vocab = serde_json::Map::new();
         for (id, line) in text.lines().enumerate() {
             let token = line.trim_end_matches('\r');
-            vocab.entry(token.to_string()).or_insert_with(|| (id as u64).into());
+            vocab
+                .entry(token.to_string())
+                .or_insert_with(|| (id as u64).into());
         }
         let mut added = Vec::new();
         for token in SPECIAL {
-            let id = vocab
-                .get(token)
-                .and_then(|v| v.as_u64())
-                .ok_or_else(|| Error::model(format!("vocab.txt has no {token} token; is it a BERT vocabulary?")))?;
+            let id = vocab.get(token).and_then(|v| v.as_u64()).ok_or_else(|| {
+                Error::model(format!(
+                    "vocab.txt has no {token} token; is it a BERT vocabulary?"
+                ))
+            })?;
             added.push(serde_json::json!({"id": id, "content": token, "single_word": false, "lstrip": false,
                 "rstrip": false, "normalized": false, "special": true}));
         }
@@ -75,34 +79,38 @@ impl CaptionTokenizer {
 /// apostrophes, so the tail of the text can still change when the next token arrives; a fragment
 /// therefore stops before the last word (before the last two when the last is an apostrophe, which
 /// may yet pull the word before it in, as in "don ' t" → "don't").
-pub struct TextStream<'a> {
-    tokenizer: &'a CaptionTokenizer,
+#[derive(Debug, Clone, Default)]
+pub struct TextStream {
     ids: Vec<u32>,
     emitted: String,
 }
 
-impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a CaptionTokenizer) -> Self {
-        Self { tokenizer, ids: Vec::new(), emitted: String::new() }
+impl TextStream {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Adds one generated id; returns the text that became final, if any.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+    pub fn push(&mut self, tokenizer: &CaptionTokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids)?;
+        let text = tokenizer.decode(&self.ids)?;
         let stable = stable_prefix(&text);
         Ok(self.advance(&text[..stable]))
     }
 
     /// Replaces the whole sequence (beam search settles at the end) and flushes everything.
-    pub fn finish_with(&mut self, ids: &[u32]) -> Result<Option<String>> {
+    pub fn finish_with(
+        &mut self,
+        tokenizer: &CaptionTokenizer,
+        ids: &[u32],
+    ) -> Result<Option<String>> {
         self.ids = ids.to_vec();
-        self.finish()
+        self.finish(tokenizer)
     }
 
     /// Everything not yet emitted.
-    pub fn finish(&mut self) -> Result<Option<String>> {
-        let text = self.tokenizer.decode(&self.ids)?;
+    pub fn finish(&mut self, tokenizer: &CaptionTokenizer) -> Result<Option<String>> {
+        let text = tokenizer.decode(&self.ids)?;
         Ok(self.advance(&text))
     }
 
@@ -125,7 +133,9 @@ impl<'a> TextStream<'a> {
 
 /// Byte length of the part of `text` that later tokens cannot change.
 fn stable_prefix(text: &str) -> usize {
-    let Some(last_space) = text.rfind(' ') else { return 0 };
+    let Some(last_space) = text.rfind(' ') else {
+        return 0;
+    };
     let last_word = &text[last_space + 1..];
     if last_word == "'" || last_word.ends_with('\'') {
         text[..last_space].rfind(' ').unwrap_or(0)

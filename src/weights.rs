@@ -17,14 +17,20 @@ pub enum WeightFile {
 }
 
 /// File names looked for in a checkpoint, best first.
-pub const CANDIDATES: [&str; 3] = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];
+pub const CANDIDATES: [&str; 3] = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+];
 
 pub fn classify(name: &str) -> Option<WeightFile> {
     let lower = name.to_ascii_lowercase();
     if lower.ends_with(".gguf") {
         Some(WeightFile::Gguf(name.to_string()))
     } else if lower.ends_with(".safetensors.index.json") {
-        Some(WeightFile::ShardedSafetensors { index: name.to_string() })
+        Some(WeightFile::ShardedSafetensors {
+            index: name.to_string(),
+        })
     } else if lower.ends_with(".safetensors") {
         Some(WeightFile::Safetensors(name.to_string()))
     } else if lower.ends_with(".bin") || lower.ends_with(".pth") || lower.ends_with(".pt") {
@@ -36,17 +42,24 @@ pub fn classify(name: &str) -> Option<WeightFile> {
 
 /// The shard file names an index lists, each once, in first-seen order.
 pub fn shard_names(index_json: &[u8]) -> Result<Vec<String>> {
-    let v: serde_json::Value = serde_json::from_slice(index_json)
-        .map_err(|e| Error::model(format!("model.safetensors.index.json is not valid JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(index_json).map_err(|e| {
+        Error::model(format!(
+            "model.safetensors.index.json is not valid JSON: {e}"
+        ))
+    })?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::model("model.safetensors.index.json has no weight_map"))?;
     let mut names: Vec<String> = Vec::new();
     for file in map.values() {
-        let file = file.as_str().ok_or_else(|| Error::model("weight_map values must be file names"))?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| Error::model("weight_map values must be file names"))?;
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(Error::model(format!("weight_map names a file outside the checkpoint: {file}")));
+            return Err(Error::model(format!(
+                "weight_map names a file outside the checkpoint: {file}"
+            )));
         }
         if !names.iter().any(|n| n == file) {
             names.push(file.to_string());
@@ -59,7 +72,9 @@ pub fn shard_names(index_json: &[u8]) -> Result<Vec<String>> {
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::model(format!("{what} is truncated or corrupt ({e}); delete it and download it again"))
+    Error::model(format!(
+        "{what} is truncated or corrupt ({e}); delete it and download it again"
+    ))
 }
 
 /// Weights from safetensors files held in memory (the browser's path).
@@ -76,10 +91,15 @@ pub fn from_safetensors_buffers(buffers: Vec<Vec<u8>>, device: &Device) -> Resul
     let mut all: HashMap<String, candle_core::Tensor> = HashMap::new();
     for buf in buffers {
         safetensors_header_ok(&buf)?;
-        let tensors = candle_core::safetensors::load_buffer(&buf, device).map_err(|e| corrupt("a safetensors shard", e))?;
+        let tensors = candle_core::safetensors::load_buffer(&buf, device)
+            .map_err(|e| corrupt("a safetensors shard", e))?;
         all.extend(tensors);
     }
-    Ok(Weights::dense(candle_nn::VarBuilder::from_tensors(all, DType::F32, device)))
+    Ok(Weights::dense(candle_nn::VarBuilder::from_tensors(
+        all,
+        DType::F32,
+        device,
+    )))
 }
 
 /// Checks that a safetensors buffer is complete: its header parses and its data section is as
@@ -100,7 +120,9 @@ pub fn safetensors_header_ok(buf: &[u8]) -> Result<()> {
 /// Compares the tensor data a safetensors header promises with what the file holds.
 fn check_data_len(what: &str, header: &[u8], have: u64) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(header).map_err(|e| corrupt(what, e))?;
-    let obj = v.as_object().ok_or_else(|| corrupt(what, "its header is not a JSON object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| corrupt(what, "its header is not a JSON object"))?;
     let promised = obj
         .iter()
         .filter(|(name, _)| name.as_str() != "__metadata__")
@@ -108,7 +130,10 @@ fn check_data_len(what: &str, header: &[u8], have: u64) -> Result<()> {
         .max()
         .unwrap_or(0);
     if have < promised {
-        return Err(corrupt(what, format!("it holds {have} bytes of tensor data, its header promises {promised}")));
+        return Err(corrupt(
+            what,
+            format!("it holds {have} bytes of tensor data, its header promises {promised}"),
+        ));
     }
     Ok(())
 }
@@ -149,10 +174,14 @@ mod native {
                 let path = dir.join(index);
                 let bytes = std::fs::read(&path)
                     .map_err(|e| Error::model(format!("cannot read {}: {e}", path.display())))?;
-                let shards: Vec<PathBuf> = shard_names(&bytes)?.iter().map(|n| dir.join(n)).collect();
+                let shards: Vec<PathBuf> =
+                    shard_names(&bytes)?.iter().map(|n| dir.join(n)).collect();
                 for s in &shards {
                     if !s.is_file() {
-                        return Err(Error::model(format!("shard {} listed in {index} is missing", s.display())));
+                        return Err(Error::model(format!(
+                            "shard {} listed in {index} is missing",
+                            s.display()
+                        )));
                     }
                 }
                 mmap_safetensors(&shards, device)
@@ -176,7 +205,8 @@ mod native {
         use std::io::Read;
         for p in paths {
             let what = p.display().to_string();
-            let mut f = std::fs::File::open(p).map_err(|e| Error::model(format!("cannot open {what}: {e}")))?;
+            let mut f = std::fs::File::open(p)
+                .map_err(|e| Error::model(format!("cannot open {what}: {e}")))?;
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             let mut n8 = [0u8; 8];
             if len < 8 || f.read_exact(&mut n8).is_err() {
@@ -192,8 +222,9 @@ mod native {
         }
         // SAFETY: the files are opened read-only and, as for every memory-mapped checkpoint loader,
         // must not be modified while gitcap runs; the checks above catch the common truncated download.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(paths, DType::F32, device) }
-            .map_err(|e| corrupt("the safetensors weights", e))?;
+        let vb =
+            unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(paths, DType::F32, device) }
+                .map_err(|e| corrupt("the safetensors weights", e))?;
         Ok(Weights::dense(vb))
     }
 }

@@ -197,11 +197,26 @@ impl GitConfig {
     fn validate(&self) -> Result<()> {
         let v = &self.vision_config;
         let checks = [
-            (self.hidden_size % self.num_attention_heads == 0, "hidden_size must be a multiple of num_attention_heads"),
-            (v.hidden_size % v.num_attention_heads == 0, "vision hidden_size must be a multiple of its num_attention_heads"),
-            (v.patch_size > 0 && v.image_size % v.patch_size == 0, "vision image_size must be a multiple of patch_size"),
-            (self.vocab_size > 0 && self.max_position_embeddings > 0, "vocab_size and max_position_embeddings must be positive"),
-            (self.num_image_with_embedding != Some(0), "num_image_with_embedding must be at least 1 when set"),
+            (
+                self.hidden_size % self.num_attention_heads == 0,
+                "hidden_size must be a multiple of num_attention_heads",
+            ),
+            (
+                v.hidden_size % v.num_attention_heads == 0,
+                "vision hidden_size must be a multiple of its num_attention_heads",
+            ),
+            (
+                v.patch_size > 0 && v.image_size % v.patch_size == 0,
+                "vision image_size must be a multiple of patch_size",
+            ),
+            (
+                self.vocab_size > 0 && self.max_position_embeddings > 0,
+                "vocab_size and max_position_embeddings must be positive",
+            ),
+            (
+                self.num_image_with_embedding != Some(0),
+                "num_image_with_embedding must be at least 1 when set",
+            ),
         ];
         for (ok, msg) in checks {
             if !ok {

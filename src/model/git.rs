@@ -46,7 +46,9 @@ impl Git {
             vision,
             temporal_embeddings,
             projection: proj.pp("0").linear(vcfg.hidden_size, config.hidden_size)?,
-            projection_norm: proj.pp("1").layer_norm(config.hidden_size, vcfg.layer_norm_eps)?,
+            projection_norm: proj
+                .pp("1")
+                .layer_norm(config.hidden_size, vcfg.layer_norm_eps)?,
             text: TextDecoder::new(weights, config)?,
             device: weights.device(),
             config: config.clone(),
@@ -80,7 +82,8 @@ impl Git {
         }
         let (f, n, d) = feats.dims3()?;
         let feats = feats.reshape((1, f * n, d))?;
-        self.projection_norm.forward(&self.projection.forward(&feats)?)
+        self.projection_norm
+            .forward(&self.projection.forward(&feats)?)
     }
 
     /// The image's keys and values in every decoder layer, computed once per image.
@@ -89,7 +92,12 @@ impl Git {
     }
 
     /// Feeds token ids (beams, new) and returns the logits of the last new position (beams, vocab).
-    pub fn next_logits(&self, ids: &Tensor, prefix: &ImagePrefix, cache: &mut TextCache) -> Result<Tensor> {
+    pub fn next_logits(
+        &self,
+        ids: &Tensor,
+        prefix: &ImagePrefix,
+        cache: &mut TextCache,
+    ) -> Result<Tensor> {
         let hidden = self.text.forward(ids, prefix, cache)?;
         let l = hidden.dim(1)?;
         let last = hidden.narrow(1, l - 1, 1)?.squeeze(1)?;
@@ -98,7 +106,12 @@ impl Git {
 
     /// Logits at every new position (beams, new, vocab): what `GitForCausalLM.forward` returns for
     /// the text positions.
-    pub fn all_logits(&self, ids: &Tensor, prefix: &ImagePrefix, cache: &mut TextCache) -> Result<Tensor> {
+    pub fn all_logits(
+        &self,
+        ids: &Tensor,
+        prefix: &ImagePrefix,
+        cache: &mut TextCache,
+    ) -> Result<Tensor> {
         let hidden = self.text.forward(ids, prefix, cache)?;
         let logits = self.text.logits(&hidden)?;
         debug_assert_eq!(logits.dim(D::Minus1)?, self.config.vocab_size);

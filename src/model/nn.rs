@@ -25,11 +25,17 @@ pub struct Weights {
 
 impl Weights {
     pub fn dense(vb: candle_nn::VarBuilder<'static>) -> Self {
-        Self { source: Source::Dense(vb), prefix: String::new() }
+        Self {
+            source: Source::Dense(vb),
+            prefix: String::new(),
+        }
     }
 
     pub fn quantized(vb: QVarBuilder) -> Self {
-        Self { source: Source::Quantized(vb), prefix: String::new() }
+        Self {
+            source: Source::Quantized(vb),
+            prefix: String::new(),
+        }
     }
 
     pub fn is_quantized(&self) -> bool {
@@ -44,7 +50,11 @@ impl Weights {
     }
 
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
-        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
         let source = match &self.source {
             Source::Dense(vb) => Source::Dense(vb.pp(name.to_string())),
             Source::Quantized(vb) => Source::Quantized(vb.pp(name.to_string())),
@@ -53,7 +63,11 @@ impl Weights {
     }
 
     fn full_name(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -73,7 +87,9 @@ impl Weights {
     fn raw_tensor(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
         let shape = shape.into();
         self.require(name)?;
-        let wrap = |e: candle_core::Error| Error::weight(self.full_name(name), format!("could not be read: {e}"));
+        let wrap = |e: candle_core::Error| {
+            Error::weight(self.full_name(name), format!("could not be read: {e}"))
+        };
         let t = match &self.source {
             Source::Dense(vb) => {
                 let t = vb.get_unchecked(name).map_err(wrap)?;
@@ -96,7 +112,10 @@ impl Weights {
         if self.contains(name) {
             Ok(())
         } else {
-            Err(Error::weight(self.full_name(name), "is missing from the checkpoint"))
+            Err(Error::weight(
+                self.full_name(name),
+                "is missing from the checkpoint",
+            ))
         }
     }
 
@@ -106,7 +125,11 @@ impl Weights {
         } else {
             Err(Error::weight(
                 self.full_name(name),
-                format!("has shape {:?} but the config implies {:?}", got.dims(), want.dims()),
+                format!(
+                    "has shape {:?} but the config implies {:?}",
+                    got.dims(),
+                    want.dims()
+                ),
             ))
         }
     }
@@ -116,9 +139,9 @@ impl Weights {
         match &self.source {
             Source::Dense(_) => Ok(QMatMul::Tensor(self.tensor((out_dim, in_dim), name)?)),
             Source::Quantized(vb) => {
-                let q: Arc<QTensor> = vb
-                    .get_no_shape(name)
-                    .map_err(|e| Error::weight(self.full_name(name), format!("could not be read: {e}")))?;
+                let q: Arc<QTensor> = vb.get_no_shape(name).map_err(|e| {
+                    Error::weight(self.full_name(name), format!("could not be read: {e}"))
+                })?;
                 self.check_shape(name, q.shape(), &Shape::from((out_dim, in_dim)))?;
                 Ok(QMatMul::from_arc(q)?)
             }
@@ -128,20 +151,33 @@ impl Weights {
     pub fn linear(&self, in_dim: usize, out_dim: usize) -> Result<Linear> {
         let weight = self.matmul_weight(out_dim, in_dim, "weight")?;
         let bias = self.tensor(out_dim, "bias")?;
-        Ok(Linear { weight, bias: Some(bias) })
+        Ok(Linear {
+            weight,
+            bias: Some(bias),
+        })
     }
 
     pub fn layer_norm(&self, size: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm { weight: self.tensor(size, "weight")?, bias: self.tensor(size, "bias")?, eps })
+        Ok(LayerNorm {
+            weight: self.tensor(size, "weight")?,
+            bias: self.tensor(size, "bias")?,
+            eps,
+        })
     }
 
     pub fn embedding(&self, count: usize, dim: usize) -> Result<Embedding> {
-        Ok(Embedding { table: self.raw_tensor((count, dim), "weight")?, dim })
+        Ok(Embedding {
+            table: self.raw_tensor((count, dim), "weight")?,
+            dim,
+        })
     }
 
     /// The same table used as a projection (a tied LM head).
     pub fn embedding_as_linear(&self, count: usize, dim: usize, bias: Tensor) -> Result<Linear> {
-        Ok(Linear { weight: self.matmul_weight(count, dim, "weight")?, bias: Some(bias) })
+        Ok(Linear {
+            weight: self.matmul_weight(count, dim, "weight")?,
+            bias: Some(bias),
+        })
     }
 }
 
@@ -156,7 +192,9 @@ pub struct Linear {
 impl Linear {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dims = xs.dims().to_vec();
-        let in_dim = *dims.last().expect("linear input has at least one dimension");
+        let in_dim = *dims
+            .last()
+            .expect("linear input has at least one dimension");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = xs.reshape((rows, in_dim))?;
         let mut ys = self.weight.forward(&flat)?;
@@ -185,7 +223,12 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(&xs.contiguous()?, &self.weight, &self.bias, self.eps as f32)?)
+        Ok(candle_nn::ops::layer_norm(
+            &xs.contiguous()?,
+            &self.weight,
+            &self.bias,
+            self.eps as f32,
+        )?)
     }
 }
 

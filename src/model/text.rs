@@ -74,7 +74,10 @@ struct SelfAttention {
 impl SelfAttention {
     fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
-        Ok(xs.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        Ok(xs
+            .reshape((b, n, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     fn project(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
@@ -101,29 +104,50 @@ impl SelfAttention {
     /// Text tokens attend to every image token and to text up to and including themselves.
     /// `xs` is (beams, new, hidden); the image prefix has batch 1 and is shared across beams
     /// by folding the beams into the query rows rather than copying the prefix.
-    fn forward_text(&self, xs: &Tensor, image: &KeyValue, past: Option<&KeyValue>) -> Result<(Tensor, KeyValue)> {
+    fn forward_text(
+        &self,
+        xs: &Tensor,
+        image: &KeyValue,
+        past: Option<&KeyValue>,
+    ) -> Result<(Tensor, KeyValue)> {
         let (b, l, d) = xs.dims3()?;
         let h = self.heads;
         let (q, k_new, v_new) = self.project(xs)?;
         let (k_txt, v_txt) = match past {
-            Some(p) => (Tensor::cat(&[&p.k, &k_new], 2)?, Tensor::cat(&[&p.v, &v_new], 2)?),
+            Some(p) => (
+                Tensor::cat(&[&p.k, &k_new], 2)?,
+                Tensor::cat(&[&p.v, &v_new], 2)?,
+            ),
             None => (k_new, v_new),
         };
         let t = k_txt.dim(2)?;
         let n_img = image.k.dim(2)?;
 
         // (b, h, l, hd) → (1, h, b·l, hd) so one product against the (1, h, n_img, hd) prefix serves all beams.
-        let q_folded = q.transpose(0, 1)?.contiguous()?.reshape((1, h, b * l, self.head_dim))?;
-        let s_img = q_folded.matmul(&image.k.t()?)?.reshape((h, b, l, n_img))?.transpose(0, 1)?;
+        let q_folded = q
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((1, h, b * l, self.head_dim))?;
+        let s_img = q_folded
+            .matmul(&image.k.t()?)?
+            .reshape((h, b, l, n_img))?
+            .transpose(0, 1)?;
         let s_txt = q.matmul(&k_txt.t()?)?;
         let mut scores = (Tensor::cat(&[&s_img.contiguous()?, &s_txt], D::Minus1)? * self.scale())?;
         if l > 1 {
             scores = scores.broadcast_add(&causal_mask(l, t, n_img, xs.device())?)?;
         }
         let probs = softmax_last(&scores)?;
-        let p_img = probs.narrow(D::Minus1, 0, n_img)?.transpose(0, 1)?.contiguous()?.reshape((1, h, b * l, n_img))?;
+        let p_img = probs
+            .narrow(D::Minus1, 0, n_img)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((1, h, b * l, n_img))?;
         let p_txt = probs.narrow(D::Minus1, n_img, t)?.contiguous()?;
-        let c_img = p_img.matmul(&image.v)?.reshape((h, b, l, self.head_dim))?.transpose(0, 1)?;
+        let c_img = p_img
+            .matmul(&image.v)?
+            .reshape((h, b, l, self.head_dim))?
+            .transpose(0, 1)?;
         let ctx = (c_img + p_txt.matmul(&v_txt)?)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, l, d))?;
         Ok((ctx, KeyValue { k: k_txt, v: v_txt }))
@@ -135,7 +159,13 @@ fn causal_mask(l: usize, t: usize, n_img: usize, device: &Device) -> Result<Tens
     let past = t - l;
     let mask: Vec<f32> = (0..l)
         .flat_map(|i| {
-            (0..n_img + t).map(move |j| if j < n_img || j - n_img <= past + i { 0.0 } else { f32::NEG_INFINITY })
+            (0..n_img + t).map(move |j| {
+                if j < n_img || j - n_img <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
         })
         .collect();
     Ok(Tensor::from_vec(mask, (l, n_img + t), device)?)
@@ -166,7 +196,9 @@ impl DecoderLayer {
             },
             attention_output: a.pp("output.dense").linear(d, d)?,
             attention_norm: a.pp("output.LayerNorm").layer_norm(d, cfg.layer_norm_eps)?,
-            intermediate: w.pp("intermediate.dense").linear(d, cfg.intermediate_size)?,
+            intermediate: w
+                .pp("intermediate.dense")
+                .linear(d, cfg.intermediate_size)?,
             act: cfg.hidden_act,
             output: w.pp("output.dense").linear(cfg.intermediate_size, d)?,
             output_norm: w.pp("output.LayerNorm").layer_norm(d, cfg.layer_norm_eps)?,
@@ -174,9 +206,12 @@ impl DecoderLayer {
     }
 
     fn feed_forward(&self, xs: &Tensor, ctx: &Tensor) -> Result<Tensor> {
-        let attn = self.attention_norm.forward(&(self.attention_output.forward(ctx)? + xs)?)?;
+        let attn = self
+            .attention_norm
+            .forward(&(self.attention_output.forward(ctx)? + xs)?)?;
         let inter = self.act.apply(&self.intermediate.forward(&attn)?)?;
-        self.output_norm.forward(&(self.output.forward(&inter)? + attn)?)
+        self.output_norm
+            .forward(&(self.output.forward(&inter)? + attn)?)
     }
 }
 
@@ -200,14 +235,21 @@ impl TextDecoder {
         let output = root.pp("output");
         // transformers ties `output.weight` to the word embeddings when the config says so, whatever
         // the file holds; a quantized file may carry its own (quantized) copy for the LM head.
-        let lm_head = if cfg.tie_word_embeddings && !(root.is_quantized() && output.contains("weight")) {
-            emb.pp("word_embeddings").embedding_as_linear(cfg.vocab_size, d, output.tensor(cfg.vocab_size, "bias")?)?
-        } else {
-            output.linear(d, cfg.vocab_size)?
-        };
+        let lm_head =
+            if cfg.tie_word_embeddings && !(root.is_quantized() && output.contains("weight")) {
+                emb.pp("word_embeddings").embedding_as_linear(
+                    cfg.vocab_size,
+                    d,
+                    output.tensor(cfg.vocab_size, "bias")?,
+                )?
+            } else {
+                output.linear(d, cfg.vocab_size)?
+            };
         Ok(Self {
             word_embeddings: emb.pp("word_embeddings").embedding(cfg.vocab_size, d)?,
-            position_embeddings: emb.pp("position_embeddings").embedding(cfg.max_position_embeddings, d)?,
+            position_embeddings: emb
+                .pp("position_embeddings")
+                .embedding(cfg.max_position_embeddings, d)?,
             embeddings_norm: emb.pp("LayerNorm").layer_norm(d, cfg.layer_norm_eps)?,
             layers,
             lm_head,
@@ -233,7 +275,12 @@ impl TextDecoder {
     }
 
     /// Feeds `ids` (beams, new) after the cached text; returns the final hidden states (beams, new, hidden).
-    pub fn forward(&self, ids: &Tensor, prefix: &ImagePrefix, cache: &mut TextCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        prefix: &ImagePrefix,
+        cache: &mut TextCache,
+    ) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let start = cache.len;
         if start + l > self.max_positions {
@@ -245,12 +292,17 @@ impl TextDecoder {
         }
         let words = self.word_embeddings.forward(ids)?;
         let positions = self.position_embeddings.rows(start, l)?;
-        let mut xs = self.embeddings_norm.forward(&words.broadcast_add(&positions.unsqueeze(0)?)?)?;
+        let mut xs = self
+            .embeddings_norm
+            .forward(&words.broadcast_add(&positions.unsqueeze(0)?)?)?;
         if cache.layers.len() != self.layers.len() {
             cache.layers = vec![None; self.layers.len()];
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let (ctx, kv) = layer.attention.forward_text(&xs, &prefix.layers[i], cache.layers[i].as_ref())?;
+            let (ctx, kv) =
+                layer
+                    .attention
+                    .forward_text(&xs, &prefix.layers[i], cache.layers[i].as_ref())?;
             xs = layer.feed_forward(&xs, &ctx)?;
             cache.layers[i] = Some(kv);
         }

@@ -32,7 +32,9 @@ impl Attention {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, d) = xs.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+            Ok(t.reshape((b, n, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = split(self.q_proj.forward(xs)?)?;
         let k = split(self.k_proj.forward(xs)?)?;
@@ -69,7 +71,11 @@ impl EncoderLayer {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
-        let m = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
+        let m = self.fc2.forward(
+            &self
+                .act
+                .apply(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?,
+        )?;
         Ok((h + m)?)
     }
 }
@@ -92,14 +98,19 @@ impl VisionTransformer {
         let p = cfg.patch_size;
         let c = cfg.num_channels;
         let emb = w.pp("embeddings");
-        let patch_weight = emb.pp("patch_embedding").tensor((d, c, p, p), "weight")?.reshape((d, c * p * p))?;
+        let patch_weight = emb
+            .pp("patch_embedding")
+            .tensor((d, c, p, p), "weight")?
+            .reshape((d, c * p * p))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::new(&w.pp(format!("encoder.layers.{i}")), cfg))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_weight: patch_weight.t()?.contiguous()?,
             class_embedding: emb.tensor(d, "class_embedding")?,
-            position_embedding: emb.pp("position_embedding").tensor((cfg.tokens_per_image(), d), "weight")?,
+            position_embedding: emb
+                .pp("position_embedding")
+                .tensor((cfg.tokens_per_image(), d), "weight")?,
             pre_layrnorm: w.pp("pre_layrnorm").layer_norm(d, cfg.layer_norm_eps)?,
             layers,
             post_layernorm: w.pp("post_layernorm").layer_norm(d, cfg.layer_norm_eps)?,
@@ -125,8 +136,13 @@ impl VisionTransformer {
             .contiguous()?
             .reshape((b * gh * gw, c * p * p))?;
         let d = self.cfg.hidden_size;
-        let patch_embeds = patches.matmul(&self.patch_weight)?.reshape((b, gh * gw, d))?;
-        let class = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+        let patch_embeds = patches
+            .matmul(&self.patch_weight)?
+            .reshape((b, gh * gw, d))?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
         let xs = Tensor::cat(&[&class, &patch_embeds], 1)?;
         let xs = xs.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         let mut xs = self.pre_layrnorm.forward(&xs)?;

@@ -1,0 +1,9 @@
+//! `gitcap quantize` (being written).
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("gitcap quantize is not available in this build")
+}
