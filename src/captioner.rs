@@ -16,6 +16,7 @@ pub struct ModelFiles {
     pub generation_config: Option<Vec<u8>>,
     pub preprocessor_config: Option<Vec<u8>>,
     pub tokenizer_json: Option<Vec<u8>>,
+    pub tokenizer_config: Option<Vec<u8>>,
     pub vocab_txt: Option<Vec<u8>>,
 }
 
@@ -25,6 +26,7 @@ impl ModelFiles {
     pub const GENERATION: &'static str = "generation_config.json";
     pub const PREPROCESSOR: &'static str = "preprocessor_config.json";
     pub const TOKENIZER: &'static str = "tokenizer.json";
+    pub const TOKENIZER_CONFIG: &'static str = "tokenizer_config.json";
     pub const VOCAB: &'static str = "vocab.txt";
 }
 
@@ -52,6 +54,15 @@ pub struct Caption {
     pub text: String,
     /// The whole sequence as transformers' `generate` returns it: [CLS], prompt, generated ids.
     pub token_ids: Vec<u32>,
+    /// How many of `token_ids` are [CLS] and the prompt.
+    pub prefix_len: usize,
+}
+
+impl Caption {
+    /// The ids the model generated (after [CLS] and the prompt).
+    pub fn generated_ids(&self) -> &[u32] {
+        &self.token_ids[self.prefix_len.min(self.token_ids.len())..]
+    }
 }
 
 pub struct Captioner {
@@ -241,7 +252,7 @@ impl CaptionJob {
         }
         Ok(JobEvent::Done {
             rest,
-            caption: Caption { text, token_ids },
+            caption: Caption { text, token_ids, prefix_len: self.skip },
         })
     }
 }

@@ -33,6 +33,7 @@ pub fn read_model_files(dir: &Path) -> Result<ModelFiles> {
         generation_config: read_optional(dir, ModelFiles::GENERATION)?,
         preprocessor_config: read_optional(dir, ModelFiles::PREPROCESSOR)?,
         tokenizer_json: read_optional(dir, ModelFiles::TOKENIZER)?,
+        tokenizer_config: read_optional(dir, ModelFiles::TOKENIZER_CONFIG)?,
         vocab_txt: read_optional(dir, ModelFiles::VOCAB)?,
     })
 }
@@ -44,11 +45,8 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Captioner> {
     Captioner::new(&files, &weights)
 }
 
-/// Loads a captioner from a single GGUF file (weights plus the checkpoint's files as metadata).
+/// Loads a captioner from a single GGUF file (weights plus the checkpoint's files as metadata),
+/// as `gitcap quantize` writes it; see `crate::gguf` for the layout.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<Captioner> {
-    let _ = device;
-    Err(Error::model(format!(
-        "{}: GGUF models are not supported by this build",
-        path.display()
-    )))
+    crate::gguf::load_file(path, device)
 }

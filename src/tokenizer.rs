@@ -7,6 +7,9 @@ use crate::{Error, Result};
 
 pub struct CaptionTokenizer {
     inner: Tokenizer,
+    /// transformers' `clean_up_tokenization_spaces` from tokenizer_config.json (default false in
+    /// transformers 5): remove spaces before punctuation and around apostrophes after decoding.
+    clean_up_spaces: bool,
 }
 
 /// The special tokens transformers' BertTokenizer registers (and skips when decoding).
@@ -16,7 +19,20 @@ impl CaptionTokenizer {
     pub fn from_tokenizer_json(bytes: &[u8]) -> Result<Self> {
         let inner = Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::model(format!("tokenizer.json could not be read: {e}")))?;
-        Ok(Self { inner })
+        Ok(Self { inner, clean_up_spaces: false })
+    }
+
+    /// Applies what `tokenizer_config.json` says about decoding.
+    pub fn with_tokenizer_config(mut self, bytes: &[u8]) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::model(format!("tokenizer_config.json is not valid JSON: {e}")))?;
+        self.clean_up_spaces = v.get("clean_up_tokenization_spaces").and_then(|b| b.as_bool()).unwrap_or(false);
+        Ok(self)
+    }
+
+    pub fn with_clean_up_spaces(mut self, on: bool) -> Self {
+        self.clean_up_spaces = on;
+        self
     }
 
     /// Builds the same tokenizer transformers' `BertTokenizer(vocab=..., do_lower_case=True)` makes.
@@ -64,14 +80,23 @@ impl CaptionTokenizer {
 
     /// Text of `ids` with special tokens skipped, `##` pieces joined and spaces cleaned up.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
+        let text = self
+            .inner
             .decode(ids, true)
-            .map_err(|e| Error::model(format!("token ids could not be decoded: {e}")))
+            .map_err(|e| Error::model(format!("token ids could not be decoded: {e}")))?;
+        Ok(if self.clean_up_spaces { clean_up_tokenization(&text) } else { text })
     }
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// transformers' `clean_up_tokenization`, in its order.
+fn clean_up_tokenization(text: &str) -> String {
+    [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
+        .iter()
+        .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
 }
 
 /// Turns a growing list of generated ids into text fragments whose concatenation is exactly the

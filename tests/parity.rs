@@ -17,10 +17,20 @@ fn options(case: &serde_json::Value) -> CaptionOptions {
     let o = &case["options"];
     let max_new_tokens = o["max_new_tokens"].as_u64().unwrap() as usize;
     let decoding = match o.get("num_beams").and_then(|b| b.as_u64()) {
-        Some(n) => Decoding::Beam { num_beams: n as usize, length_penalty: o["length_penalty"].as_f64().unwrap() },
+        Some(n) => Decoding::Beam {
+            num_beams: n as usize,
+            length_penalty: o["length_penalty"].as_f64().unwrap(),
+        },
         None => Decoding::Greedy,
     };
-    CaptionOptions { max_new_tokens, decoding, prompt: case.get("prompt").and_then(|p| p.as_str()).map(String::from) }
+    CaptionOptions {
+        max_new_tokens,
+        decoding,
+        prompt: case
+            .get("prompt")
+            .and_then(|p| p.as_str())
+            .map(String::from),
+    }
 }
 
 #[test]
@@ -32,19 +42,36 @@ fn image_features_and_logits_match_transformers() {
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
             let pixels = reference.tensor(&format!("{key}.pixel_values"));
-            let pixels = if pixels.rank() == 3 { pixels.unsqueeze(0).unwrap() } else { pixels.clone() };
+            let pixels = if pixels.rank() == 3 {
+                pixels.unsqueeze(0).unwrap()
+            } else {
+                pixels.clone()
+            };
             let features = model.encode_image(&pixels).unwrap();
-            let err = max_abs_diff(&features.squeeze(0).unwrap(), reference.tensor(&format!("{key}.image_features")));
+            let err = max_abs_diff(
+                &features.squeeze(0).unwrap(),
+                reference.tensor(&format!("{key}.image_features")),
+            );
             println!("{name} {key}: image features max abs error {err:.2e}");
             assert!(err < TOL, "{name} {key}: image features differ by {err}");
 
             let prefix = model.image_prefix(&features).unwrap();
             let input = ids(&case["logits_input_ids"]);
-            let t = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            let logits = model.all_logits(&t, &prefix, &mut TextCache::new()).unwrap().squeeze(0).unwrap();
+            let t = Tensor::new(input.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits = model
+                .all_logits(&t, &prefix, &mut TextCache::new())
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
             let (got, want) = match reference.tensors.get(&format!("{key}.logits")) {
                 Some(all) => (logits, all.clone()),
-                None => (logits.get(input.len() - 1).unwrap(), reference.tensor(&format!("{key}.last_logits")).clone()),
+                None => (
+                    logits.get(input.len() - 1).unwrap(),
+                    reference.tensor(&format!("{key}.last_logits")).clone(),
+                ),
             };
             let err = max_abs_diff(&got, &want);
             println!("{name} {key}: logits max abs error {err:.2e}");
@@ -60,13 +87,19 @@ fn cached_decoding_gives_the_logits_of_a_full_pass() {
     let captioner = load_dir(&model_dir("tiny-coco"), &Device::Cpu).unwrap();
     let model = captioner.model();
     let pixels = reference.tensor("case0.pixel_values").unsqueeze(0).unwrap();
-    let prefix = model.image_prefix(&model.encode_image(&pixels).unwrap()).unwrap();
+    let prefix = model
+        .image_prefix(&model.encode_image(&pixels).unwrap())
+        .unwrap();
     let input = ids(&reference.cases()[0]["logits_input_ids"]);
     let mut cache = TextCache::new();
     let want = reference.tensor("case0.logits");
     for (i, id) in input.iter().enumerate() {
         let t = Tensor::new(&[[*id]], &Device::Cpu).unwrap();
-        let step = model.next_logits(&t, &prefix, &mut cache).unwrap().squeeze(0).unwrap();
+        let step = model
+            .next_logits(&t, &prefix, &mut cache)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         let err = max_abs_diff(&step, &want.get(i).unwrap());
         assert!(err < TOL, "position {i}: cached logits differ by {err}");
     }
@@ -80,7 +113,11 @@ fn generated_ids_and_text_match_transformers() {
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
             let pixels = reference.tensor(&format!("{key}.pixel_values"));
-            let pixels = if pixels.rank() == 3 { pixels.unsqueeze(0).unwrap() } else { pixels.clone() };
+            let pixels = if pixels.rank() == 3 {
+                pixels.unsqueeze(0).unwrap()
+            } else {
+                pixels.clone()
+            };
             let prefix = captioner.encode_pixels(&pixels).unwrap();
             for run in ["greedy", "beam4", "beam3_lp1", "prompt_greedy"] {
                 let expected = &case[run];
@@ -91,9 +128,20 @@ fn generated_ids_and_text_match_transformers() {
                         true
                     })
                     .unwrap();
-                assert_eq!(caption.token_ids, ids(&expected["token_ids"]), "{name} {key} {run}: token ids");
-                assert_eq!(caption.text, expected["text"].as_str().unwrap(), "{name} {key} {run}: text");
-                assert_eq!(streamed, caption.text, "{name} {key} {run}: streamed fragments");
+                assert_eq!(
+                    caption.token_ids,
+                    ids(&expected["token_ids"]),
+                    "{name} {key} {run}: token ids"
+                );
+                assert_eq!(
+                    caption.text,
+                    expected["text"].as_str().unwrap(),
+                    "{name} {key} {run}: text"
+                );
+                assert_eq!(
+                    streamed, caption.text,
+                    "{name} {key} {run}: streamed fragments"
+                );
             }
         }
     }

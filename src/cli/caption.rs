@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use gitcap::image::{decode_image, ImageLimits};
@@ -51,6 +52,9 @@ pub struct Args {
     /// One JSON object per line: {"image", "text", "token_ids"}.
     #[arg(long)]
     json: bool,
+    /// Print how long loading, image encoding and each token took (to stderr).
+    #[arg(long)]
+    timings: bool,
     /// Images to caption (JPEG, PNG, GIF, WebP, BMP).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -103,7 +107,11 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
 pub fn run(args: Args) -> Result<ExitCode> {
     let opts = args.options()?;
     let device = model_source::device()?;
+    let started = Instant::now();
     let captioner = model_source::load(&args.model, &device)?;
+    if args.timings {
+        eprintln!("timing: model loaded in {:.1} ms", ms(started));
+    }
     if args.video != (captioner.frames() > 1) {
         if args.video {
             bail!("--video needs a video checkpoint (such as microsoft/git-base-vatex); this one takes single images");
@@ -170,7 +178,10 @@ fn caption_one(
         .iter()
         .map(|p| read_image(p))
         .collect::<Result<Vec<_>>>()?;
+    let t0 = Instant::now();
     let prefix = captioner.encode(&frames)?;
+    let encode_ms = ms(t0);
+    let t1 = Instant::now();
     let mut out = std::io::stdout().lock();
     let mut started = false;
     let caption = captioner.caption_encoded(&prefix, opts, &mut |fragment| {
@@ -184,6 +195,16 @@ fn caption_one(
         }
         true
     })?;
+    if args.timings {
+        let decode_ms = ms(t1);
+        let generated = caption.generated_ids().len();
+        eprintln!(
+            "timing: {}: encode {encode_ms:.1} ms, {generated} tokens in {decode_ms:.1} ms ({:.2} ms/token), total {:.1} ms",
+            names(paths),
+            decode_ms / generated.max(1) as f64,
+            encode_ms + decode_ms
+        );
+    }
     if args.json {
         writeln!(
             out,
@@ -197,4 +218,8 @@ fn caption_one(
         writeln!(out)?;
     }
     Ok(())
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }

@@ -29,8 +29,11 @@ impl Reference {
     pub fn load(name: &str) -> Self {
         let dir = root().join("fixtures/reference");
         let json: Value =
-            serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
-        let tensors = candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        let tensors =
+            candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)
+                .unwrap();
         Self { json, tensors }
     }
 
@@ -39,15 +42,68 @@ impl Reference {
     }
 
     pub fn tensor(&self, key: &str) -> &Tensor {
-        self.tensors.get(key).unwrap_or_else(|| panic!("reference tensor {key} missing"))
+        self.tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("reference tensor {key} missing"))
     }
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// A fresh empty folder under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "gitcap-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    /// A copy of a fixture model's files (all but the weights unless `with_weights`).
+    pub fn with_model_files(tag: &str, model: &str, with_weights: bool) -> Self {
+        let dir = Self::new(tag);
+        for entry in std::fs::read_dir(model_dir(model)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            let is_weights = name.ends_with(".safetensors") || name.ends_with(".bin");
+            if with_weights || !is_weights {
+                std::fs::copy(entry.path(), dir.0.join(&name)).unwrap();
+            }
+        }
+        dir
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
