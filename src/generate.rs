@@ -70,7 +70,7 @@ enum State {
         seq: Vec<u32>,
         feed: Vec<u32>,
         cache: TextCache,
-        sampler: Option<LogitsProcessor>,
+        sampler: Option<Box<LogitsProcessor>>,
         max_length: usize,
     },
     Beam(Box<BeamSearch>),
@@ -119,11 +119,13 @@ impl Generator {
                 top_p,
                 seed,
             } => {
-                if !(*temperature > 0.0) || !temperature.is_finite() {
+                let valid = temperature.is_finite() && *temperature > 0.0;
+                if !valid {
                     return Err(Error::invalid("temperature must be a positive number"));
                 }
                 if let Some(p) = top_p {
-                    if !(*p > 0.0 && *p <= 1.0) {
+                    let valid = *p > 0.0 && *p <= 1.0;
+                    if !valid {
                         return Err(Error::invalid("top_p must be in (0, 1]"));
                     }
                 }
@@ -144,7 +146,7 @@ impl Generator {
                         temperature: t,
                     },
                 };
-                single(Some(LogitsProcessor::from_sampling(*seed, sampling)))
+                single(Some(Box::new(LogitsProcessor::from_sampling(*seed, sampling))))
             }
         };
         let finished = (opts.max_new_tokens == 0).then(|| input.clone());

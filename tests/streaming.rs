@@ -37,19 +37,14 @@ fn fragments_concatenate_with(tok: &CaptionTokenizer) {
         "a", "dog", "playing", "with", "frisbee", "don", "n", "t", "s", "re", "ve", "m", "'", ".", ",", "?", "!",
         "##s", "##ing", "##ed", "it", "man", "[SEP]", "[CLS]", "[PAD]",
     ];
+    // Special tokens are not produced by encode_prompt; they have fixed ids.
     let ids: Vec<u32> = words
         .iter()
-        .map(|w| tok.encode_prompt(w).map(|v| v[0]).or_else(|_| Ok::<u32, ()>(0)).unwrap())
-        .collect();
-    // Special tokens are not produced by encode_prompt; use their fixed ids.
-    let ids: Vec<u32> = ids
-        .into_iter()
-        .zip(words)
-        .map(|(id, w)| match w {
+        .map(|w| match *w {
             "[SEP]" => 102,
             "[CLS]" => 101,
             "[PAD]" => 0,
-            _ => id,
+            _ => tok.encode_prompt(w).unwrap()[0],
         })
         .collect();
     let mut state = 0x2545_f491_4f6c_dd1du64;

@@ -198,15 +198,15 @@ impl GitConfig {
         let v = &self.vision_config;
         let checks = [
             (
-                self.hidden_size % self.num_attention_heads == 0,
+                self.num_attention_heads > 0 && self.hidden_size.is_multiple_of(self.num_attention_heads),
                 "hidden_size must be a multiple of num_attention_heads",
             ),
             (
-                v.hidden_size % v.num_attention_heads == 0,
+                v.num_attention_heads > 0 && v.hidden_size.is_multiple_of(v.num_attention_heads),
                 "vision hidden_size must be a multiple of its num_attention_heads",
             ),
             (
-                v.patch_size > 0 && v.image_size % v.patch_size == 0,
+                v.patch_size > 0 && v.image_size > 0 && v.image_size.is_multiple_of(v.patch_size),
                 "vision image_size must be a multiple of patch_size",
             ),
             (
