@@ -10,6 +10,7 @@ pub mod captioner;
 pub mod checkpoint;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod image;
 pub mod model;
 pub mod tokenizer;

@@ -73,7 +73,8 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &self.source {
             Source::Dense(vb) => vb.contains_tensor(name),
-            Source::Quantized(vb) => vb.contains_key(name),
+            // candle's quantized VarBuilder::contains_key ignores its prefix: ask with the full name.
+            Source::Quantized(vb) => vb.contains_key(&self.full_name(name)),
         }
     }
 
@@ -166,8 +167,22 @@ impl Weights {
     }
 
     pub fn embedding(&self, count: usize, dim: usize) -> Result<Embedding> {
+        if let Source::Quantized(vb) = &self.source {
+            self.require("weight")?;
+            let q = vb.get_no_shape("weight").map_err(|e| {
+                Error::weight(self.full_name("weight"), format!("could not be read: {e}"))
+            })?;
+            self.check_shape("weight", q.shape(), &Shape::from((count, dim)))?;
+            if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                // Stays quantized: lookups dequantize only the rows they gather.
+                return Ok(Embedding {
+                    table: Table::Quantized(q),
+                    dim,
+                });
+            }
+        }
         Ok(Embedding {
-            table: self.raw_tensor((count, dim), "weight")?,
+            table: Table::Dense(self.raw_tensor((count, dim), "weight")?),
             dim,
         })
     }
@@ -232,25 +247,44 @@ impl LayerNorm {
     }
 }
 
-/// A lookup table; an f16 table stays f16 in memory and only the looked-up rows become f32.
+/// A lookup table; an f16 table stays f16 in memory and a quantized one stays quantized: only the
+/// looked-up rows become f32.
 #[derive(Clone)]
 pub struct Embedding {
-    table: Tensor,
+    table: Table,
     dim: usize,
 }
 
+#[derive(Clone)]
+enum Table {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
 impl Embedding {
+    fn gather(&self, flat_ids: &Tensor) -> Result<Tensor> {
+        Ok(match &self.table {
+            Table::Dense(t) => t.index_select(flat_ids, 0)?.to_dtype(DType::F32)?,
+            Table::Quantized(q) => q.embedding(flat_ids)?,
+        })
+    }
+
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut out_dims = ids.dims().to_vec();
         out_dims.push(self.dim);
-        let flat = ids.flatten_all()?;
-        let rows = self.table.index_select(&flat, 0)?.to_dtype(DType::F32)?;
+        let rows = self.gather(&ids.flatten_all()?)?;
         Ok(rows.reshape(out_dims)?)
     }
 
     /// Rows `start..start + len` (position embeddings).
     pub fn rows(&self, start: usize, len: usize) -> Result<Tensor> {
-        Ok(self.table.narrow(0, start, len)?.to_dtype(DType::F32)?)
+        match &self.table {
+            Table::Dense(t) => Ok(t.narrow(0, start, len)?.to_dtype(DType::F32)?),
+            Table::Quantized(q) => {
+                let ids = Tensor::arange(start as u32, (start + len) as u32, &q.device())?;
+                self.gather(&ids)
+            }
+        }
     }
 }
 

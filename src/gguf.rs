@@ -1,0 +1,744 @@
+//! Single-file models: GGUF files holding GIT's weights (quantized, f16 or f32) and, as metadata,
+//! everything else a checkpoint folder holds, so one file is a complete model.
+//!
+//! # Format (version 1)
+//!
+//! Tensors keep the checkpoint's names (`git.encoder.layer.0.attention.self.query.weight`, ...)
+//! and shapes. Metadata keys:
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `general.architecture` | string | `git` |
+//! | `general.name` | string | where the weights came from (folder name or hub id) |
+//! | `gitcap.format_version` | u32 | [`FORMAT_VERSION`]; readers refuse newer files |
+//! | `gitcap.quant_type` | string | `q8_0`, `q4k` or `f16`: what `gitcap quantize --type` asked for |
+//! | `gitcap.config_json` | string | `config.json`, verbatim (required) |
+//! | `gitcap.generation_config_json` | string | `generation_config.json` (optional) |
+//! | `gitcap.preprocessor_config_json` | string | `preprocessor_config.json` (optional) |
+//! | `gitcap.tokenizer_json` | string | `tokenizer.json` (optional; then `gitcap.vocab_txt`) |
+//! | `gitcap.tokenizer_config_json` | string | `tokenizer_config.json` (optional; decoding options) |
+//! | `gitcap.vocab_txt` | string | `vocab.txt` (optional) |
+//! | `gitcap.fallback_tensors` | string array | `name=dtype` for each matrix whose row length does not suit the requested type and was stored as `q8_0` or `f16` instead |
+//!
+//! Which tensors are quantized: the 2-D weight matrices (every linear layer, the LM head and the
+//! word embeddings) take the requested type when their row length is a multiple of its block
+//! (32 for q8_0, 256 for q4k); otherwise q8_0 if the row length is a multiple of 32, else f16.
+//! Biases, LayerNorms, the class and position embeddings, the patch convolution and the temporal
+//! embeddings stay f32. With `f16`, every tensor of rank 2 or more is f16 and the rest f32.
+//! A tied LM head (`tie_word_embeddings`) reads the quantized word-embedding table itself, so no
+//! second copy is stored.
+//!
+//! Reading needs no file system (the browser hands over bytes); writing is native only.
+
+use std::io::Cursor;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::Device;
+use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
+
+use crate::captioner::{Captioner, ModelFiles};
+use crate::model::{GitConfig, Weights};
+use crate::{Error, Result};
+
+/// The layout this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Metadata keys of a gitcap GGUF file.
+pub mod keys {
+    pub const ARCHITECTURE: &str = "general.architecture";
+    pub const NAME: &str = "general.name";
+    pub const FORMAT_VERSION: &str = "gitcap.format_version";
+    pub const QUANT_TYPE: &str = "gitcap.quant_type";
+    pub const CONFIG: &str = "gitcap.config_json";
+    pub const GENERATION_CONFIG: &str = "gitcap.generation_config_json";
+    pub const PREPROCESSOR_CONFIG: &str = "gitcap.preprocessor_config_json";
+    pub const TOKENIZER: &str = "gitcap.tokenizer_json";
+    pub const TOKENIZER_CONFIG: &str = "gitcap.tokenizer_config_json";
+    pub const VOCAB: &str = "gitcap.vocab_txt";
+    pub const FALLBACK_TENSORS: &str = "gitcap.fallback_tensors";
+}
+
+/// What `gitcap quantize --type` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantType {
+    /// 8-bit blocks of 32 (8.5 bits per weight).
+    Q8_0,
+    /// 4-bit k-quants in super-blocks of 256 (4.5 bits per weight).
+    Q4K,
+    /// Half precision throughout.
+    F16,
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 3] = [QuantType::Q8_0, QuantType::Q4K, QuantType::F16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantType::Q8_0 => "q8_0",
+            QuantType::Q4K => "q4k",
+            QuantType::F16 => "f16",
+        }
+    }
+
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            QuantType::Q8_0 => GgmlDType::Q8_0,
+            QuantType::Q4K => GgmlDType::Q4K,
+            QuantType::F16 => GgmlDType::F16,
+        }
+    }
+}
+
+impl std::fmt::Display for QuantType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for QuantType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" | "q8" => Ok(QuantType::Q8_0),
+            "q4k" | "q4_k" | "q4_k_m" => Ok(QuantType::Q4K),
+            "f16" => Ok(QuantType::F16),
+            _ => Err(Error::invalid(format!(
+                "unknown quantization type {s:?}; expected q8_0, q4k or f16"
+            ))),
+        }
+    }
+}
+
+/// The short name GGUF tools use for a tensor type.
+pub fn dtype_name(dtype: GgmlDType) -> &'static str {
+    match dtype {
+        GgmlDType::F32 => "f32",
+        GgmlDType::F16 => "f16",
+        GgmlDType::BF16 => "bf16",
+        GgmlDType::Q4_0 => "q4_0",
+        GgmlDType::Q4_1 => "q4_1",
+        GgmlDType::Q5_0 => "q5_0",
+        GgmlDType::Q5_1 => "q5_1",
+        GgmlDType::Q8_0 => "q8_0",
+        GgmlDType::Q8_1 => "q8_1",
+        GgmlDType::Q2K => "q2k",
+        GgmlDType::Q3K => "q3k",
+        GgmlDType::Q4K => "q4k",
+        GgmlDType::Q5K => "q5k",
+        GgmlDType::Q6K => "q6k",
+        GgmlDType::Q8K => "q8k",
+    }
+}
+
+/// How one tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub dtype: GgmlDType,
+    /// The tensor is a matrix that should have taken the requested type but its row length
+    /// does not divide into that type's blocks.
+    pub fallback: bool,
+}
+
+/// The storage type of a checkpoint tensor under `quant_type` (see the module documentation).
+pub fn placement(name: &str, shape: &[usize], quant_type: QuantType) -> Placement {
+    let keep = |dtype| Placement {
+        dtype,
+        fallback: false,
+    };
+    if quant_type == QuantType::F16 {
+        return keep(if shape.len() >= 2 {
+            GgmlDType::F16
+        } else {
+            GgmlDType::F32
+        });
+    }
+    let matrix =
+        shape.len() == 2 && name.ends_with(".weight") && !name.contains("position_embedding");
+    if !matrix {
+        return keep(GgmlDType::F32);
+    }
+    let cols = shape[1];
+    let want = quant_type.ggml();
+    if cols.is_multiple_of(want.block_size()) {
+        keep(want)
+    } else if cols.is_multiple_of(GgmlDType::Q8_0.block_size()) {
+        Placement {
+            dtype: GgmlDType::Q8_0,
+            fallback: true,
+        }
+    } else {
+        Placement {
+            dtype: GgmlDType::F16,
+            fallback: true,
+        }
+    }
+}
+
+/// What a gitcap GGUF file says about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufInfo {
+    pub format_version: u32,
+    pub quant_type: String,
+    pub name: Option<String>,
+    /// `name=dtype` for each matrix stored in another type than `quant_type` asked for.
+    pub fallback_tensors: Vec<String>,
+    /// Tensor count per storage type (`q8_0` → 150, ...).
+    pub tensor_types: Vec<(String, usize)>,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    // candle appends a backtrace on the following lines when RUST_BACKTRACE is set.
+    let e = e.to_string();
+    let e = e.lines().next().unwrap_or_default().trim_end();
+    Error::model(format!(
+        "{what} is truncated or corrupt ({e}); download or convert it again"
+    ))
+}
+
+/// Reads the header of a GGUF file and checks that the tensor data it promises is all there.
+fn read_content<R: std::io::Read + std::io::Seek>(
+    reader: &mut R,
+    len: u64,
+    what: &str,
+) -> Result<Content> {
+    let mut magic = [0u8; 4];
+    if len < 8 || reader.read_exact(&mut magic).is_err() {
+        return Err(corrupt(what, "shorter than a GGUF header"));
+    }
+    if &magic != b"GGUF" {
+        return Err(Error::model(format!(
+            "{what} is not a GGUF file (it does not start with the bytes GGUF); \
+             make one with gitcap quantize"
+        )));
+    }
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| corrupt(what, e))?;
+    let content = Content::read(reader).map_err(|e| corrupt(what, e))?;
+    let mut promised = content.tensor_data_offset;
+    for (name, info) in &content.tensor_infos {
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        if !elems.is_multiple_of(block) {
+            return Err(corrupt(
+                what,
+                format!("tensor {name} has {elems} elements, not a multiple of its type's block of {block}"),
+            ));
+        }
+        let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
+        let end = content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|s| s.checked_add(bytes))
+            .ok_or_else(|| corrupt(what, format!("tensor {name} has an impossible offset")))?;
+        promised = promised.max(end);
+    }
+    if promised > len {
+        return Err(corrupt(
+            what,
+            format!("it holds {len} bytes, its header promises {promised}"),
+        ));
+    }
+    Ok(content)
+}
+
+fn meta_string(content: &Content, key: &str, what: &str) -> Result<Option<String>> {
+    match content.metadata.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .to_string()
+            .map(|s| Some(s.clone()))
+            .map_err(|_| corrupt(what, format!("metadata {key} is not a string"))),
+    }
+}
+
+fn meta_u32(content: &Content, key: &str) -> Option<u32> {
+    match content.metadata.get(key)? {
+        Value::U8(v) => Some(*v as u32),
+        Value::U16(v) => Some(*v as u32),
+        Value::U32(v) => Some(*v),
+        Value::U64(v) => u32::try_from(*v).ok(),
+        Value::I32(v) => u32::try_from(*v).ok(),
+        Value::I64(v) => u32::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+/// The file's own description; fails on a GGUF file that gitcap did not write.
+fn info_from_content(content: &Content, what: &str) -> Result<GgufInfo> {
+    if !content.metadata.contains_key(keys::CONFIG) {
+        let arch = meta_string(content, keys::ARCHITECTURE, what)
+            .ok()
+            .flatten()
+            .map(|a| format!(" (its general.architecture is {a:?})"))
+            .unwrap_or_default();
+        return Err(Error::model(format!(
+            "{what} is not a gitcap GGUF{arch}: it lacks {} — make one with gitcap quantize",
+            keys::CONFIG
+        )));
+    }
+    let format_version = meta_u32(content, keys::FORMAT_VERSION).ok_or_else(|| {
+        corrupt(
+            what,
+            format!("{} is missing or not a number", keys::FORMAT_VERSION),
+        )
+    })?;
+    if format_version > FORMAT_VERSION {
+        return Err(Error::model(format!(
+            "{what} uses gitcap GGUF format {format_version}; this gitcap reads up to {FORMAT_VERSION} — update gitcap"
+        )));
+    }
+    let fallback_tensors = match content.metadata.get(keys::FALLBACK_TENSORS) {
+        None => Vec::new(),
+        Some(v) => v
+            .to_vec()
+            .map_err(|_| corrupt(what, format!("{} is not a list", keys::FALLBACK_TENSORS)))?
+            .iter()
+            .map(|x| x.to_string().cloned())
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(|_| {
+                corrupt(
+                    what,
+                    format!("{} is not a list of strings", keys::FALLBACK_TENSORS),
+                )
+            })?,
+    };
+    let mut tensor_types: Vec<(String, usize)> = Vec::new();
+    for info in content.tensor_infos.values() {
+        let name = dtype_name(info.ggml_dtype);
+        match tensor_types.iter_mut().find(|(n, _)| n == name) {
+            Some((_, count)) => *count += 1,
+            None => tensor_types.push((name.to_string(), 1)),
+        }
+    }
+    tensor_types.sort();
+    Ok(GgufInfo {
+        format_version,
+        quant_type: meta_string(content, keys::QUANT_TYPE, what)?
+            .unwrap_or_else(|| "unknown".to_string()),
+        name: meta_string(content, keys::NAME, what)?,
+        fallback_tensors,
+        tensor_types,
+    })
+}
+
+/// The checkpoint files stored as metadata, with the config checked to describe a GIT model.
+fn model_files_from_content(content: &Content, what: &str) -> Result<ModelFiles> {
+    info_from_content(content, what)?;
+    let bytes = |key: &str| -> Result<Option<Vec<u8>>> {
+        Ok(meta_string(content, key, what)?.map(String::into_bytes))
+    };
+    let files = ModelFiles {
+        config: bytes(keys::CONFIG)?.expect("checked by info_from_content"),
+        generation_config: bytes(keys::GENERATION_CONFIG)?,
+        preprocessor_config: bytes(keys::PREPROCESSOR_CONFIG)?,
+        tokenizer_json: bytes(keys::TOKENIZER)?,
+        tokenizer_config: bytes(keys::TOKENIZER_CONFIG)?,
+        vocab_txt: bytes(keys::VOCAB)?,
+    };
+    GitConfig::from_json(&files.config)
+        .map_err(|e| Error::model(format!("{what}: its {}: {e}", keys::CONFIG)))?;
+    Ok(files)
+}
+
+/// Describes a gitcap GGUF file held in memory without loading its weights.
+pub fn inspect(bytes: &[u8]) -> Result<GgufInfo> {
+    let what = "the GGUF file";
+    let content = read_content(&mut Cursor::new(bytes), bytes.len() as u64, what)?;
+    info_from_content(&content, what)
+}
+
+/// Loads a captioner from a gitcap GGUF file held in memory (the browser's path).
+pub fn captioner_from_gguf(bytes: &[u8], device: &Device) -> Result<Captioner> {
+    let what = "the GGUF file";
+    let content = read_content(&mut Cursor::new(bytes), bytes.len() as u64, what)?;
+    let files = model_files_from_content(&content, what)?;
+    drop(content);
+    let vb = QVarBuilder::from_gguf_buffer(bytes, device).map_err(|e| corrupt(what, e))?;
+    Captioner::new(&files, &Weights::quantized(vb))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::*;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use candle_core::quantized::{gguf_file, QTensor};
+    use candle_core::{DType, Tensor};
+
+    use crate::weights::{find_in_dir, shard_names, WeightFile};
+
+    /// Loads a captioner from a gitcap GGUF file on disk, reading tensors straight from the file
+    /// (the file is not held in memory besides the weights).
+    pub fn load_file(path: &Path, device: &Device) -> Result<Captioner> {
+        let what = path.display().to_string();
+        let open = || {
+            std::fs::File::open(path).map_err(|e| Error::model(format!("cannot open {what}: {e}")))
+        };
+        let file = open()?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::model(format!("cannot read {what}: {e}")))?
+            .len();
+        let content = read_content(&mut std::io::BufReader::new(file), len, &what)?;
+        let files = model_files_from_content(&content, &what)?;
+        drop(content);
+        // Tensors are read one at a time from the file, so it is never held in memory whole.
+        let vb = QVarBuilder::from_gguf(path, device).map_err(|e| corrupt(&what, e))?;
+        Captioner::new(&files, &Weights::quantized(vb))
+    }
+
+    /// Describes a gitcap GGUF file on disk without loading its weights.
+    pub fn inspect_file(path: &Path) -> Result<GgufInfo> {
+        let what = path.display().to_string();
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::model(format!("cannot open {what}: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::model(format!("cannot read {what}: {e}")))?
+            .len();
+        let content = read_content(&mut std::io::BufReader::new(file), len, &what)?;
+        info_from_content(&content, &what)
+    }
+
+    /// Progress of [`quantize_checkpoint`], for a progress bar.
+    #[derive(Debug, Clone)]
+    pub enum Progress<'a> {
+        /// Conversion starts: this many tensors holding this many values.
+        Start { tensors: usize, elements: u64 },
+        /// One tensor was converted.
+        Converted {
+            name: &'a str,
+            elements: u64,
+            dtype: GgmlDType,
+        },
+        /// A tensor that is not stored (an integer buffer the model computes itself).
+        Skipped { name: &'a str, elements: u64 },
+        /// Writing the file starts: this many bytes.
+        Writing { bytes: u64 },
+        /// This many bytes written so far.
+        Written { bytes: u64 },
+    }
+
+    /// A matrix that did not take the requested type.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Fallback {
+        pub name: String,
+        pub shape: Vec<usize>,
+        pub dtype: GgmlDType,
+    }
+
+    /// What [`quantize_checkpoint`] wrote.
+    #[derive(Debug, Clone)]
+    pub struct QuantizeSummary {
+        pub quant_type: QuantType,
+        /// Tensors written, per storage type name.
+        pub tensors: BTreeMap<&'static str, usize>,
+        /// Values per storage type name.
+        pub elements: BTreeMap<&'static str, u64>,
+        pub fallbacks: Vec<Fallback>,
+        /// Tensors of the checkpoint left out (integer buffers, a tied LM head's duplicate).
+        pub skipped: Vec<String>,
+        /// Size of the GGUF file.
+        pub file_bytes: u64,
+        /// Size of the same weights in f32.
+        pub f32_bytes: u64,
+    }
+
+    /// The tensors of a checkpoint folder, read one at a time.
+    enum Source {
+        Safetensors(candle_core::safetensors::MmapedSafetensors),
+        Pth(candle_core::pickle::PthTensors),
+    }
+
+    impl Source {
+        fn open(dir: &Path) -> Result<Self> {
+            let file = find_in_dir(dir)?;
+            let source = match &file {
+                WeightFile::Safetensors(name) => {
+                    // Reuse the folder loader's checks of truncated files.
+                    crate::weights::load_file(dir, &file, &Device::Cpu)?;
+                    // SAFETY: read-only map of a file that must not change while gitcap runs,
+                    // as for every memory-mapped checkpoint loader.
+                    let st =
+                        unsafe { candle_core::safetensors::MmapedSafetensors::new(dir.join(name)) }
+                            .map_err(|e| corrupt(name, e))?;
+                    Source::Safetensors(st)
+                }
+                WeightFile::ShardedSafetensors { index } => {
+                    crate::weights::load_file(dir, &file, &Device::Cpu)?;
+                    let path = dir.join(index);
+                    let bytes = std::fs::read(&path).map_err(|e| {
+                        Error::model(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    let shards: Vec<_> = shard_names(&bytes)?.iter().map(|n| dir.join(n)).collect();
+                    // SAFETY: as above.
+                    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&shards) }
+                        .map_err(|e| corrupt(index, e))?;
+                    Source::Safetensors(st)
+                }
+                WeightFile::Pytorch(name) => {
+                    let pth = candle_core::pickle::PthTensors::new(dir.join(name), None)
+                        .map_err(|e| corrupt(name, e))?;
+                    Source::Pth(pth)
+                }
+                WeightFile::Gguf(name) => {
+                    return Err(Error::model(format!(
+                        "{name} is already a GGUF file; quantize from the original checkpoint"
+                    )))
+                }
+            };
+            Ok(source)
+        }
+
+        /// Names and shapes of every tensor, without reading their values.
+        fn entries(&self) -> Vec<(String, Vec<usize>)> {
+            let mut entries: Vec<(String, Vec<usize>)> = match self {
+                Source::Safetensors(st) => st
+                    .tensors()
+                    .into_iter()
+                    .map(|(n, v)| (n, v.shape().to_vec()))
+                    .collect(),
+                Source::Pth(p) => p
+                    .tensor_infos()
+                    .iter()
+                    .map(|(n, i)| (n.clone(), i.layout.shape().dims().to_vec()))
+                    .collect(),
+            };
+            entries.sort_by_key(|(n, _)| sort_key(n));
+            entries.dedup_by(|a, b| a.0 == b.0);
+            entries
+        }
+
+        fn load(&self, name: &str) -> Result<Tensor> {
+            let t = match self {
+                Source::Safetensors(st) => st.load(name, &Device::Cpu),
+                Source::Pth(p) => p.get(name).and_then(|t| {
+                    t.ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))
+                }),
+            };
+            t.map_err(|e| Error::weight(name, format!("could not be read: {e}")))
+        }
+    }
+
+    /// Tensors are written in name order with layer numbers compared as numbers
+    /// (`layers.2` before `layers.10`), which keeps a file listing readable; any order loads.
+    fn sort_key(name: &str) -> Vec<(String, usize)> {
+        name.split('.')
+            .map(|part| match part.parse::<usize>() {
+                Ok(n) => (String::new(), n),
+                Err(_) => (part.to_string(), 0),
+            })
+            .collect()
+    }
+
+    /// Converts the checkpoint folder `dir` into one GGUF file at `out` (written to a temporary
+    /// name next to it first, so an interrupted run leaves no partial model under `out`).
+    pub fn quantize_checkpoint(
+        dir: &Path,
+        out: &Path,
+        quant_type: QuantType,
+        source_name: &str,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<QuantizeSummary> {
+        let files = crate::checkpoint::read_model_files(dir)?;
+        let config = GitConfig::from_json(&files.config)?;
+        if files.tokenizer_json.is_none() && files.vocab_txt.is_none() {
+            return Err(Error::model(format!(
+                "{} has neither tokenizer.json nor vocab.txt",
+                dir.display()
+            )));
+        }
+        let source = Source::open(dir)?;
+        let mut skipped = Vec::new();
+        let mut entries = Vec::new();
+        for (name, shape) in source.entries() {
+            // transformers ignores a stored LM head when it is tied to the word embeddings, and
+            // the model reads the (quantized) word-embedding table for it.
+            if config.tie_word_embeddings && name == "output.weight" {
+                skipped.push(name);
+            } else {
+                entries.push((name, shape));
+            }
+        }
+        let total: u64 = entries
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>() as u64)
+            .sum();
+        progress(Progress::Start {
+            tensors: entries.len(),
+            elements: total,
+        });
+
+        let mut summary = QuantizeSummary {
+            quant_type,
+            tensors: BTreeMap::new(),
+            elements: BTreeMap::new(),
+            fallbacks: Vec::new(),
+            skipped,
+            file_bytes: 0,
+            f32_bytes: total * 4,
+        };
+        let mut converted: Vec<(String, QTensor)> = Vec::with_capacity(entries.len());
+        for (name, _) in entries {
+            // One tensor in memory at a time: read, convert, keep only the converted form.
+            let t = source.load(&name)?;
+            if !matches!(
+                t.dtype(),
+                DType::F32 | DType::F16 | DType::BF16 | DType::F64
+            ) {
+                // Integer buffers such as position_ids; the model computes them.
+                summary.f32_bytes -= 4 * t.elem_count() as u64;
+                progress(Progress::Skipped {
+                    name: &name,
+                    elements: t.elem_count() as u64,
+                });
+                summary.skipped.push(name);
+                continue;
+            }
+            let p = placement(&name, t.dims(), quant_type);
+            let t = t.to_dtype(DType::F32)?;
+            let q = QTensor::quantize(&t, p.dtype)
+                .map_err(|e| Error::weight(&name, format!("could not be converted: {e}")))?;
+            drop(t);
+            let elements = q.shape().elem_count() as u64;
+            let dn = dtype_name(p.dtype);
+            *summary.tensors.entry(dn).or_default() += 1;
+            *summary.elements.entry(dn).or_default() += elements;
+            if p.fallback {
+                summary.fallbacks.push(Fallback {
+                    name: name.clone(),
+                    shape: q.shape().dims().to_vec(),
+                    dtype: p.dtype,
+                });
+            }
+            progress(Progress::Converted {
+                name: &name,
+                elements,
+                dtype: p.dtype,
+            });
+            converted.push((name, q));
+        }
+
+        let string = |s: &[u8]| Value::String(String::from_utf8_lossy(s).into_owned());
+        let mut metadata: Vec<(&str, Value)> = vec![
+            (keys::ARCHITECTURE, Value::String("git".into())),
+            (keys::NAME, Value::String(source_name.to_string())),
+            (keys::FORMAT_VERSION, Value::U32(FORMAT_VERSION)),
+            (keys::QUANT_TYPE, Value::String(quant_type.name().into())),
+            (keys::CONFIG, string(&files.config)),
+        ];
+        let optional = [
+            (keys::GENERATION_CONFIG, &files.generation_config),
+            (keys::PREPROCESSOR_CONFIG, &files.preprocessor_config),
+            (keys::TOKENIZER, &files.tokenizer_json),
+            (keys::TOKENIZER_CONFIG, &files.tokenizer_config),
+            (keys::VOCAB, &files.vocab_txt),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                metadata.push((key, string(v)));
+            }
+        }
+        metadata.push((
+            keys::FALLBACK_TENSORS,
+            Value::Array(
+                summary
+                    .fallbacks
+                    .iter()
+                    .map(|f| Value::String(format!("{}={}", f.name, dtype_name(f.dtype))))
+                    .collect(),
+            ),
+        ));
+
+        let data_bytes: u64 = converted
+            .iter()
+            .map(|(_, q)| q.storage_size_in_bytes().div_ceil(32) as u64 * 32)
+            .sum();
+        progress(Progress::Writing { bytes: data_bytes });
+        let partial = {
+            let mut name = out.file_name().unwrap_or_default().to_os_string();
+            name.push(".partial");
+            out.with_file_name(name)
+        };
+        let mut write = || -> Result<u64> {
+            let file = std::fs::File::create(&partial)
+                .map_err(|e| Error::model(format!("cannot create {}: {e}", partial.display())))?;
+            let mut w = CountingWriter {
+                inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                written: 0,
+                reported: 0,
+                progress: &mut *progress,
+            };
+            let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+            let tensors: Vec<(&str, &QTensor)> =
+                converted.iter().map(|(n, q)| (n.as_str(), q)).collect();
+            gguf_file::write(&mut w, &meta, &tensors)
+                .map_err(|e| Error::model(format!("cannot write {}: {e}", partial.display())))?;
+            use std::io::Write;
+            w.flush()
+                .map_err(|e| Error::model(format!("cannot write {}: {e}", partial.display())))?;
+            let file = w
+                .inner
+                .into_inner()
+                .map_err(|e| Error::model(format!("cannot write {}: {e}", partial.display())))?;
+            file.sync_all()
+                .map_err(|e| Error::model(format!("cannot write {}: {e}", partial.display())))?;
+            Ok(file
+                .metadata()
+                .map_err(|e| Error::model(format!("cannot read {}: {e}", partial.display())))?
+                .len())
+        };
+        match write() {
+            Ok(bytes) => summary.file_bytes = bytes,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        }
+        std::fs::rename(&partial, out).map_err(|e| {
+            Error::model(format!(
+                "cannot move {} to {}: {e}",
+                partial.display(),
+                out.display()
+            ))
+        })?;
+        Ok(summary)
+    }
+
+    /// Counts bytes for the progress bar while writing.
+    struct CountingWriter<'p, W> {
+        inner: W,
+        written: u64,
+        reported: u64,
+        progress: &'p mut dyn FnMut(Progress<'_>),
+    }
+
+    impl<W: std::io::Write> std::io::Write for CountingWriter<'_, W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.written += n as u64;
+            if self.written - self.reported >= 1 << 22 {
+                self.reported = self.written;
+                (self.progress)(Progress::Written {
+                    bytes: self.written,
+                });
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    impl<W: std::io::Seek> std::io::Seek for CountingWriter<'_, W> {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+}
