@@ -252,7 +252,11 @@ impl CaptionJob {
         }
         Ok(JobEvent::Done {
             rest,
-            caption: Caption { text, token_ids, prefix_len: self.skip },
+            caption: Caption {
+                text,
+                token_ids,
+                prefix_len: self.skip,
+            },
         })
     }
 }

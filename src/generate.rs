@@ -146,7 +146,9 @@ impl Generator {
                         temperature: t,
                     },
                 };
-                single(Some(Box::new(LogitsProcessor::from_sampling(*seed, sampling))))
+                single(Some(Box::new(LogitsProcessor::from_sampling(
+                    *seed, sampling,
+                ))))
             }
         };
         let finished = (opts.max_new_tokens == 0).then(|| input.clone());

@@ -19,14 +19,20 @@ impl CaptionTokenizer {
     pub fn from_tokenizer_json(bytes: &[u8]) -> Result<Self> {
         let inner = Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::model(format!("tokenizer.json could not be read: {e}")))?;
-        Ok(Self { inner, clean_up_spaces: false })
+        Ok(Self {
+            inner,
+            clean_up_spaces: false,
+        })
     }
 
     /// Applies what `tokenizer_config.json` says about decoding.
     pub fn with_tokenizer_config(mut self, bytes: &[u8]) -> Result<Self> {
         let v: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::model(format!("tokenizer_config.json is not valid JSON: {e}")))?;
-        self.clean_up_spaces = v.get("clean_up_tokenization_spaces").and_then(|b| b.as_bool()).unwrap_or(false);
+        self.clean_up_spaces = v
+            .get("clean_up_tokenization_spaces")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false);
         Ok(self)
     }
 
@@ -84,7 +90,11 @@ impl CaptionTokenizer {
             .inner
             .decode(ids, true)
             .map_err(|e| Error::model(format!("token ids could not be decoded: {e}")))?;
-        Ok(if self.clean_up_spaces { clean_up_tokenization(&text) } else { text })
+        Ok(if self.clean_up_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -94,9 +104,20 @@ impl CaptionTokenizer {
 
 /// transformers' `clean_up_tokenization`, in its order.
 fn clean_up_tokenization(text: &str) -> String {
-    [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
-        .iter()
-        .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+    [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ]
+    .iter()
+    .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
 }
 
 /// Turns a growing list of generated ids into text fragments whose concatenation is exactly the

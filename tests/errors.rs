@@ -19,18 +19,32 @@ fn err_of<T>(r: gitcap::Result<T>) -> String {
 }
 
 fn fixture_tensors() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(model_dir("tiny-coco").join("model.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(
+        model_dir("tiny-coco").join("model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn caption_ids(dir: &std::path::Path) -> Vec<u32> {
     let captioner = load_dir(dir, &Device::Cpu).unwrap();
-    let img = decode_image(&std::fs::read(image_path("chelsea.png")).unwrap(), &ImageLimits::default()).unwrap();
-    captioner.caption(&[img], &CaptionOptions::default(), &mut |_| true).unwrap().token_ids
+    let img = decode_image(
+        &std::fs::read(image_path("chelsea.png")).unwrap(),
+        &ImageLimits::default(),
+    )
+    .unwrap();
+    captioner
+        .caption(&[img], &CaptionOptions::default(), &mut |_| true)
+        .unwrap()
+        .token_ids
 }
 
 #[test]
 fn missing_folder_and_config_are_reported() {
-    let msg = err_of(load_dir(std::path::Path::new("/no/such/model"), &Device::Cpu));
+    let msg = err_of(load_dir(
+        std::path::Path::new("/no/such/model"),
+        &Device::Cpu,
+    ));
     assert!(msg.contains("not a folder"), "{msg}");
     let dir = TempDir::new("noconfig");
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
@@ -41,18 +55,28 @@ fn missing_folder_and_config_are_reported() {
 fn missing_weights_are_reported() {
     let dir = TempDir::with_model_files("noweights", "tiny-coco", false);
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
-    assert!(msg.contains("holds no weights") && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains("holds no weights") && msg.contains("model.safetensors"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_config_that_is_not_git_is_refused() {
     let dir = TempDir::with_model_files("bert", "tiny-coco", true);
-    std::fs::write(dir.0.join("config.json"), r#"{"model_type": "bert", "hidden_size": 16}"#).unwrap();
+    std::fs::write(
+        dir.0.join("config.json"),
+        r#"{"model_type": "bert", "hidden_size": 16}"#,
+    )
+    .unwrap();
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
     assert!(msg.contains("`bert` model, not GIT"), "{msg}");
     std::fs::write(dir.0.join("config.json"), "this is not json").unwrap();
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
-    assert!(msg.contains("config.json is not a valid GIT config"), "{msg}");
+    assert!(
+        msg.contains("config.json is not a valid GIT config"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -63,10 +87,16 @@ fn truncated_weights_are_reported_as_such() {
     for keep in [4, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&path, &bytes[..keep]).unwrap();
         let msg = err_of(load_dir(&dir.0, &Device::Cpu));
-        assert!(msg.contains("truncated or corrupt"), "kept {keep} bytes: {msg}");
+        assert!(
+            msg.contains("truncated or corrupt"),
+            "kept {keep} bytes: {msg}"
+        );
     }
     // In-memory buffers (the browser's path) are checked the same way.
-    let msg = err_of(gitcap::weights::from_safetensors_buffers(vec![bytes[..bytes.len() - 10].to_vec()], &Device::Cpu));
+    let msg = err_of(gitcap::weights::from_safetensors_buffers(
+        vec![bytes[..bytes.len() - 10].to_vec()],
+        &Device::Cpu,
+    ));
     assert!(msg.contains("truncated or corrupt"), "{msg}");
 }
 
@@ -79,20 +109,35 @@ fn a_missing_or_misshapen_tensor_is_named() {
     tensors.remove("git.encoder.layer.1.attention.self.key.weight");
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
-    assert!(msg.contains("git.encoder.layer.1.attention.self.key.weight") && msg.contains("missing"), "{msg}");
+    assert!(
+        msg.contains("git.encoder.layer.1.attention.self.key.weight") && msg.contains("missing"),
+        "{msg}"
+    );
 
     let mut tensors = fixture_tensors();
-    tensors.insert("git.visual_projection.visual_projection.0.weight".into(), Tensor::zeros((16, 31), candle_core::DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        "git.visual_projection.visual_projection.0.weight".into(),
+        Tensor::zeros((16, 31), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
-    assert!(msg.contains("git.visual_projection.visual_projection.0.weight") && msg.contains("[16, 31]"), "{msg}");
+    assert!(
+        msg.contains("git.visual_projection.visual_projection.0.weight")
+            && msg.contains("[16, 31]"),
+        "{msg}"
+    );
 
     // A config for a bigger model than the weights is a shape error too, not a silent random init.
     std::fs::copy(model_dir("tiny-coco").join("model.safetensors"), &path).unwrap();
-    let cfg = std::fs::read_to_string(dir.0.join("config.json")).unwrap().replace("\"hidden_size\": 16", "\"hidden_size\": 32");
+    let cfg = std::fs::read_to_string(dir.0.join("config.json"))
+        .unwrap()
+        .replace("\"hidden_size\": 16", "\"hidden_size\": 32");
     std::fs::write(dir.0.join("config.json"), cfg).unwrap();
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
-    assert!(msg.contains("has shape") && msg.contains("config implies"), "{msg}");
+    assert!(
+        msg.contains("has shape") && msg.contains("config implies"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -103,48 +148,95 @@ fn sharded_safetensors_load_like_the_single_file() {
     names.sort();
     let (first, second) = names.split_at(names.len() / 2);
     let mut weight_map = serde_json::Map::new();
-    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
-        let shard: HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), tensors[*n].clone())).collect();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let shard: HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
         candle_core::safetensors::save(&shard, dir.0.join(file)).unwrap();
         for n in part {
             weight_map.insert((*n).clone(), file.into());
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(dir.0.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        dir.0.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     assert_eq!(caption_ids(&dir.0), caption_ids(&model_dir("tiny-coco")));
 
     // A shard the index names but the folder lacks is reported by name.
     std::fs::remove_file(dir.0.join("model-00002-of-00002.safetensors")).unwrap();
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
-    assert!(msg.contains("model-00002-of-00002.safetensors") && msg.contains("missing"), "{msg}");
+    assert!(
+        msg.contains("model-00002-of-00002.safetensors") && msg.contains("missing"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn vocab_txt_alone_gives_the_same_tokenizer_as_tokenizer_json() {
     let dir = TempDir::with_model_files("vocab", "tiny-coco", true);
     std::fs::remove_file(dir.0.join("tokenizer.json")).unwrap();
-    std::fs::copy(common::root().join("fixtures/vocab.txt"), dir.0.join("vocab.txt")).unwrap();
+    std::fs::copy(
+        common::root().join("fixtures/vocab.txt"),
+        dir.0.join("vocab.txt"),
+    )
+    .unwrap();
     assert_eq!(caption_ids(&dir.0), caption_ids(&model_dir("tiny-coco")));
     std::fs::remove_file(dir.0.join("vocab.txt")).unwrap();
     let msg = err_of(load_dir(&dir.0, &Device::Cpu));
-    assert!(msg.contains("neither tokenizer.json nor vocab.txt"), "{msg}");
+    assert!(
+        msg.contains("neither tokenizer.json nor vocab.txt"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn bad_requests_are_errors() {
     let captioner = load_dir(&model_dir("tiny-coco"), &Device::Cpu).unwrap();
-    let img = decode_image(&std::fs::read(image_path("chelsea.png")).unwrap(), &ImageLimits::default()).unwrap();
+    let img = decode_image(
+        &std::fs::read(image_path("chelsea.png")).unwrap(),
+        &ImageLimits::default(),
+    )
+    .unwrap();
     let msg = err_of(captioner.caption(&[], &CaptionOptions::default(), &mut |_| true));
     assert!(msg.contains("no image"), "{msg}");
-    let msg = err_of(captioner.caption(&[img.clone(), img.clone()], &CaptionOptions::default(), &mut |_| true));
+    let msg = err_of(captioner.caption(
+        &[img.clone(), img.clone()],
+        &CaptionOptions::default(),
+        &mut |_| true,
+    ));
     assert!(msg.contains("one image"), "{msg}");
-    let too_long = CaptionOptions { max_new_tokens: 1000, ..Default::default() };
+    let too_long = CaptionOptions {
+        max_new_tokens: 1000,
+        ..Default::default()
+    };
     let msg = err_of(captioner.caption(std::slice::from_ref(&img), &too_long, &mut |_| true));
-    assert!(msg.contains("exceeds the model's 64 text positions"), "{msg}");
-    let zero_beams = CaptionOptions { decoding: gitcap::Decoding::Beam { num_beams: 0, length_penalty: 1.0 }, ..Default::default() };
-    assert!(err_of(captioner.caption(std::slice::from_ref(&img), &zero_beams, &mut |_| true)).contains("num_beams"));
+    assert!(
+        msg.contains("exceeds the model's 64 text positions"),
+        "{msg}"
+    );
+    let zero_beams = CaptionOptions {
+        decoding: gitcap::Decoding::Beam {
+            num_beams: 0,
+            length_penalty: 1.0,
+        },
+        ..Default::default()
+    };
+    assert!(
+        err_of(captioner.caption(std::slice::from_ref(&img), &zero_beams, &mut |_| true))
+            .contains("num_beams")
+    );
     // Cancelling from the callback stops generation with `Cancelled`.
-    let r = captioner.caption(std::slice::from_ref(&img), &CaptionOptions::default(), &mut |_| false);
+    let r = captioner.caption(
+        std::slice::from_ref(&img),
+        &CaptionOptions::default(),
+        &mut |_| false,
+    );
     assert!(matches!(r, Err(gitcap::Error::Cancelled)));
 }

@@ -7,8 +7,10 @@ mod common;
 use gitcap::tokenizer::{CaptionTokenizer, TextStream};
 
 fn tokenizer() -> CaptionTokenizer {
-    CaptionTokenizer::from_tokenizer_json(&std::fs::read(common::model_dir("tiny-coco").join("tokenizer.json")).unwrap())
-        .unwrap()
+    CaptionTokenizer::from_tokenizer_json(
+        &std::fs::read(common::model_dir("tiny-coco").join("tokenizer.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 fn stream(tok: &CaptionTokenizer, ids: &[u32]) -> (Vec<String>, String) {
@@ -34,8 +36,8 @@ fn fragments_concatenate_to_the_decoded_text() {
 
 fn fragments_concatenate_with(tok: &CaptionTokenizer) {
     let words = [
-        "a", "dog", "playing", "with", "frisbee", "don", "n", "t", "s", "re", "ve", "m", "'", ".", ",", "?", "!",
-        "##s", "##ing", "##ed", "it", "man", "[SEP]", "[CLS]", "[PAD]",
+        "a", "dog", "playing", "with", "frisbee", "don", "n", "t", "s", "re", "ve", "m", "'", ".",
+        ",", "?", "!", "##s", "##ing", "##ed", "it", "man", "[SEP]", "[CLS]", "[PAD]",
     ];
     // Special tokens are not produced by encode_prompt; they have fixed ids.
     let ids: Vec<u32> = words
@@ -59,7 +61,11 @@ fn fragments_concatenate_with(tok: &CaptionTokenizer) {
             })
             .collect();
         let (fragments, text) = stream(tok, &seq);
-        assert_eq!(fragments.concat(), text, "ids {seq:?} fragments {fragments:?}");
+        assert_eq!(
+            fragments.concat(),
+            text,
+            "ids {seq:?} fragments {fragments:?}"
+        );
     }
 }
 
@@ -68,9 +74,25 @@ fn known_rewrites_stream_correctly() {
     // Expected texts are transformers 5's BertTokenizer.decode(skip_special_tokens=True) with
     // clean_up_tokenization_spaces False (its default) and True, on these very ids.
     let cases: [(&str, &[u32], &str); 3] = [
-        ("a man doesn ' t like it.", &[1037, 2158, 2987, 1005, 1056, 2066, 2009, 1012], "a man doesn't like it."),
-        ("it ' s a dog, isn ' t it?", &[2009, 1005, 1055, 1037, 3899, 1010, 3475, 1005, 1056, 2009, 1029], "it's a dog, isn't it?"),
-        ("i ' m sure we ' re fine, ok?", &[1045, 1005, 1049, 2469, 2057, 1005, 2128, 2986, 1010, 7929, 1029], "i'm sure we're fine, ok?"),
+        (
+            "a man doesn ' t like it.",
+            &[1037, 2158, 2987, 1005, 1056, 2066, 2009, 1012],
+            "a man doesn't like it.",
+        ),
+        (
+            "it ' s a dog, isn ' t it?",
+            &[
+                2009, 1005, 1055, 1037, 3899, 1010, 3475, 1005, 1056, 2009, 1029,
+            ],
+            "it's a dog, isn't it?",
+        ),
+        (
+            "i ' m sure we ' re fine, ok?",
+            &[
+                1045, 1005, 1049, 2469, 2057, 1005, 2128, 2986, 1010, 7929, 1029,
+            ],
+            "i'm sure we're fine, ok?",
+        ),
     ];
     for (plain, ids, cleaned) in cases {
         for (clean_up, want) in [(false, plain), (true, cleaned)] {
@@ -82,7 +104,9 @@ fn known_rewrites_stream_correctly() {
     }
     let tok = tokenizer();
     // Words arrive before the caption ends: streaming, not one blob at the end.
-    let ids = tok.encode_prompt("a dog playing with a frisbee in the park").unwrap();
+    let ids = tok
+        .encode_prompt("a dog playing with a frisbee in the park")
+        .unwrap();
     let (fragments, _) = stream(&tok, &ids);
     assert!(fragments.len() >= 6, "{fragments:?}");
 }

@@ -198,7 +198,8 @@ impl GitConfig {
         let v = &self.vision_config;
         let checks = [
             (
-                self.num_attention_heads > 0 && self.hidden_size.is_multiple_of(self.num_attention_heads),
+                self.num_attention_heads > 0
+                    && self.hidden_size.is_multiple_of(self.num_attention_heads),
                 "hidden_size must be a multiple of num_attention_heads",
             ),
             (
