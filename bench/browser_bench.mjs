@@ -1,0 +1,205 @@
+#!/usr/bin/env node
+// Browser benchmark (not a test): serves a model folder with `gitcap serve`, opens the page in
+// headless Chromium and measures, from the worker's own timings:
+//   - first load: download from the local server into OPFS while loading (network + store + parse)
+//   - model load from the browser's store (a reload): what a returning user waits for
+//   - image encoding (decode + preprocessing + vision tower + image half of the decoder)
+//   - per-token decode time and the whole greedy caption (--tokens, default 20)
+//   - wasm memory (memory.buffer.byteLength, current and peak, reported by the worker) and
+//     performance.measureUserAgentSpecificMemory() where the browser offers it
+//
+// Usage: node bench/browser_bench.mjs <model folder> [--image FILE] [--tokens N] [--runs N]
+//        [--bin path/to/gitcap] [--www folder] [--chunk-kib N] [--json out.json] [--screenshot out.png]
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+  const i = args.indexOf(name);
+  if (i < 0) return dflt;
+  const v = args[i + 1];
+  args.splice(i, 2);
+  return v;
+};
+const image = path.resolve(opt('--image', path.join(ROOT, 'tests/images/chelsea.png')));
+const tokens = Number(opt('--tokens', '20'));
+const runs = Number(opt('--runs', '3'));
+const chunkKib = opt('--chunk-kib', null);
+const jsonOut = opt('--json', null);
+const screenshot = opt('--screenshot', null);
+let bin = opt('--bin', null);
+const www = path.resolve(ROOT, opt('--www', process.env.GITCAP_WWW || 'www'));
+const modelDir = args[0] && path.resolve(args[0]);
+if (!modelDir || !fs.existsSync(modelDir)) {
+  console.error('usage: node bench/browser_bench.mjs <model folder> [--image FILE] [--tokens N] [--runs N] [--bin gitcap]');
+  process.exit(2);
+}
+if (!bin) {
+  bin = ['release', 'debug'].map((p) => path.join(ROOT, 'target', p, 'gitcap')).find((p) => fs.existsSync(p));
+  if (!bin) {
+    console.error('no target/{release,debug}/gitcap: build it (cargo build --release --features native) or pass --bin');
+    process.exit(2);
+  }
+}
+if (!fs.existsSync(path.join(www, 'pkg/gitcap.js'))) {
+  console.error(`${www}/pkg is missing: run bash build.sh first`);
+  process.exit(2);
+}
+
+/** Peak resident memory (VmHWM) of this profile's Chromium renderer processes (Linux /proc). */
+function rendererPeakRss(profile) {
+  let best = null;
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (!cmd.includes('--type=renderer') || !cmd.includes(profile)) continue;
+      const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+      if (m && (best == null || Number(m[1]) * 1024 > best)) best = Number(m[1]) * 1024;
+    } catch {}
+  }
+  return best;
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
+};
+const mb = (n) => (n / 1e6).toFixed(1);
+const log = (...a) => console.error('#', ...a);
+
+function serve() {
+  const proc = spawn(bin, ['serve', www, '--port', '0', '--model-dir', modelDir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    proc.stdout.on('data', (d) => {
+      out += d;
+      const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(out);
+      if (m) resolve({ url: m[0], proc });
+    });
+    proc.once('exit', (c) => reject(new Error(`gitcap serve exited ${c}: ${out}`)));
+  });
+}
+
+async function caption(page) {
+  await page.setInputFiles('input[type=file]', image);
+  await page.waitForSelector('#caption[data-done], #caption[data-error]', { state: 'attached', timeout: 30 * 60_000 });
+  const d = await page.$eval('#caption', (c) => ({ ...c.dataset, text: c.textContent }));
+  if ('error' in d) throw new Error(`caption failed: ${d.error}`);
+  return {
+    text: d.text,
+    tokens: Number(d.tokens),
+    encodeMs: Number(d.encodeMs),
+    firstTokenMs: Number(d.firstTokenMs),
+    decodeMs: Number(d.decodeMs),
+    perTokenMs: Number(d.perTokenMs),
+    totalMs: Number(d.totalMs),
+    wasmBytes: Number(d.wasmBytes),
+    peakWasmBytes: Number(d.peakWasmBytes),
+  };
+}
+
+async function main() {
+  const server = await serve();
+  const name = path.basename(modelDir);
+  // The server hashes model files for their ETag once, on start; wait for that outside the timings.
+  log('waiting for gitcap serve to hash the model files');
+  await fetch(`${server.url}models/${name}/model.safetensors`, { method: 'HEAD' });
+  const weightsBytes = ['model.safetensors']
+    .map((f) => path.join(modelDir, f))
+    .filter((f) => fs.existsSync(f))
+    .reduce((s, f) => s + fs.statSync(f).size, 0);
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-bench-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--enable-blink-features=ForceEagerMeasureMemory'],
+    serviceWorkers: 'block',
+    viewport: { width: 1100, height: 900 },
+  });
+  const result = { model: name, weightsBytes, image: path.basename(image), tokens, runs, chromium: context.browser()?.version() ?? null };
+  try {
+    const page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (e) => log('page error:', e.message));
+    const q = new URLSearchParams({ model: `/models/${name}/`, max_new_tokens: String(tokens), beams: '1' });
+    if (chunkKib) q.set('chunk_kib', chunkKib);
+    const url = `${server.url}?${q}`;
+
+    log(`first visit: download ${mb(weightsBytes)} MB from the local server into OPFS, loading as it arrives`);
+    await page.goto(url);
+    await page.waitForSelector('#model-status[data-state=ready], #model-status[data-state=error]', { timeout: 30 * 60_000 });
+    let st = await page.$eval('#model-status', (e) => ({ ...e.dataset, text: e.textContent }));
+    if (st.state === 'error') throw new Error(`load failed: ${st.error}`);
+    result.firstLoadMs = Number(st.loadMs);
+    result.backend = await page.textContent('#backend');
+    result.crossOriginIsolated = await page.evaluate(() => crossOriginIsolated);
+    log(`  ${result.firstLoadMs} ms; ${result.backend}`);
+
+    log('reload: model from the browser store');
+    await page.reload();
+    await page.waitForSelector('#model-status[data-state=ready], #model-status[data-state=error]', { timeout: 30 * 60_000 });
+    st = await page.$eval('#model-status', (e) => ({ ...e.dataset }));
+    if (st.state === 'error') throw new Error(`cached load failed: ${st.error}`);
+    if (st.fromCache !== 'true') throw new Error('the reload did not load from the store');
+    result.cachedLoadMs = Number(st.loadMs);
+    result.wasmBytesAfterLoad = Number(st.wasmBytes);
+    log(`  ${result.cachedLoadMs} ms; wasm memory ${mb(result.wasmBytesAfterLoad)} MB`);
+
+    const all = [];
+    for (let i = 0; i < runs; i++) {
+      const r = await caption(page);
+      all.push(r);
+      log(`  caption ${i + 1}: encode ${r.encodeMs} ms, ${r.tokens} tokens at ${r.perTokenMs} ms, total ${r.totalMs} ms: "${r.text}"`);
+    }
+    result.captions = all;
+    result.encodeMs = median(all.map((r) => r.encodeMs));
+    result.perTokenMs = median(all.map((r) => r.perTokenMs));
+    result.totalMs = median(all.map((r) => r.totalMs));
+    result.steps = all[0].tokens;
+    result.peakWasmBytes = Math.max(...all.map((r) => r.peakWasmBytes));
+    if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+
+    result.rendererPeakRssBytes = rendererPeakRss(profile);
+    result.userAgentMemory = await page.evaluate(async () => {
+      if (!self.crossOriginIsolated || !performance.measureUserAgentSpecificMemory) return null;
+      try {
+        const m = await Promise.race([
+          performance.measureUserAgentSpecificMemory(),
+          new Promise((r) => setTimeout(() => r(null), 60_000)),
+        ]);
+        return m && { bytes: m.bytes, breakdown: m.breakdown.filter((b) => b.bytes > 1e6).map((b) => ({ bytes: b.bytes, types: b.types, scope: b.attribution?.[0]?.scope ?? null })) };
+      } catch (e) {
+        return { error: String(e) };
+      }
+    });
+  } finally {
+    await context.close();
+    server.proc.kill('SIGTERM');
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+
+  console.log(JSON.stringify(result, null, 2));
+  if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(result, null, 2));
+  console.error(`
+| measure | value |
+| --- | --- |
+| weights | ${mb(result.weightsBytes)} MB |
+| first load (local download into OPFS + load) | ${(result.firstLoadMs / 1000).toFixed(2)} s |
+| model load from the browser store | ${(result.cachedLoadMs / 1000).toFixed(2)} s |
+| image encoding (median of ${runs}) | ${result.encodeMs} ms |
+| per-token decode (median) | ${result.perTokenMs} ms |
+| whole ${result.steps}-step greedy caption incl. encoding (median) | ${(result.totalMs / 1000).toFixed(2)} s |
+| wasm memory after load / peak | ${mb(result.wasmBytesAfterLoad)} MB / ${mb(result.peakWasmBytes)} MB |
+| renderer process peak RSS (VmHWM, whole run) | ${result.rendererPeakRssBytes ? `${mb(result.rendererPeakRssBytes)} MB` : 'n/a'} |
+| measureUserAgentSpecificMemory | ${result.userAgentMemory?.bytes ? `${mb(result.userAgentMemory.bytes)} MB` : 'n/a'} |
+`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

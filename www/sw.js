@@ -1,0 +1,87 @@
+// Service worker: keeps the app shell (page, scripts, WebAssembly) so that after the first
+// visit the page opens and captions with no network at all. The model itself is stored by the
+// model worker in OPFS, not here. Strategy: network first (so updates show at once), the cache
+// when the network fails or is slow. Model files and ranged requests pass straight through.
+
+const CACHE = 'gitcap-shell-v1';
+const SHELL = [
+  './',
+  'index.html',
+  'app.js',
+  'worker.js',
+  'models.js',
+  'style.css',
+  'icon.svg',
+  'manifest.webmanifest',
+  'pkg/gitcap.js',
+  'pkg/gitcap_bg.wasm',
+];
+const NETWORK_TIMEOUT_MS = 4000;
+
+self.addEventListener('install', (event) => {
+  event.waitUntil(
+    (async () => {
+      const cache = await caches.open(CACHE);
+      // One by one: a missing optional file must not leave the whole shell uncached.
+      await Promise.all(
+        SHELL.map(async (path) => {
+          try {
+            const res = await fetch(new Request(path, { cache: 'no-cache' }));
+            if (res.ok) await cache.put(path, res);
+          } catch {}
+        })
+      );
+      await self.skipWaiting();
+    })()
+  );
+});
+
+self.addEventListener('activate', (event) => {
+  event.waitUntil(
+    (async () => {
+      for (const key of await caches.keys()) if (key.startsWith('gitcap-shell-') && key !== CACHE) await caches.delete(key);
+      await self.clients.claim();
+    })()
+  );
+});
+
+function isShell(url) {
+  if (url.origin !== self.location.origin) return false;
+  const scope = new URL(self.registration.scope);
+  if (!url.pathname.startsWith(scope.pathname)) return false;
+  const rel = url.pathname.slice(scope.pathname.length);
+  if (rel.startsWith('models/')) return false;
+  return rel === '' || SHELL.includes(rel) || rel.startsWith('pkg/');
+}
+
+self.addEventListener('fetch', (event) => {
+  const req = event.request;
+  if (req.method !== 'GET' || req.headers.has('range')) return;
+  const url = new URL(req.url);
+  if (!isShell(url)) return;
+  event.respondWith(networkFirst(req, url));
+});
+
+async function networkFirst(req, url) {
+  const cache = await caches.open(CACHE);
+  // The page with any query (?model=...) is the same cached index.html.
+  const key = url.pathname.endsWith('/') ? new URL('index.html', url).href : url.origin + url.pathname;
+  const fromCache = async () =>
+    (await cache.match(key)) ||
+    (req.mode === 'navigate' ? await cache.match(new URL('index.html', self.registration.scope).href) : undefined);
+  const network = fetch(req).then(async (res) => {
+    if (res.ok && res.type === 'basic') await cache.put(key, res.clone());
+    return res;
+  });
+  try {
+    const timeout = new Promise((resolve) => setTimeout(() => resolve(null), NETWORK_TIMEOUT_MS));
+    const res = await Promise.race([network, timeout]);
+    if (res) return res;
+    // Slow network: the cached copy if there is one, else keep waiting.
+    return (await fromCache()) || (await network);
+  } catch (e) {
+    const hit = await fromCache();
+    if (hit) return hit;
+    throw e;
+  }
+}
