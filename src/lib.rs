@@ -13,7 +13,10 @@ pub mod generate;
 pub mod gguf;
 pub mod image;
 pub mod model;
+pub mod stream_load;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 pub mod weights;
 
 pub use captioner::{Caption, CaptionOptions, Captioner, ModelFiles};

@@ -1,0 +1,598 @@
+//! Browser bindings (wasm-bindgen). The JS contract, used by the web worker:
+//!
+//! ```js
+//! import init, { ModelLoader, Sha256, buildInfo } from './pkg/gitcap.js';
+//! await init();
+//! const loader = new ModelLoader();
+//! loader.addFile(name, bytes);                 // config.json, tokenizer.json, vocab.txt,
+//!                                              // preprocessor_config.json, generation_config.json
+//! loader.beginWeights("safetensors" | "gguf", totalBytes);
+//! loader.pushWeights(chunk);                   // any size; safetensors are parsed as they arrive
+//! const model = loader.finish();               // consumes the loader
+//! model.frames; model.info();
+//! const job = model.startCaption(imageBytes, options);         // or startCaptionRgba(w, h, rgba, options)
+//! const ev = job.step();                       // {text, done, caption?: {text, token_ids}}
+//! // or startCaptionFrames([bytes, ...], options) for video checkpoints
+//! job.free(); model.free();
+//! const h = new Sha256(); h.update(chunk); h.hex();
+//! buildInfo();                                 // {simd, threads, version}
+//! ```
+//!
+//! Every failure is thrown as a JS `Error` with a readable message; nothing is left to a panic
+//! (a panic in wasm is a trap that kills the module). The panic hook is installed anyway, so a
+//! bug shows its message in the console.
+
+use std::rc::Rc;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::captioner::{CaptionJob as CoreJob, JobEvent};
+use crate::image::{decode_image, rgba_to_rgb, ImageLimits};
+use crate::stream_load::SafetensorsStream;
+use crate::{Caption, CaptionOptions, Captioner, Decoding, Error, ModelFiles};
+
+fn hook() {
+    console_error_panic_hook::set_once();
+}
+
+fn js_err(e: Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn invalid(msg: impl Into<String>) -> JsError {
+    js_err(Error::invalid(msg))
+}
+
+/// Builds a captioner from a whole GGUF file (which carries the checkpoint's small files as
+/// metadata; files given to `addFile` are not used). For a build without GGUF support, make this
+/// `Err(Error::model("GGUF support is not in this build"))`.
+fn captioner_from_gguf(bytes: &[u8]) -> crate::Result<Captioner> {
+    crate::gguf::captioner_from_gguf(bytes, &Device::Cpu)
+}
+
+/// The names `addFile` accepts.
+const FILE_NAMES: [&str; 6] = [
+    ModelFiles::CONFIG,
+    ModelFiles::TOKENIZER,
+    ModelFiles::TOKENIZER_CONFIG,
+    ModelFiles::VOCAB,
+    ModelFiles::PREPROCESSOR,
+    ModelFiles::GENERATION,
+];
+
+enum Incoming {
+    None,
+    Safetensors(SafetensorsStream),
+    Gguf(Vec<u8>),
+}
+
+/// Collects a checkpoint's small files and its weights (streamed), then builds the model.
+#[wasm_bindgen]
+pub struct ModelLoader {
+    files: ModelFiles,
+    has_config: bool,
+    weights: Incoming,
+    total: Option<u64>,
+    received: u64,
+}
+
+impl Default for ModelLoader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[wasm_bindgen]
+impl ModelLoader {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> ModelLoader {
+        hook();
+        ModelLoader {
+            files: ModelFiles::default(),
+            has_config: false,
+            weights: Incoming::None,
+            total: None,
+            received: 0,
+        }
+    }
+
+    /// Adds one of the checkpoint's small files by its name in the repository.
+    #[wasm_bindgen(js_name = addFile)]
+    pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<(), JsError> {
+        let f = &mut self.files;
+        let bytes = bytes.to_vec();
+        match name {
+            ModelFiles::CONFIG => {
+                f.config = bytes;
+                self.has_config = true;
+            }
+            ModelFiles::TOKENIZER => f.tokenizer_json = Some(bytes),
+            ModelFiles::TOKENIZER_CONFIG => f.tokenizer_config = Some(bytes),
+            ModelFiles::VOCAB => f.vocab_txt = Some(bytes),
+            ModelFiles::PREPROCESSOR => f.preprocessor_config = Some(bytes),
+            ModelFiles::GENERATION => f.generation_config = Some(bytes),
+            _ => {
+                return Err(invalid(format!(
+                    "addFile: unknown model file {name:?}; expected one of {}",
+                    FILE_NAMES.join(", ")
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts receiving the weights: `kind` is "safetensors" or "gguf"; `totalBytes` is the file's
+    /// size (checked against what arrives and what the header says; may be left undefined).
+    #[wasm_bindgen(js_name = beginWeights)]
+    pub fn begin_weights(&mut self, kind: &str, total_bytes: Option<f64>) -> Result<(), JsError> {
+        if !matches!(self.weights, Incoming::None) {
+            return Err(invalid("beginWeights: the weights were already begun"));
+        }
+        let total = match total_bytes {
+            None => None,
+            Some(t) if t.is_finite() && t >= 0.0 && t.fract() == 0.0 && t <= 2f64.powi(53) => {
+                Some(t as u64)
+            }
+            Some(t) => {
+                return Err(invalid(format!(
+                    "beginWeights: totalBytes must be a whole number of bytes, got {t}"
+                )))
+            }
+        };
+        self.weights = match kind {
+            "safetensors" => Incoming::Safetensors(SafetensorsStream::new()),
+            "gguf" => {
+                let mut buf = Vec::new();
+                if let Some(t) = total {
+                    let t = usize::try_from(t).map_err(|_| too_big(t))?;
+                    buf.try_reserve_exact(t).map_err(|_| too_big(t as u64))?;
+                }
+                Incoming::Gguf(buf)
+            }
+            other => {
+                return Err(invalid(format!(
+                    "beginWeights: unknown weights kind {other:?}; expected \"safetensors\" or \"gguf\""
+                )))
+            }
+        };
+        self.total = total;
+        self.received = 0;
+        Ok(())
+    }
+
+    /// Adds the next bytes of the weights file.
+    #[wasm_bindgen(js_name = pushWeights)]
+    pub fn push_weights(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+        let received = self.received + chunk.len() as u64;
+        if let Some(total) = self.total {
+            if received > total {
+                return Err(js_err(Error::model(format!(
+                    "the weights file is longer than the {total} bytes announced to beginWeights"
+                ))));
+            }
+        }
+        match &mut self.weights {
+            Incoming::None => return Err(invalid("pushWeights: call beginWeights first")),
+            Incoming::Safetensors(stream) => {
+                stream.push(chunk).map_err(js_err)?;
+                if let (Some(total), Some(expected)) = (self.total, stream.expected_len()) {
+                    if total != expected {
+                        return Err(js_err(Error::model(format!(
+                            "the weights file is announced as {total} bytes but its header \
+                             describes {expected}; is it the right file?"
+                        ))));
+                    }
+                }
+            }
+            Incoming::Gguf(buf) => {
+                buf.try_reserve(chunk.len())
+                    .map_err(|_| too_big(received))?;
+                buf.extend_from_slice(chunk);
+            }
+        }
+        self.received = received;
+        Ok(())
+    }
+
+    /// Builds the model. The loader is consumed (and its buffers freed) whether or not this
+    /// succeeds.
+    pub fn finish(self) -> Result<Model, JsError> {
+        let ModelLoader {
+            files,
+            has_config,
+            weights,
+            total,
+            received,
+        } = self;
+        if !has_config && !matches!(weights, Incoming::Gguf(_)) {
+            return Err(js_err(Error::model(
+                "config.json was not added (addFile(\"config.json\", bytes))",
+            )));
+        }
+        if let Some(total) = total {
+            if received < total {
+                return Err(js_err(Error::model(format!(
+                    "the weights file is truncated: got {received} of {total} bytes"
+                ))));
+            }
+        }
+        let (captioner, quantized) = match weights {
+            Incoming::None => {
+                return Err(invalid(
+                    "finish: no weights were given (beginWeights, pushWeights)",
+                ))
+            }
+            Incoming::Safetensors(stream) => {
+                let weights = stream.finish(&Device::Cpu).map_err(js_err)?;
+                let c = Captioner::new(&files, &weights).map_err(js_err)?;
+                (c, false)
+            }
+            Incoming::Gguf(buf) => {
+                let c = captioner_from_gguf(&buf).map_err(js_err)?;
+                drop(buf);
+                (c, true)
+            }
+        };
+        Ok(Model {
+            captioner: Rc::new(captioner),
+            quantized,
+        })
+    }
+}
+
+fn too_big(bytes: u64) -> JsError {
+    js_err(Error::model(format!(
+        "out of memory: cannot hold the {:.0} MB weights file",
+        bytes as f64 / 1e6
+    )))
+}
+
+const OPTION_KEYS: [&str; 4] = ["max_new_tokens", "beams", "length_penalty", "prompt"];
+
+/// Caption options as the worker passes them; every field optional.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct JsOptions {
+    max_new_tokens: Option<u32>,
+    beams: Option<u32>,
+    length_penalty: Option<f64>,
+    prompt: Option<String>,
+}
+
+fn options(value: JsValue) -> Result<CaptionOptions, JsError> {
+    let o: JsOptions = if value.is_undefined() || value.is_null() {
+        JsOptions::default()
+    } else if value.is_object() && !js_sys::Array::is_array(&value) {
+        // serde_wasm_bindgen reads the known keys only, so catch misspelt ones here.
+        for key in js_sys::Object::keys(value.unchecked_ref::<js_sys::Object>()).iter() {
+            let key = key.as_string().unwrap_or_default();
+            if !OPTION_KEYS.contains(&key.as_str()) {
+                return Err(invalid(format!(
+                    "options: unknown option `{key}`; the options are {}",
+                    OPTION_KEYS.join(", ")
+                )));
+            }
+        }
+        serde_wasm_bindgen::from_value(value).map_err(|e| {
+            let e = e.to_string();
+            let e = e.strip_prefix("Error: ").unwrap_or(&e);
+            invalid(format!(
+                "options: {e} (expected {{max_new_tokens, beams, length_penalty, prompt}})"
+            ))
+        })?
+    } else {
+        return Err(invalid("options must be an object or undefined"));
+    };
+    let max_new_tokens = o.max_new_tokens.unwrap_or(20);
+    if max_new_tokens == 0 {
+        return Err(invalid("options.max_new_tokens must be at least 1"));
+    }
+    let beams = o.beams.unwrap_or(1);
+    if !(1..=32).contains(&beams) {
+        return Err(invalid(format!(
+            "options.beams must be between 1 and 32, got {beams}"
+        )));
+    }
+    let length_penalty = o.length_penalty.unwrap_or(1.0);
+    if !length_penalty.is_finite() {
+        return Err(invalid("options.length_penalty must be a finite number"));
+    }
+    let decoding = if beams == 1 {
+        Decoding::Greedy
+    } else {
+        Decoding::Beam {
+            num_beams: beams as usize,
+            length_penalty,
+        }
+    };
+    Ok(CaptionOptions {
+        max_new_tokens: max_new_tokens as usize,
+        decoding,
+        prompt: o.prompt.filter(|p| !p.trim().is_empty()),
+    })
+}
+
+#[derive(Serialize)]
+struct Info {
+    image_size: usize,
+    image_tokens: usize,
+    vocab_size: usize,
+    hidden_size: usize,
+    layers: usize,
+    vision_layers: usize,
+    quantized: bool,
+}
+
+fn to_js<T: Serialize>(v: &T) -> Result<JsValue, JsError> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| JsError::new(&format!("internal error: {e}")))
+}
+
+/// A loaded captioner. Jobs keep their own handle to it, so `free()` on the model while a job
+/// runs is safe.
+#[wasm_bindgen]
+pub struct Model {
+    captioner: Rc<Captioner>,
+    quantized: bool,
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// Frames per input: 1, or the clip length of a video checkpoint.
+    #[wasm_bindgen(getter)]
+    pub fn frames(&self) -> u32 {
+        self.captioner.frames() as u32
+    }
+
+    /// {image_size, image_tokens, vocab_size, hidden_size, layers, vision_layers, quantized}
+    pub fn info(&self) -> Result<JsValue, JsError> {
+        let c = self.captioner.config();
+        to_js(&Info {
+            image_size: c.vision_config.image_size,
+            image_tokens: c.image_tokens(),
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            layers: c.num_hidden_layers,
+            vision_layers: c.vision_config.num_hidden_layers,
+            quantized: self.quantized,
+        })
+    }
+
+    /// Decodes an encoded image (JPEG, PNG, GIF, WebP, BMP), runs the image encoder and returns a
+    /// job that generates the caption one token per `step()`.
+    #[wasm_bindgen(js_name = startCaption)]
+    pub fn start_caption(&self, image: &[u8], options: JsValue) -> Result<Job, JsError> {
+        let opts = self::options(options)?;
+        self.single_image()?;
+        let img = decode_image(image, &ImageLimits::default()).map_err(js_err)?;
+        self.start(&[img], &opts)
+    }
+
+    /// As `startCaption`, from RGBA pixels (a canvas' `getImageData().data`).
+    #[wasm_bindgen(js_name = startCaptionRgba)]
+    pub fn start_caption_rgba(
+        &self,
+        width: u32,
+        height: u32,
+        rgba: &[u8],
+        options: JsValue,
+    ) -> Result<Job, JsError> {
+        let opts = self::options(options)?;
+        self.single_image()?;
+        let limits = ImageLimits::default();
+        if width > limits.max_width
+            || height > limits.max_height
+            || u64::from(width) * u64::from(height) > limits.max_pixels
+        {
+            return Err(js_err(Error::image(format!(
+                "the image is too large: {width}x{height} pixels"
+            ))));
+        }
+        let img = rgba_to_rgb(width, height, rgba).map_err(js_err)?;
+        self.start(&[img], &opts)
+    }
+
+    /// For video checkpoints: the frames of one clip, each an encoded image.
+    #[wasm_bindgen(js_name = startCaptionFrames)]
+    pub fn start_caption_frames(&self, frames: JsValue, options: JsValue) -> Result<Job, JsError> {
+        let opts = self::options(options)?;
+        if !js_sys::Array::is_array(&frames) {
+            return Err(invalid(
+                "startCaptionFrames: frames must be an array of Uint8Array",
+            ));
+        }
+        let frames = js_sys::Array::from(&frames);
+        let want = self.captioner.frames();
+        if frames.length() as usize != want {
+            return Err(js_err(Error::invalid(if want == 1 {
+                format!(
+                    "this is an image checkpoint: give one image, not {} frames",
+                    frames.length()
+                )
+            } else {
+                format!(
+                    "this video checkpoint takes exactly {want} frames, got {}",
+                    frames.length()
+                )
+            })));
+        }
+        let mut images = Vec::with_capacity(want);
+        for (i, f) in frames.iter().enumerate() {
+            let bytes = f.dyn_into::<js_sys::Uint8Array>().map_err(|_| {
+                invalid(format!("startCaptionFrames: frame {i} is not a Uint8Array"))
+            })?;
+            let img = decode_image(&bytes.to_vec(), &ImageLimits::default()).map_err(|e| {
+                js_err(match e {
+                    Error::Image(m) => Error::image(format!("frame {i}: {m}")),
+                    other => other,
+                })
+            })?;
+            images.push(img);
+        }
+        self.start(&images, &opts)
+    }
+}
+
+impl Model {
+    fn single_image(&self) -> Result<(), JsError> {
+        let want = self.captioner.frames();
+        if want == 1 {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "this video checkpoint takes {want} frames: use startCaptionFrames"
+            )))
+        }
+    }
+
+    fn start(&self, images: &[::image::RgbImage], opts: &CaptionOptions) -> Result<Job, JsError> {
+        let prefix = self.captioner.encode(images).map_err(js_err)?;
+        let job = self.captioner.start(prefix, opts).map_err(js_err)?;
+        Ok(Job {
+            captioner: Rc::clone(&self.captioner),
+            state: JobState::Running(Box::new(job)),
+        })
+    }
+}
+
+enum JobState {
+    Running(Box<CoreJob>),
+    Done(Caption),
+    Failed(String),
+}
+
+/// One caption in progress; `step()` generates one token.
+#[wasm_bindgen(js_name = CaptionJob)]
+pub struct Job {
+    captioner: Rc<Captioner>,
+    state: JobState,
+}
+
+#[derive(Serialize)]
+struct StepEvent<'a> {
+    text: &'a str,
+    done: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caption: Option<JsCaption<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsCaption<'a> {
+    text: &'a str,
+    token_ids: &'a [u32],
+}
+
+impl<'a> From<&'a Caption> for JsCaption<'a> {
+    fn from(c: &'a Caption) -> Self {
+        JsCaption {
+            text: &c.text,
+            token_ids: &c.token_ids,
+        }
+    }
+}
+
+#[wasm_bindgen(js_class = CaptionJob)]
+impl Job {
+    /// Generates the next token: {text, done, caption?}. `text` is the caption text that became
+    /// final with this step (often ""); the fragments concatenate to `caption.text`. After the
+    /// caption is done, further calls return the same final event with empty text.
+    pub fn step(&mut self) -> Result<JsValue, JsError> {
+        let event = match &mut self.state {
+            JobState::Failed(msg) => {
+                return Err(JsError::new(&format!(
+                    "this caption job failed earlier: {msg}"
+                )))
+            }
+            JobState::Done(caption) => {
+                return to_js(&StepEvent {
+                    text: "",
+                    done: true,
+                    caption: Some((&*caption).into()),
+                })
+            }
+            JobState::Running(job) => job.step(&self.captioner),
+        };
+        match event {
+            Ok(JobEvent::Text(text)) => to_js(&StepEvent {
+                text: &text,
+                done: false,
+                caption: None,
+            }),
+            Ok(JobEvent::Done { rest, caption }) => {
+                let out = to_js(&StepEvent {
+                    text: &rest,
+                    done: true,
+                    caption: Some((&caption).into()),
+                });
+                self.state = JobState::Done(caption);
+                out
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.state = JobState::Failed(msg.clone());
+                Err(JsError::new(&msg))
+            }
+        }
+    }
+
+    /// Whether the caption is complete.
+    #[wasm_bindgen(getter)]
+    pub fn done(&self) -> bool {
+        matches!(self.state, JobState::Done(_))
+    }
+}
+
+/// Incremental SHA-256 (to check downloads against the hub's published hashes).
+#[wasm_bindgen]
+pub struct Sha256 {
+    inner: sha2::Sha256,
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[wasm_bindgen]
+impl Sha256 {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Sha256 {
+        hook();
+        Sha256 {
+            inner: sha2::Sha256::new(),
+        }
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.inner.update(chunk);
+    }
+
+    /// The digest of everything given so far, as lowercase hex; updating may continue.
+    pub fn hex(&self) -> String {
+        let digest = self.inner.clone().finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[derive(Serialize)]
+struct BuildInfo {
+    simd: bool,
+    threads: u32,
+    version: &'static str,
+}
+
+/// {simd, threads, version}: how this build was compiled.
+#[wasm_bindgen(js_name = buildInfo)]
+pub fn build_info() -> Result<JsValue, JsError> {
+    hook();
+    to_js(&BuildInfo {
+        simd: cfg!(target_feature = "simd128"),
+        threads: 1,
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}

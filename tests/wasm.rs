@@ -1,0 +1,385 @@
+//! The browser bindings, run in headless Chromium by wasm-bindgen-test-runner:
+//!
+//!     CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
+//!
+//! (`.cargo/config.toml` names the runner and the wasm rustflags.) The tiny fixture model and the
+//! reference token ids recorded from transformers are compiled in.
+#![cfg(target_arch = "wasm32")]
+
+use gitcap::wasm::{build_info, Job, Model, ModelLoader, Sha256};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const FILES: [(&str, &[u8]); 5] = [
+    (
+        "config.json",
+        include_bytes!("fixtures/models/tiny-coco/config.json"),
+    ),
+    (
+        "generation_config.json",
+        include_bytes!("fixtures/models/tiny-coco/generation_config.json"),
+    ),
+    (
+        "preprocessor_config.json",
+        include_bytes!("fixtures/models/tiny-coco/preprocessor_config.json"),
+    ),
+    (
+        "tokenizer.json",
+        include_bytes!("fixtures/models/tiny-coco/tokenizer.json"),
+    ),
+    (
+        "tokenizer_config.json",
+        include_bytes!("fixtures/models/tiny-coco/tokenizer_config.json"),
+    ),
+];
+const WEIGHTS: &[u8] = include_bytes!("fixtures/models/tiny-coco/model.safetensors");
+const CHELSEA: &[u8] = include_bytes!("images/chelsea.png");
+const REFERENCE: &str = include_str!("fixtures/reference/tiny-coco.json");
+
+#[derive(Deserialize, Debug)]
+struct Event {
+    text: String,
+    done: bool,
+    caption: Option<Caption>,
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+struct Caption {
+    text: String,
+    token_ids: Vec<u32>,
+}
+
+/// The reference ids and text of case0 for one decoding ("greedy", "beam4", ...).
+fn reference(decoding: &str) -> (Vec<u32>, String) {
+    let v: serde_json::Value = serde_json::from_str(REFERENCE).unwrap();
+    let case = &v["cases"][0];
+    assert_eq!(case["images"][0], "chelsea.png");
+    let r = &case[decoding];
+    let ids = r["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    (ids, r["text"].as_str().unwrap().to_string())
+}
+
+fn loader() -> ModelLoader {
+    let mut l = ModelLoader::new();
+    for (name, bytes) in FILES {
+        l.add_file(name, bytes).unwrap();
+    }
+    l
+}
+
+fn load(chunk: usize) -> Model {
+    let mut l = loader();
+    l.begin_weights("safetensors", Some(WEIGHTS.len() as f64))
+        .unwrap();
+    for c in WEIGHTS.chunks(chunk) {
+        l.push_weights(c).unwrap();
+    }
+    l.finish().unwrap()
+}
+
+/// The message of the JS `Error` a binding threw.
+fn message(e: JsError) -> String {
+    let v = JsValue::from(e);
+    let err = v
+        .dyn_into::<js_sys::Error>()
+        .expect("errors are thrown as JS Error objects");
+    String::from(err.message())
+}
+
+fn expect_err<T>(r: Result<T, JsError>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => message(e),
+    }
+}
+
+fn options(json: &str) -> JsValue {
+    js_sys::JSON::parse(json).unwrap()
+}
+
+/// Steps a job to the end: (the fragments, the final caption).
+fn run(mut job: Job) -> (Vec<String>, Caption) {
+    let mut fragments = Vec::new();
+    for _ in 0..1000 {
+        let ev: Event = serde_wasm_bindgen::from_value(job.step().unwrap()).unwrap();
+        fragments.push(ev.text);
+        if ev.done {
+            assert!(job.done());
+            // Stepping a finished job repeats the final event with no new text.
+            let again: Event = serde_wasm_bindgen::from_value(job.step().unwrap()).unwrap();
+            assert!(again.done && again.text.is_empty());
+            assert_eq!(again.caption.as_ref(), ev.caption.as_ref());
+            return (
+                fragments,
+                ev.caption.expect("the final event has the caption"),
+            );
+        }
+        assert!(ev.caption.is_none());
+    }
+    panic!("the job never finished");
+}
+
+#[wasm_bindgen_test]
+fn greedy_caption_matches_transformers() {
+    let model = load(64 * 1024);
+    assert_eq!(model.frames(), 1);
+    let (ids, text) = reference("greedy");
+    let (fragments, caption) = run(model.start_caption(CHELSEA, JsValue::UNDEFINED).unwrap());
+    assert_eq!(caption.token_ids, ids);
+    assert_eq!(caption.text, text);
+    assert_eq!(fragments.concat(), caption.text);
+    assert!(fragments.len() > 2, "the text arrives in pieces");
+
+    // The same through explicit options, the RGBA path and the frames path.
+    let (_, c) = run(model
+        .start_caption(
+            CHELSEA,
+            options(r#"{"max_new_tokens": 20, "beams": 1, "prompt": ""}"#),
+        )
+        .unwrap());
+    assert_eq!(c.token_ids, ids);
+    let img = gitcap::image::decode_image(CHELSEA, &Default::default()).unwrap();
+    let rgba: Vec<u8> = img.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    let (_, c) = run(model
+        .start_caption_rgba(img.width(), img.height(), &rgba, JsValue::NULL)
+        .unwrap());
+    assert_eq!(c.token_ids, ids);
+    let frames = js_sys::Array::of1(&js_sys::Uint8Array::from(CHELSEA));
+    let (_, c) = run(model
+        .start_caption_frames(frames.into(), JsValue::UNDEFINED)
+        .unwrap());
+    assert_eq!(c.token_ids, ids);
+}
+
+#[wasm_bindgen_test]
+fn beam_search_and_chunk_sizes() {
+    // Odd chunk sizes split the header and the f32 values.
+    let model = load(7777);
+    let (ids, text) = reference("beam4");
+    let opts = options(r#"{"max_new_tokens": 20, "beams": 4, "length_penalty": 0.6}"#);
+    let (fragments, caption) = run(model.start_caption(CHELSEA, opts).unwrap());
+    assert_eq!(caption.token_ids, ids);
+    assert_eq!(caption.text, text);
+    assert_eq!(fragments.concat(), text);
+
+    let short = options(r#"{"max_new_tokens": 3}"#);
+    let (_, c) = run(model.start_caption(CHELSEA, short).unwrap());
+    assert_eq!(c.token_ids, reference("greedy").0[..4]);
+}
+
+#[wasm_bindgen_test]
+fn info_and_build_info() {
+    let model = load(1 << 20);
+    #[derive(Deserialize)]
+    struct Info {
+        image_size: usize,
+        image_tokens: usize,
+        vocab_size: usize,
+        hidden_size: usize,
+        layers: usize,
+        vision_layers: usize,
+        quantized: bool,
+    }
+    let info: Info = serde_wasm_bindgen::from_value(model.info().unwrap()).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(FILES[0].1).unwrap();
+    assert_eq!(
+        info.vocab_size as u64,
+        config["vocab_size"].as_u64().unwrap()
+    );
+    assert_eq!(
+        info.hidden_size as u64,
+        config["hidden_size"].as_u64().unwrap()
+    );
+    assert_eq!(
+        info.layers as u64,
+        config["num_hidden_layers"].as_u64().unwrap()
+    );
+    let vision = &config["vision_config"];
+    assert_eq!(
+        info.image_size as u64,
+        vision["image_size"].as_u64().unwrap()
+    );
+    assert_eq!(
+        info.vision_layers as u64,
+        vision["num_hidden_layers"].as_u64().unwrap()
+    );
+    let side = info.image_size / vision["patch_size"].as_u64().unwrap() as usize;
+    assert_eq!(info.image_tokens, side * side + 1);
+    assert!(!info.quantized);
+
+    #[derive(Deserialize)]
+    struct Build {
+        simd: bool,
+        threads: u32,
+        version: String,
+    }
+    let b: Build = serde_wasm_bindgen::from_value(build_info().unwrap()).unwrap();
+    assert!(b.simd, "built without simd128");
+    assert_eq!(b.threads, 1);
+    assert_eq!(b.version, env!("CARGO_PKG_VERSION"));
+}
+
+#[wasm_bindgen_test]
+fn bad_images_throw_and_the_model_survives() {
+    let model = load(1 << 20);
+    let msg = expect_err(model.start_caption(b"this is not an image", JsValue::UNDEFINED));
+    assert!(
+        msg.contains("image: not a supported image (JPEG, PNG, GIF, WebP or BMP)"),
+        "{msg}"
+    );
+    let msg = expect_err(model.start_caption(&[], JsValue::UNDEFINED));
+    assert!(msg.starts_with("image: "), "{msg}");
+    // A truncated PNG, and one with its pixel data scrambled.
+    let msg = expect_err(model.start_caption(&CHELSEA[..CHELSEA.len() / 3], JsValue::UNDEFINED));
+    assert!(msg.starts_with("image: "), "{msg}");
+    let mut scrambled = CHELSEA.to_vec();
+    for b in scrambled[200..].iter_mut().step_by(7) {
+        *b ^= 0x5a;
+    }
+    let msg = expect_err(model.start_caption(&scrambled, JsValue::UNDEFINED));
+    assert!(msg.starts_with("image: "), "{msg}");
+    let msg = expect_err(model.start_caption_rgba(4, 4, &[0; 10], JsValue::UNDEFINED));
+    assert!(msg.contains("needs 64 bytes"), "{msg}");
+    let msg = expect_err(model.start_caption_rgba(0, 4, &[], JsValue::UNDEFINED));
+    assert!(msg.contains("at least 1"), "{msg}");
+    let msg = expect_err(model.start_caption_rgba(100_000, 100_000, &[], JsValue::UNDEFINED));
+    assert!(msg.contains("too large"), "{msg}");
+    let two = js_sys::Array::of2(
+        &js_sys::Uint8Array::from(CHELSEA),
+        &js_sys::Uint8Array::from(CHELSEA),
+    );
+    let msg = expect_err(model.start_caption_frames(two.into(), JsValue::UNDEFINED));
+    assert!(msg.contains("image checkpoint"), "{msg}");
+    let msg = expect_err(model.start_caption_frames(JsValue::from(3), JsValue::UNDEFINED));
+    assert!(msg.contains("array"), "{msg}");
+    let bad = js_sys::Array::of1(&JsValue::from_str("x"));
+    let msg = expect_err(model.start_caption_frames(bad.into(), JsValue::UNDEFINED));
+    assert!(msg.contains("not a Uint8Array"), "{msg}");
+
+    // Still alive after all that (a trap would have killed the instance).
+    let (_, c) = run(model.start_caption(CHELSEA, JsValue::UNDEFINED).unwrap());
+    assert_eq!(c.token_ids, reference("greedy").0);
+}
+
+#[wasm_bindgen_test]
+fn bad_options_throw() {
+    let model = load(1 << 20);
+    for (opts, want) in [
+        (r#"{"beams": 0}"#, "beams must be between 1 and 32"),
+        (
+            r#"{"max_new_tokens": 0}"#,
+            "max_new_tokens must be at least 1",
+        ),
+        (r#"{"max_new_tokens": -3}"#, "options:"),
+        (r#"{"max_new_tokens": 2.5}"#, "options:"),
+        (r#"{"max_new_tokens": 100000}"#, "exceeds the model's"),
+        (r#"{"maxNewTokens": 5}"#, "unknown option `maxNewTokens`"),
+        (r#"{"prompt": 5}"#, "options:"),
+        (r#"[1]"#, "options must be an object"),
+        (r#""greedy""#, "options must be an object"),
+    ] {
+        let msg = match model.start_caption(CHELSEA, options(opts)) {
+            Ok(_) => panic!("{opts}: no error"),
+            Err(e) => message(e),
+        };
+        assert!(msg.contains(want), "{opts}: {msg}");
+    }
+}
+
+#[wasm_bindgen_test]
+fn broken_weights_throw() {
+    // Truncated, with the size announced: caught by finish().
+    let mut l = loader();
+    l.begin_weights("safetensors", Some(WEIGHTS.len() as f64))
+        .unwrap();
+    let cut = WEIGHTS.len() / 2;
+    l.push_weights(&WEIGHTS[..cut]).unwrap();
+    let msg = expect_err(l.finish());
+    assert!(
+        msg.contains(&format!(
+            "the weights file is truncated: got {cut} of {} bytes",
+            WEIGHTS.len()
+        )),
+        "{msg}"
+    );
+    // Truncated, size unknown: the header knows.
+    let mut l = loader();
+    l.begin_weights("safetensors", None).unwrap();
+    l.push_weights(&WEIGHTS[..cut]).unwrap();
+    let msg = expect_err(l.finish());
+    assert!(msg.contains("truncated"), "{msg}");
+    // Longer than announced.
+    let mut l = loader();
+    l.begin_weights("safetensors", Some(100.0)).unwrap();
+    let msg = expect_err(l.push_weights(&WEIGHTS[..1000]));
+    assert!(msg.contains("longer than the 100 bytes announced"), "{msg}");
+    // Announced size disagrees with the header.
+    let mut l = loader();
+    l.begin_weights("safetensors", Some(WEIGHTS.len() as f64 + 1.0))
+        .unwrap();
+    let msg = expect_err(l.push_weights(&WEIGHTS[..20_000]));
+    assert!(msg.contains("its header describes"), "{msg}");
+    // Garbage.
+    let mut l = loader();
+    l.begin_weights("safetensors", None).unwrap();
+    let msg = expect_err(l.push_weights(CHELSEA));
+    assert!(msg.contains("not a valid safetensors file"), "{msg}");
+    // A GGUF that is not one (or a build without GGUF): an error, not a trap.
+    let mut l = loader();
+    l.begin_weights("gguf", Some(1000.0)).unwrap();
+    l.push_weights(&[7; 1000]).unwrap();
+    let msg = expect_err(l.finish());
+    assert!(!msg.is_empty());
+    // Misuse.
+    let mut l = loader();
+    let msg = expect_err(l.push_weights(&[1, 2, 3]));
+    assert!(msg.contains("beginWeights first"), "{msg}");
+    let msg = expect_err(l.begin_weights("onnx", None));
+    assert!(msg.contains("unknown weights kind"), "{msg}");
+    let msg = expect_err(l.begin_weights("safetensors", Some(-1.0)));
+    assert!(msg.contains("whole number"), "{msg}");
+    let msg = expect_err(l.add_file("model.bin", b"x"));
+    assert!(msg.contains("unknown model file"), "{msg}");
+    let msg = expect_err(ModelLoader::new().finish());
+    assert!(msg.contains("config.json"), "{msg}");
+    let msg = expect_err(loader().finish());
+    assert!(msg.contains("no weights"), "{msg}");
+    // A weights file that is not this config's.
+    let mut l = ModelLoader::new();
+    let config = String::from_utf8(FILES[0].1.to_vec())
+        .unwrap()
+        .replace("\"hidden_size\": ", "\"hidden_size\": 1");
+    l.add_file("config.json", config.as_bytes()).unwrap();
+    l.add_file("tokenizer.json", FILES[3].1).unwrap();
+    l.begin_weights("safetensors", None).unwrap();
+    l.push_weights(WEIGHTS).unwrap();
+    let msg = expect_err(l.finish());
+    assert!(
+        msg.starts_with("weights: ") || msg.starts_with("model: "),
+        "{msg}"
+    );
+}
+
+#[wasm_bindgen_test]
+fn sha256() {
+    let mut h = Sha256::new();
+    assert_eq!(
+        h.hex(),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    h.update(b"a");
+    h.update(b"bc");
+    assert_eq!(
+        h.hex(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
