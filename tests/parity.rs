@@ -146,3 +146,35 @@ fn generated_ids_and_text_match_transformers() {
         }
     }
 }
+
+#[test]
+fn sampling_is_seeded_and_top_k_1_is_greedy() {
+    let reference = Reference::load("tiny-coco");
+    let captioner = load_dir(&model_dir("tiny-coco"), &Device::Cpu).unwrap();
+    let pixels = reference.tensor("case1.pixel_values").unsqueeze(0).unwrap();
+    let prefix = captioner.encode_pixels(&pixels).unwrap();
+    let sample = |seed, top_k, temperature| {
+        let opts = CaptionOptions {
+            decoding: Decoding::Sample {
+                temperature,
+                top_k,
+                top_p: None,
+                seed,
+            },
+            ..Default::default()
+        };
+        captioner
+            .caption_encoded(&prefix, &opts, &mut |_| true)
+            .unwrap()
+            .token_ids
+    };
+    // Keeping only the best token makes sampling greedy, whatever the seed.
+    assert_eq!(
+        sample(7, Some(1), 1.0),
+        ids(&reference.cases()[1]["greedy"]["token_ids"])
+    );
+    // The same seed repeats; a high temperature over the whole vocabulary almost surely differs
+    // between seeds (30522 tokens, 20 draws).
+    assert_eq!(sample(42, None, 5.0), sample(42, None, 5.0));
+    assert_ne!(sample(42, None, 5.0), sample(43, None, 5.0));
+}
