@@ -6,17 +6,21 @@
 #   ./build.sh              # wasm + native CLI
 #   ./build.sh --wasm-only  # wasm only
 #   ./build.sh --tools-only # only install the tools (wasm target, wasm-bindgen-cli, binaryen)
+#   ./build.sh --test       # also run the wasm tests in headless Chromium (installs Debian's
+#                           # chromium and chromium-driver if missing); combines with --wasm-only
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 WASM_ONLY=0
 TOOLS_ONLY=0
+RUN_TESTS=0
 for arg in "$@"; do
     case "$arg" in
         --wasm-only) WASM_ONLY=1 ;;
         --tools-only) TOOLS_ONLY=1 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        --test) RUN_TESTS=1 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -100,4 +104,21 @@ if [ "$WASM_ONLY" = 0 ]; then
     step "cargo build --features native"
     cargo build --release --features native
     ls -l target/release/gitcap
+fi
+
+# --- wasm tests -----------------------------------------------------------------------------------
+
+if [ "$RUN_TESTS" = 1 ]; then
+    step "headless Chromium (Debian's chromium and chromium-driver)"
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+        $SUDO apt-get update
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends \
+            chromium chromium-driver
+    fi
+    /usr/bin/chromedriver --version
+    step "wasm tests (tests/wasm.rs in headless Chromium)"
+    # Reuses the release build above; the runner and Chromium's flags come from .cargo/config.toml.
+    RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" CHROMEDRIVER=/usr/bin/chromedriver \
+        cargo test --release --target "$TARGET" --test wasm
 fi

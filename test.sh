@@ -19,7 +19,7 @@ echo "== native tests"
 cargo test --features native
 
 echo "== wasm tests in headless Chromium"
-CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
+CHROMEDRIVER=/usr/bin/chromedriver cargo test --release --target wasm32-unknown-unknown --test wasm
 
 echo "== end-to-end browser tests"
 npm ci --no-audit --no-fund --loglevel=error

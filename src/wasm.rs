@@ -35,6 +35,43 @@ use crate::image::{decode_image, rgba_to_rgb, ImageLimits};
 use crate::stream_load::SafetensorsStream;
 use crate::{Caption, CaptionOptions, Captioner, Decoding, Error, ModelFiles};
 
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &str = r#"
+/** Caption options; every field is optional. */
+export interface CaptionOptions {
+    /** Tokens to generate at most (default 20). */
+    max_new_tokens?: number;
+    /** 1 (default): greedy; more: beam search with this many beams (at most 32). */
+    beams?: number;
+    /** Beam search's length penalty (default 1.0). */
+    length_penalty?: number;
+    /** Text the caption continues (conditional captioning, or a question for VQA checkpoints). */
+    prompt?: string;
+}
+/** What one `CaptionJob.step()` produced. */
+export interface StepEvent {
+    /** Caption text that became final with this step (often ""); the fragments concatenate to caption.text. */
+    text: string;
+    done: boolean;
+    /** Present once done. */
+    caption?: { text: string; token_ids: number[] };
+}
+export interface ModelInfo {
+    image_size: number;
+    image_tokens: number;
+    vocab_size: number;
+    hidden_size: number;
+    layers: number;
+    vision_layers: number;
+    quantized: boolean;
+}
+export interface BuildInfo {
+    simd: boolean;
+    threads: number;
+    version: string;
+}
+"#;
+
 fn hook() {
     console_error_panic_hook::set_once();
 }
@@ -128,7 +165,11 @@ impl ModelLoader {
     /// Starts receiving the weights: `kind` is "safetensors" or "gguf"; `totalBytes` is the file's
     /// size (checked against what arrives and what the header says; may be left undefined).
     #[wasm_bindgen(js_name = beginWeights)]
-    pub fn begin_weights(&mut self, kind: &str, total_bytes: Option<f64>) -> Result<(), JsError> {
+    pub fn begin_weights(
+        &mut self,
+        #[wasm_bindgen(unchecked_param_type = "\"safetensors\" | \"gguf\"")] kind: &str,
+        #[wasm_bindgen(js_name = totalBytes)] total_bytes: Option<f64>,
+    ) -> Result<(), JsError> {
         if !matches!(self.weights, Incoming::None) {
             return Err(invalid("beginWeights: the weights were already begun"));
         }
@@ -349,6 +390,7 @@ impl Model {
     }
 
     /// {image_size, image_tokens, vocab_size, hidden_size, layers, vision_layers, quantized}
+    #[wasm_bindgen(unchecked_return_type = "ModelInfo")]
     pub fn info(&self) -> Result<JsValue, JsError> {
         let c = self.captioner.config();
         to_js(&Info {
@@ -365,7 +407,11 @@ impl Model {
     /// Decodes an encoded image (JPEG, PNG, GIF, WebP, BMP), runs the image encoder and returns a
     /// job that generates the caption one token per `step()`.
     #[wasm_bindgen(js_name = startCaption)]
-    pub fn start_caption(&self, image: &[u8], options: JsValue) -> Result<Job, JsError> {
+    pub fn start_caption(
+        &self,
+        image: &[u8],
+        #[wasm_bindgen(unchecked_optional_param_type = "CaptionOptions")] options: JsValue,
+    ) -> Result<Job, JsError> {
         let opts = self::options(options)?;
         self.single_image()?;
         let img = decode_image(image, &ImageLimits::default()).map_err(js_err)?;
@@ -378,8 +424,8 @@ impl Model {
         &self,
         width: u32,
         height: u32,
-        rgba: &[u8],
-        options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array | Uint8ClampedArray")] rgba: &[u8],
+        #[wasm_bindgen(unchecked_optional_param_type = "CaptionOptions")] options: JsValue,
     ) -> Result<Job, JsError> {
         let opts = self::options(options)?;
         self.single_image()?;
@@ -398,7 +444,11 @@ impl Model {
 
     /// For video checkpoints: the frames of one clip, each an encoded image.
     #[wasm_bindgen(js_name = startCaptionFrames)]
-    pub fn start_caption_frames(&self, frames: JsValue, options: JsValue) -> Result<Job, JsError> {
+    pub fn start_caption_frames(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array[]")] frames: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "CaptionOptions")] options: JsValue,
+    ) -> Result<Job, JsError> {
         let opts = self::options(options)?;
         if !js_sys::Array::is_array(&frames) {
             return Err(invalid(
@@ -500,6 +550,7 @@ impl Job {
     /// Generates the next token: {text, done, caption?}. `text` is the caption text that became
     /// final with this step (often ""); the fragments concatenate to `caption.text`. After the
     /// caption is done, further calls return the same final event with empty text.
+    #[wasm_bindgen(unchecked_return_type = "StepEvent")]
     pub fn step(&mut self) -> Result<JsValue, JsError> {
         let event = match &mut self.state {
             JobState::Failed(msg) => {
@@ -587,7 +638,7 @@ struct BuildInfo {
 }
 
 /// {simd, threads, version}: how this build was compiled.
-#[wasm_bindgen(js_name = buildInfo)]
+#[wasm_bindgen(js_name = buildInfo, unchecked_return_type = "BuildInfo")]
 pub fn build_info() -> Result<JsValue, JsError> {
     hook();
     to_js(&BuildInfo {
