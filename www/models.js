@@ -31,6 +31,7 @@ export const SMALL_FILES = [
   { name: 'config.json', required: true },
   { name: 'tokenizer.json', required: false },
   { name: 'vocab.txt', required: false },
+  { name: 'tokenizer_config.json', required: false },
   { name: 'preprocessor_config.json', required: false },
   { name: 'generation_config.json', required: false },
 ];

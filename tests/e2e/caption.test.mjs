@@ -52,7 +52,7 @@ test('first visit: downloads with progress, streams a caption equal to the nativ
   const downloads = log.filter((p) => p.phase === 'download');
   assert.ok(downloads.length >= 2, `progress reports: ${JSON.stringify(log)}`);
   const total = fs.readdirSync(TINY)
-    .filter((f) => ['config.json', 'tokenizer.json', 'preprocessor_config.json', 'generation_config.json', 'model.safetensors'].includes(f))
+    .filter((f) => ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'preprocessor_config.json', 'generation_config.json', 'model.safetensors'].includes(f))
     .reduce((s, f) => s + fs.statSync(path.join(TINY, f)).size, 0);
   assert.equal(downloads.at(-1).total, total);
   assert.equal(log.at(-1).done, total);
