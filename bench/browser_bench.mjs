@@ -8,7 +8,7 @@
 //   - wasm memory (memory.buffer.byteLength, current and peak, reported by the worker) and
 //     performance.measureUserAgentSpecificMemory() where the browser offers it
 //
-// Usage: node bench/browser_bench.mjs <model folder> [--image FILE] [--tokens N] [--runs N]
+// Usage: node bench/browser_bench.mjs <model folder | file.gguf> [--image FILE] [--tokens N] [--runs N]
 //        [--bin path/to/gitcap] [--www folder] [--chunk-kib N] [--json out.json] [--screenshot out.png]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -108,9 +108,11 @@ async function main() {
   const name = path.basename(modelDir);
   // The server hashes model files for their ETag once, on start; wait for that outside the timings.
   log('waiting for gitcap serve to hash the model files');
-  await fetch(`${server.url}models/${name}/model.safetensors`, { method: 'HEAD' });
-  const weightsBytes = ['model.safetensors']
-    .map((f) => path.join(modelDir, f))
+  // A single .gguf file is mounted as /models/<file name> itself; a folder as /models/<name>/.
+  const gguf = modelDir.endsWith('.gguf');
+  const modelUrl = gguf ? `/models/${name}` : `/models/${name}/`;
+  await fetch(`${server.url}${modelUrl.slice(1)}${gguf ? '' : 'model.safetensors'}`, { method: 'HEAD' });
+  const weightsBytes = (gguf ? [modelDir] : [path.join(modelDir, 'model.safetensors')])
     .filter((f) => fs.existsSync(f))
     .reduce((s, f) => s + fs.statSync(f).size, 0);
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-bench-'));
@@ -125,7 +127,7 @@ async function main() {
   try {
     const page = context.pages()[0] ?? (await context.newPage());
     page.on('pageerror', (e) => log('page error:', e.message));
-    const q = new URLSearchParams({ model: `/models/${name}/`, max_new_tokens: String(tokens), beams: '1' });
+    const q = new URLSearchParams({ model: modelUrl, max_new_tokens: String(tokens), beams: '1' });
     if (chunkKib) q.set('chunk_kib', chunkKib);
     const url = `${server.url}?${q}`;
 
