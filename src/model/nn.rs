@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Shape, Tensor, D};
+use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
 use crate::{Error, Result};
@@ -220,13 +220,6 @@ impl Linear {
         *out_dims.last_mut().expect("non-empty") = ys.dim(1)?;
         Ok(ys.reshape(out_dims)?)
     }
-
-    pub fn out_dim(&self) -> Result<usize> {
-        Ok(match &self.weight {
-            QMatMul::QTensor(q) => q.shape().dims()[0],
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0)?,
-        })
-    }
 }
 
 #[derive(Clone)]
@@ -292,6 +285,3 @@ impl Embedding {
 pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax_last_dim(xs)?)
 }
-
-#[allow(dead_code)]
-fn _assert_dims(_: D) {}
