@@ -487,11 +487,6 @@ mod native {
                         .map_err(|e| corrupt(name, e))?;
                     Source::Pth(pth)
                 }
-                WeightFile::Gguf(name) => {
-                    return Err(Error::model(format!(
-                        "{name} is already a GGUF file; quantize from the original checkpoint"
-                    )))
-                }
             };
             Ok(source)
         }

@@ -1,8 +1,8 @@
-//! Reading checkpoint weights into `model::Weights`: safetensors (single file or sharded with
-//! `model.safetensors.index.json`), PyTorch pickles (`pytorch_model.bin`, native only) and GGUF.
+//! Reading checkpoint weights into `model::Weights` from disk: safetensors (single file or sharded with
+//! `model.safetensors.index.json`) and PyTorch pickles (`pytorch_model.bin`). A GGUF file is a
+//! whole model, not just weights: see `gguf`.
 
 use candle_core::{DType, Device};
-use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
 use crate::model::Weights;
 use crate::{Error, Result};
@@ -13,7 +13,6 @@ pub enum WeightFile {
     Safetensors(String),
     ShardedSafetensors { index: String },
     Pytorch(String),
-    Gguf(String),
 }
 
 /// File names looked for in a checkpoint, best first.
@@ -25,9 +24,7 @@ pub const CANDIDATES: [&str; 3] = [
 
 pub fn classify(name: &str) -> Option<WeightFile> {
     let lower = name.to_ascii_lowercase();
-    if lower.ends_with(".gguf") {
-        Some(WeightFile::Gguf(name.to_string()))
-    } else if lower.ends_with(".safetensors.index.json") {
+    if lower.ends_with(".safetensors.index.json") {
         Some(WeightFile::ShardedSafetensors {
             index: name.to_string(),
         })
@@ -77,46 +74,6 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// Weights from safetensors files held in memory (the browser's path).
-pub fn from_safetensors_buffers(buffers: Vec<Vec<u8>>, device: &Device) -> Result<Weights> {
-    use std::collections::HashMap;
-    if buffers.len() == 1 {
-        let buf = buffers.into_iter().next().expect("one buffer");
-        // Validate before handing over, so a truncated download reads as such.
-        safetensors_header_ok(&buf)?;
-        let vb = candle_nn::VarBuilder::from_buffered_safetensors(buf, DType::F32, device)
-            .map_err(|e| corrupt("the safetensors file", e))?;
-        return Ok(Weights::dense(vb));
-    }
-    let mut all: HashMap<String, candle_core::Tensor> = HashMap::new();
-    for buf in buffers {
-        safetensors_header_ok(&buf)?;
-        let tensors = candle_core::safetensors::load_buffer(&buf, device)
-            .map_err(|e| corrupt("a safetensors shard", e))?;
-        all.extend(tensors);
-    }
-    Ok(Weights::dense(candle_nn::VarBuilder::from_tensors(
-        all,
-        DType::F32,
-        device,
-    )))
-}
-
-/// Checks that a safetensors buffer is complete: its header parses and its data section is as
-/// long as the header says (a truncated download otherwise surfaces as an obscure error later).
-pub fn safetensors_header_ok(buf: &[u8]) -> Result<()> {
-    let what = "the safetensors file";
-    if buf.len() < 8 {
-        return Err(corrupt(what, "shorter than its 8-byte header length"));
-    }
-    let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
-    if n > (buf.len() - 8) as u64 {
-        return Err(corrupt(what, "its header runs past the end of the file"));
-    }
-    let header = &buf[8..8 + n as usize];
-    check_data_len(what, header, (buf.len() - 8) as u64 - n)
-}
-
 /// Compares the tensor data a safetensors header promises with what the file holds.
 fn check_data_len(what: &str, header: &[u8], have: u64) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(header).map_err(|e| corrupt(what, e))?;
@@ -136,12 +93,6 @@ fn check_data_len(what: &str, header: &[u8], have: u64) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Weights from a GGUF file held in memory.
-pub fn from_gguf_buffer(buf: &[u8], device: &Device) -> Result<Weights> {
-    let vb = QVarBuilder::from_gguf_buffer(buf, device).map_err(|e| corrupt("the GGUF file", e))?;
-    Ok(Weights::quantized(vb))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -191,12 +142,6 @@ mod native {
                 let vb = candle_nn::VarBuilder::from_pth(&path, DType::F32, device)
                     .map_err(|e| corrupt(&path.display().to_string(), e))?;
                 Ok(Weights::dense(vb))
-            }
-            WeightFile::Gguf(name) => {
-                let path = dir.join(name);
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| Error::model(format!("cannot read {}: {e}", path.display())))?;
-                from_gguf_buffer(&bytes, device)
             }
         }
     }
