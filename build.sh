@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds gitcap for the browser (www/pkg/gitcap.js + gitcap_bg.wasm) and, unless --wasm-only is
-# given, the native CLI. Idempotent: installs the tools it needs only when they are missing or at
-# the wrong version, so CI can run it on a fresh machine.
+# Builds gitcap for the browser, single-threaded (www/pkg/) and threaded (www/pkg-threads/), and,
+# unless --wasm-only is given, the native CLI. Idempotent: installs the tools it needs only when
+# they are missing or at the wrong version, so CI can run it on a fresh machine.
 #
-#   ./build.sh              # wasm + native CLI
+#   ./build.sh              # wasm (both builds) + native CLI
 #   ./build.sh --wasm-only  # wasm only
-#   ./build.sh --tools-only # only install the tools (wasm target, wasm-bindgen-cli, binaryen)
+#   ./build.sh --no-threads # skip the threaded wasm build (it needs a nightly toolchain)
+#   ./build.sh --tools-only # only install the tools (wasm target, nightly + rust-src,
+#                           # wasm-bindgen-cli, binaryen)
 #   ./build.sh --test       # also run the wasm tests in headless Chromium (installs Debian's
 #                           # chromium and chromium-driver if missing); combines with --wasm-only
 set -euo pipefail
@@ -13,14 +15,16 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 WASM_ONLY=0
+THREADS=1
 TOOLS_ONLY=0
 RUN_TESTS=0
 for arg in "$@"; do
     case "$arg" in
         --wasm-only) WASM_ONLY=1 ;;
+        --no-threads) THREADS=0 ;;
         --tools-only) TOOLS_ONLY=1 ;;
         --test) RUN_TESTS=1 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -33,6 +37,18 @@ OUT=www/pkg
 # this build), given as RUSTFLAGS too: a RUSTFLAGS in the environment would otherwise replace them.
 WASM_RUSTFLAGS='-C target-feature=+simd128 --cfg getrandom_backend="wasm_js"'
 
+# The threaded build: WebAssembly threads need std rebuilt with atomics (nightly's build-std) and
+# a shared, imported memory with thread-local storage exported for wasm-bindgen's thread set-up.
+# 4 GiB maximum: a shared memory cannot grow past the maximum it declares, and git-large in f32
+# needs about 1.7 GB.
+NIGHTLY=${GITCAP_NIGHTLY:-nightly}
+OUT_THREADS=www/pkg-threads
+THREADS_RUSTFLAGS='-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 --cfg getrandom_backend="wasm_js"'
+for arg in --shared-memory --import-memory --max-memory=4294967296 \
+    --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
+    THREADS_RUSTFLAGS="$THREADS_RUSTFLAGS -C link-arg=$arg"
+done
+
 step() { printf '\n== %s\n' "$*"; }
 
 # --- tools ----------------------------------------------------------------------------------------
@@ -40,6 +56,20 @@ step() { printf '\n== %s\n' "$*"; }
 step "rust target $TARGET"
 if ! rustup target list --installed | grep -qx "$TARGET"; then
     rustup target add "$TARGET"
+fi
+
+if [ "$THREADS" = 1 ]; then
+    step "rust $NIGHTLY with rust-src (threaded wasm build)"
+    if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
+        rustup toolchain install "$NIGHTLY" --profile minimal
+    fi
+    if ! rustup component list --toolchain "$NIGHTLY" --installed | grep -q '^rust-src'; then
+        rustup component add rust-src --toolchain "$NIGHTLY"
+    fi
+    if ! rustup target list --toolchain "$NIGHTLY" --installed | grep -qx "$TARGET"; then
+        rustup target add "$TARGET" --toolchain "$NIGHTLY"
+    fi
+    rustup run "$NIGHTLY" rustc --version
 fi
 
 # wasm-bindgen's CLI must be exactly the version of the wasm-bindgen crate in Cargo.lock: the
@@ -75,28 +105,52 @@ fi
 
 # --- wasm -----------------------------------------------------------------------------------------
 
+# wasm-bindgen, then wasm-opt -O3 with the features rustc enables by default for wasm32 (bulk
+# memory, non-trapping float-to-int, sign extension, mutable globals, reference types, multivalue)
+# plus simd128 (and threads for the threaded build).
+bindgen_and_opt() { # RAW_WASM OUT_DIR [extra wasm-opt flags]
+    local raw=$1 out=$2
+    shift 2
+    mkdir -p "$out"
+    wasm-bindgen --target web --out-dir "$out" --out-name gitcap "$raw"
+    "$WASM_OPT" -O3 \
+        --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
+        --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$@" \
+        "$out/gitcap_bg.wasm" -o "$out/gitcap_bg.wasm.opt"
+    mv "$out/gitcap_bg.wasm.opt" "$out/gitcap_bg.wasm"
+}
+
 step "cargo build --target $TARGET"
 RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo build --release --target "$TARGET" --lib
 RAW=target/$TARGET/release/gitcap.wasm
+step "wasm-bindgen + wasm-opt -> $OUT"
+bindgen_and_opt "$RAW" "$OUT"
 
-step "wasm-bindgen --target web"
-mkdir -p "$OUT"
-wasm-bindgen --target web --out-dir "$OUT" --out-name gitcap "$RAW"
-
-step "wasm-opt -O3"
-# The features rustc enables by default for wasm32 (bulk memory, non-trapping float-to-int,
-# sign extension, mutable globals, reference types, multivalue) plus simd128.
-"$WASM_OPT" -O3 \
-    --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
-    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
-    "$OUT/gitcap_bg.wasm" -o "$OUT/gitcap_bg.wasm.opt"
-mv "$OUT/gitcap_bg.wasm.opt" "$OUT/gitcap_bg.wasm"
+if [ "$THREADS" = 1 ]; then
+    step "cargo +$NIGHTLY build --target $TARGET --features threads (build-std)"
+    # Its own target dir: different flags and std, so neither build invalidates the other.
+    RUSTFLAGS="$THREADS_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo "+$NIGHTLY" build --release \
+        --target "$TARGET" --lib --features threads -Z build-std=panic_abort,std \
+        --target-dir target/threads
+    RAW_THREADS=target/threads/$TARGET/release/gitcap.wasm
+    step "wasm-bindgen + wasm-opt -> $OUT_THREADS"
+    rm -rf "$OUT_THREADS"
+    bindgen_and_opt "$RAW_THREADS" "$OUT_THREADS" --enable-threads
+    # The service worker precaches these (the helper's folder name is a hash).
+    (cd "$OUT_THREADS" && find . -type f ! -name '*.d.ts' ! -name files.json | sed 's|^\./||' | sort \
+        | node -e 'const l=require("fs").readFileSync(0,"utf8").trim().split("\n");process.stdout.write(JSON.stringify(l)+"\n")' \
+        >files.json)
+    cat "$OUT_THREADS/files.json"
+fi
 
 size() { wc -c <"$1" | tr -d ' '; }
 gz() { gzip -9 -c "$1" | wc -c | tr -d ' '; }
 step "sizes"
 printf '%-36s %10s bytes  (gzip -9: %s)\n' "cargo output ($RAW)" "$(size "$RAW")" "$(gz "$RAW")"
 printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT/gitcap_bg.wasm" "$(size "$OUT/gitcap_bg.wasm")" "$(gz "$OUT/gitcap_bg.wasm")"
+if [ "$THREADS" = 1 ]; then
+    printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT_THREADS/gitcap_bg.wasm" "$(size "$OUT_THREADS/gitcap_bg.wasm")" "$(gz "$OUT_THREADS/gitcap_bg.wasm")"
+fi
 
 # --- native ---------------------------------------------------------------------------------------
 

@@ -8,8 +8,12 @@
 //   - wasm memory (memory.buffer.byteLength, current and peak, reported by the worker) and
 //     performance.measureUserAgentSpecificMemory() where the browser offers it
 //
+//   - with --threads 1,2,...: the captions once per thread count (?threads=N: 1 is the
+//     single-threaded build, more the threaded build; the page's default is all cores)
+//
 // Usage: node bench/browser_bench.mjs <model folder | file.gguf> [--image FILE] [--tokens N] [--runs N]
-//        [--bin path/to/gitcap] [--www folder] [--chunk-kib N] [--json out.json] [--screenshot out.png]
+//        [--threads 1,2,4] [--bin path/to/gitcap] [--www folder] [--chunk-kib N] [--json out.json]
+//        [--screenshot out.png]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -32,6 +36,7 @@ const runs = Number(opt('--runs', '3'));
 const chunkKib = opt('--chunk-kib', null);
 const jsonOut = opt('--json', null);
 const screenshot = opt('--screenshot', null);
+const threadCounts = (opt('--threads', '') || '').split(',').filter(Boolean).map(Number);
 let bin = opt('--bin', null);
 const www = path.resolve(ROOT, opt('--www', process.env.GITCAP_WWW || 'www'));
 const modelDir = args[0] && path.resolve(args[0]);
@@ -151,20 +156,37 @@ async function main() {
     result.wasmBytesAfterLoad = Number(st.wasmBytes);
     log(`  ${result.cachedLoadMs} ms; wasm memory ${mb(result.wasmBytesAfterLoad)} MB`);
 
-    const all = [];
-    for (let i = 0; i < runs; i++) {
-      const r = await caption(page);
-      all.push(r);
-      log(`  caption ${i + 1}: encode ${r.encodeMs} ms, ${r.tokens} tokens at ${r.perTokenMs} ms, total ${r.totalMs} ms: "${r.text}"`);
-    }
-    result.captions = all;
-    result.encodeMs = median(all.map((r) => r.encodeMs));
-    result.perTokenMs = median(all.map((r) => r.perTokenMs));
-    result.totalMs = median(all.map((r) => r.totalMs));
-    result.steps = all[0].tokens;
-    result.peakWasmBytes = Math.max(...all.map((r) => r.peakWasmBytes));
+    const captions = async () => {
+      const all = [];
+      for (let i = 0; i < runs; i++) {
+        const r = await caption(page);
+        all.push(r);
+        log(`  caption ${i + 1}: encode ${r.encodeMs} ms, ${r.tokens} tokens at ${r.perTokenMs} ms, total ${r.totalMs} ms: "${r.text}"`);
+      }
+      return {
+        captions: all,
+        encodeMs: median(all.map((r) => r.encodeMs)),
+        perTokenMs: median(all.map((r) => r.perTokenMs)),
+        totalMs: median(all.map((r) => r.totalMs)),
+        steps: all[0].tokens,
+        peakWasmBytes: Math.max(...all.map((r) => r.peakWasmBytes)),
+      };
+    };
+    Object.assign(result, await captions());
     if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
 
+    result.byThreads = [];
+    for (const n of threadCounts) {
+      q.set('threads', String(n));
+      log(`?threads=${n}: model from the browser store`);
+      await page.goto(`${server.url}?${q}`);
+      await page.waitForSelector('#model-status[data-state=ready], #model-status[data-state=error]', { timeout: 30 * 60_000 });
+      st = await page.$eval('#model-status', (e) => ({ ...e.dataset }));
+      if (st.state === 'error') throw new Error(`load with ${n} threads failed: ${st.error}`);
+      const backend = await page.textContent('#backend');
+      log(`  ${backend}`);
+      result.byThreads.push({ threads: n, backend, loadMs: Number(st.loadMs), ...(await captions()) });
+    }
     result.rendererPeakRssBytes = rendererPeakRss(profile);
     result.userAgentMemory = await page.evaluate(async () => {
       if (!self.crossOriginIsolated || !performance.measureUserAgentSpecificMemory) return null;
@@ -199,6 +221,15 @@ async function main() {
 | renderer process peak RSS (VmHWM, whole run) | ${result.rendererPeakRssBytes ? `${mb(result.rendererPeakRssBytes)} MB` : 'n/a'} |
 | measureUserAgentSpecificMemory | ${result.userAgentMemory?.bytes ? `${mb(result.userAgentMemory.bytes)} MB` : 'n/a'} |
 `);
+  if (result.byThreads.length) {
+    const base = result.byThreads[0];
+    console.error(`| threads | encode | per token | ${result.steps}-step caption | speed-up vs ${base.threads} |
+| --- | --- | --- | --- | --- |
+${result.byThreads
+  .map((r) => `| ${r.threads} | ${(r.encodeMs / 1000).toFixed(2)} s | ${r.perTokenMs} ms | ${(r.totalMs / 1000).toFixed(2)} s | ${(base.totalMs / r.totalMs).toFixed(2)}× |`)
+  .join('\n')}
+`);
+  }
 }
 
 main().catch((e) => {

@@ -15,8 +15,13 @@
 //! // or startCaptionFrames([bytes, ...], options) for video checkpoints
 //! job.free(); model.free();
 //! const h = new Sha256(); h.update(chunk); h.hex();
-//! buildInfo();                                 // {simd, threads, version}
+//! buildInfo();                                 // {simd, threaded, threads, splits, version}
+//! setMinSplitMacs(n);                          // threaded: split products from n multiply-adds
 //! ```
+//!
+//! The threaded build (`--features threads`, see build.sh) also exports `startThreads(n)`: await it
+//! once after `init()` and before loading a model; models loaded afterwards split their large
+//! products over the `n` threads (src/model/parallel.rs).
 //!
 //! Every failure is thrown as a JS `Error` with a readable message; nothing is left to a panic
 //! (a panic in wasm is a trap that kills the module). The panic hook is installed anyway, so a
@@ -67,7 +72,11 @@ export interface ModelInfo {
 }
 export interface BuildInfo {
     simd: boolean;
+    /** Built with shared memory and a thread pool (startThreads). */
+    threaded: boolean;
     threads: number;
+    /** Products split across threads so far. */
+    splits: number;
     version: string;
 }
 "#;
@@ -500,7 +509,9 @@ impl Model {
     }
 
     fn start(&self, images: &[::image::RgbImage], opts: &CaptionOptions) -> Result<Job, JsError> {
-        let prefix = self.captioner.encode(images).map_err(js_err)?;
+        let captioner: &Captioner = &self.captioner;
+        let prefix =
+            crate::model::parallel::on_pool(|| captioner.encode(images)).map_err(js_err)?;
         let job = self.captioner.start(prefix, opts).map_err(js_err)?;
         Ok(Job {
             captioner: Rc::clone(&self.captioner),
@@ -565,7 +576,10 @@ impl Job {
                     caption: Some((&*caption).into()),
                 })
             }
-            JobState::Running(job) => job.step(&self.captioner),
+            JobState::Running(job) => {
+                let captioner: &Captioner = &self.captioner;
+                crate::model::parallel::on_pool(|| job.step(captioner))
+            }
         };
         match event {
             Ok(JobEvent::Text(text)) => to_js(&StepEvent {
@@ -630,20 +644,48 @@ impl Sha256 {
     }
 }
 
+/// Starts `threads` web workers sharing this module's memory as the rayon pool (wasm-bindgen-rayon)
+/// and makes models loaded from now on split their work over them.
+#[cfg(feature = "threads")]
+#[wasm_bindgen(js_name = startThreads)]
+pub fn start_threads(threads: usize) -> Result<js_sys::Promise, JsError> {
+    hook();
+    if threads == 0 {
+        return Err(JsError::new("startThreads needs at least one thread"));
+    }
+    crate::model::parallel::set_parts(threads);
+    Ok(wasm_bindgen_rayon::init_thread_pool(threads))
+}
+
 #[derive(Serialize)]
 struct BuildInfo {
     simd: bool,
+    /// Built with shared memory and a thread pool.
+    threaded: bool,
+    /// Threads the model splits its work over now (1 until `startThreads` has run).
     threads: u32,
+    /// How many products have been split across threads so far.
+    splits: u32,
     version: &'static str,
 }
 
-/// {simd, threads, version}: how this build was compiled.
+/// Products smaller than `macs` multiply-adds run on one thread (default 2^21; 0 splits every
+/// product). A tuning knob, and how the tests make the tiny fixture model split its work.
+#[wasm_bindgen(js_name = setMinSplitMacs)]
+pub fn set_min_split_macs(macs: f64) {
+    crate::model::parallel::set_min_split_macs(Some(macs.max(0.0) as usize));
+}
+
+/// {simd, threaded, threads, splits, version}: how this build was compiled and how many threads
+/// it uses.
 #[wasm_bindgen(js_name = buildInfo, unchecked_return_type = "BuildInfo")]
 pub fn build_info() -> Result<JsValue, JsError> {
     hook();
     to_js(&BuildInfo {
         simd: cfg!(target_feature = "simd128"),
-        threads: 1,
+        threaded: cfg!(feature = "threads"),
+        threads: crate::model::parallel::parts() as u32,
+        splits: crate::model::parallel::splits() as u32,
         version: env!("CARGO_PKG_VERSION"),
     })
 }

@@ -2,9 +2,6 @@
 //! `model.safetensors.index.json`) and PyTorch pickles (`pytorch_model.bin`). A GGUF file is a
 //! whole model, not just weights: see `gguf`.
 
-use candle_core::{DType, Device};
-
-use crate::model::Weights;
 use crate::{Error, Result};
 
 /// Which file of a checkpoint folder holds the weights, in order of preference.
@@ -68,6 +65,7 @@ pub fn shard_names(index_json: &[u8]) -> Result<Vec<String>> {
     Ok(names)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::model(format!(
         "{what} is truncated or corrupt ({e}); delete it and download it again"
@@ -75,6 +73,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Compares the tensor data a safetensors header promises with what the file holds.
+#[cfg(not(target_arch = "wasm32"))]
 fn check_data_len(what: &str, header: &[u8], have: u64) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(header).map_err(|e| corrupt(what, e))?;
     let obj = v
@@ -102,6 +101,10 @@ pub use native::*;
 mod native {
     use super::*;
     use std::path::{Path, PathBuf};
+
+    use candle_core::{DType, Device};
+
+    use crate::model::Weights;
 
     /// Finds the weights in a checkpoint folder.
     pub fn find_in_dir(dir: &Path) -> Result<WeightFile> {

@@ -4,7 +4,9 @@
 //
 // Query parameters: ?model=<folder url | .gguf url | hf:owner/name[@rev]>, ?max_new_tokens=N,
 // ?beams=N, ?length_penalty=X, ?prompt=TEXT, ?chunk_kib=N (download chunk size, for tests),
-// ?nosave=1 (do not store the model), ?nosw=1 (no service worker).
+// ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
+// 1 forces the single-threaded build), ?split_min=N (threaded: split products from N multiply-adds;
+// a tuning knob, 0 in the tests so that the tiny model splits).
 
 import { MODELS, DEFAULT_MODEL, parseModelParam, formatBytes } from './models.js';
 
@@ -15,6 +17,34 @@ const params = new URLSearchParams(location.search);
 const SIMD_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11,
 ]);
+
+// A module with one shared memory: validates only where WebAssembly threads are supported.
+const SHARED_MEMORY_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 5, 4, 1, 3, 1, 1]);
+// More threads than this stop paying: the products become memory-bound and each thread is a
+// worker holding its own instance of the module.
+const MAX_THREADS = 16;
+
+/**
+ * How many threads the captioner may use, and if only one, why. The threaded build needs shared
+ * memory, which browsers grant only to cross-origin isolated pages (served with COOP/COEP).
+ */
+function threadPlan() {
+  const cores = Math.max(1, navigator.hardwareConcurrency || 1);
+  const asked = Number.parseInt(params.get('threads') || '', 10);
+  if (asked === 1) return { threads: 1, why: 'one thread requested (?threads=1)' };
+  if (!globalThis.crossOriginIsolated) {
+    return {
+      threads: 1,
+      why: 'the page is not cross-origin isolated (its server sends no COOP/COEP headers), so the browser allows no shared memory',
+    };
+  }
+  if (typeof SharedArrayBuffer !== 'function' || !WebAssembly.validate(SHARED_MEMORY_PROBE)) {
+    return { threads: 1, why: 'this browser does not support WebAssembly threads' };
+  }
+  const threads = Math.min(asked > 0 ? asked : cores, MAX_THREADS);
+  return { threads, why: threads === 1 ? 'the browser reports one core' : null };
+}
+const plan = threadPlan();
 
 const el = {
   fatal: $('fatal'),
@@ -195,11 +225,14 @@ function onWorkerMessage(e) {
     case 'wasm-ready': {
       const b = m.build || {};
       const threads = Number(b.threads) || 1;
+      const why = m.threadNote || (threads === 1 ? plan.why : null);
       el.backend.textContent =
         `Backend: WebAssembly${b.simd ? ' SIMD' : ''} (candle, CPU) · ${threads} thread${threads === 1 ? '' : 's'}` +
+        (why ? ` (single-threaded: ${why})` : '') +
         ` · ${crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated'}` +
         (b.version ? ` · gitcap ${b.version}` : '');
       el.backend.dataset.threads = threads;
+      el.backend.dataset.threaded = b.threaded ? 'true' : 'false';
       el.backend.dataset.simd = b.simd ? 'true' : 'false';
       break;
     }
@@ -550,6 +583,7 @@ function onCaptionDone(m) {
     totalMs: Math.round(t.totalMs),
     wasmBytes: t.wasmBytes,
     peakWasmBytes: t.peakWasmBytes,
+    splits: t.splits,
   });
   el.caption.setAttribute('aria-busy', 'false');
   el.caption.dataset.done = '';
@@ -767,7 +801,10 @@ function main() {
     el.modelStatus.dataset.error = e.message;
     return;
   }
-  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'gitcap-model' });
+  const workerUrl = new URL('./worker.js', import.meta.url);
+  workerUrl.searchParams.set('threads', String(plan.threads));
+  if (params.has('split_min')) workerUrl.searchParams.set('split_min', params.get('split_min'));
+  worker = new Worker(workerUrl, { type: 'module', name: 'gitcap-model' });
   worker.onmessage = onWorkerMessage;
   worker.onerror = (e) => {
     showFatal(`The captioner stopped: ${e.message || 'worker error'}`);

@@ -10,6 +10,10 @@
 //   {type:'cancel', id}
 //   {type:'cache-info'} / {type:'clear-cache'}
 // Messages to the page: see post(...) calls; each has a `type`.
+//
+// The page starts this worker as worker.js?threads=N. With N > 1 it loads the threaded build
+// (pkg-threads/: shared memory, a pool of N web workers that the model splits its products over);
+// if that cannot start it falls back to the single-threaded build (pkg/) and says why.
 
 import { parseModelParam, SMALL_FILES, HUB, formatBytes } from './models.js';
 
@@ -63,21 +67,52 @@ function errorMessage(e) {
 // ---------------------------------------------------------------------------------------------
 // Start-up
 
+const workerParams = new URL(self.location.href).searchParams;
+const requestedThreads = Math.max(1, Number.parseInt(workerParams.get('threads'), 10) || 1);
+// Products smaller than this many multiply-adds stay on one thread (the page's ?split_min=N).
+const minSplitMacs = workerParams.get('split_min');
+
+/** The threaded build with its pool started, or an Error saying why not. */
+async function startThreaded(threads) {
+  try {
+    const threaded = await import('./pkg-threads/gitcap.js');
+    const exports = await threaded.default();
+    await threaded.startThreads(threads);
+    return { module: threaded, exports };
+  } catch (e) {
+    return new Error(`the threaded build could not start: ${errorMessage(e)}`);
+  }
+}
+
 let wasmInit = null;
 function initWasm() {
   if (!wasmInit) {
     wasmInit = (async () => {
-      try {
-        gitcap = await import('./pkg/gitcap.js');
-      } catch (e) {
-        throw new Error(
-          `The WebAssembly module (pkg/gitcap.js) could not be loaded: ${errorMessage(e)}. ` +
-            'If you are running from a checkout, build it first with "bash build.sh".'
-        );
+      let threadNote = null;
+      if (requestedThreads > 1) {
+        const started = await startThreaded(requestedThreads);
+        if (started instanceof Error) {
+          threadNote = started.message;
+          console.warn(`gitcap: ${threadNote}; falling back to one thread`);
+        } else {
+          gitcap = started.module;
+          wasmExports = started.exports;
+        }
       }
-      wasmExports = await gitcap.default();
+      if (!gitcap) {
+        try {
+          gitcap = await import('./pkg/gitcap.js');
+        } catch (e) {
+          throw new Error(
+            `The WebAssembly module (pkg/gitcap.js) could not be loaded: ${errorMessage(e)}. ` +
+              'If you are running from a checkout, build it first with "bash build.sh".'
+          );
+        }
+        wasmExports = await gitcap.default();
+      }
+      if (minSplitMacs != null && Number.isFinite(Number(minSplitMacs))) gitcap.setMinSplitMacs(Number(minSplitMacs));
       const build = gitcap.buildInfo();
-      post({ type: 'wasm-ready', build: plain(build), wasmBytes: wasmBytes() });
+      post({ type: 'wasm-ready', build: plain(build), threadNote, wasmBytes: wasmBytes() });
       return gitcap;
     })();
   }
@@ -864,6 +899,7 @@ async function runCaption(job) {
             totalMs,
             wasmBytes: wasmBytes(),
             peakWasmBytes,
+            splits: plain(gitcap.buildInfo()).splits,
           },
         });
       }

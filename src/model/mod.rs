@@ -3,6 +3,7 @@
 pub mod config;
 pub mod git;
 pub mod nn;
+pub mod parallel;
 pub mod text;
 pub mod vision;
 

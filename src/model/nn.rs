@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
+use super::config::Activation;
+use super::parallel;
 use crate::{Error, Result};
 
 #[derive(Clone)]
@@ -152,10 +155,7 @@ impl Weights {
     pub fn linear(&self, in_dim: usize, out_dim: usize) -> Result<Linear> {
         let weight = self.matmul_weight(out_dim, in_dim, "weight")?;
         let bias = self.tensor(out_dim, "bias")?;
-        Ok(Linear {
-            weight,
-            bias: Some(bias),
-        })
+        Linear::new(weight, Some(bias))
     }
 
     pub fn layer_norm(&self, size: usize, eps: f64) -> Result<LayerNorm> {
@@ -189,37 +189,181 @@ impl Weights {
 
     /// The same table used as a projection (a tied LM head).
     pub fn embedding_as_linear(&self, count: usize, dim: usize, bias: Tensor) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.matmul_weight(count, dim, "weight")?,
-            bias: Some(bias),
-        })
+        Linear::new(self.matmul_weight(count, dim, "weight")?, Some(bias))
     }
 }
 
-/// y = x Wᵀ + b, with W dense or quantized. Inputs of any rank are folded into one matrix product,
-/// which is both what candle's quantized kernels expect and the fastest dense path.
+/// y = act(x Wᵀ + b), with W dense or quantized. Inputs of any rank are folded into one matrix
+/// product, which is both what candle's quantized kernels expect and the fastest dense path.
+///
+/// When the model runs split across threads (`parallel::parts() > 1`, the threaded wasm build) the
+/// weight is held as row blocks, one per thread: each thread computes its slice of the output
+/// columns, bias and activation included, and the slices are joined.
 #[derive(Clone)]
 pub struct Linear {
+    parts: Vec<Part>,
+    /// The whole weight when the parts are views of it (dense weights), for products too small
+    /// to split.
+    whole: Option<Part>,
+    out_dim: usize,
+}
+
+#[derive(Clone)]
+struct Part {
     weight: QMatMul,
     bias: Option<Tensor>,
 }
 
+/// In wasm, from this many input rows on, a quantized weight is expanded to f32 for the product
+/// (one weight at a time, so memory stays quantized): there candle's quantized kernels run at about
+/// half the speed of the f32 matrix kernel, which wins once the expansion is shared by enough rows
+/// (the image encoder's 257); decoding one token, or a few beams, keeps the quantized kernels, which
+/// read 4× fewer bytes. Natively candle's AVX2 int8 kernels beat its f32 kernel even on the encoder
+/// (q8_0 encode 0.85 s vs f32 1.8 s on 2 threads), so the weights stay quantized there.
+const DEQUANTIZE_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
+    32
+} else {
+    usize::MAX
+};
+
 impl Linear {
+    fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
+        let out_dim = match &weight {
+            QMatMul::QTensor(q) => q.shape().dims()[0],
+            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.dim(0)?,
+        };
+        let ranges = parallel::ranges(out_dim, parallel::parts());
+        if ranges.len() <= 1 {
+            return Ok(Self {
+                parts: vec![Part { weight, bias }],
+                whole: None,
+                out_dim,
+            });
+        }
+        let parts = ranges
+            .into_iter()
+            .map(|(start, len)| {
+                Ok(Part {
+                    weight: weight_rows(&weight, start, len)?,
+                    bias: bias.as_ref().map(|b| b.narrow(0, start, len)).transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let whole = match weight {
+            QMatMul::QTensor(_) => None,
+            dense => Some(Part {
+                weight: dense,
+                bias,
+            }),
+        };
+        Ok(Self {
+            parts,
+            whole,
+            out_dim,
+        })
+    }
+
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, None)
+    }
+
+    /// The layer followed by `act`, applied to each thread's slice where it was computed.
+    pub fn forward_then(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
+        self.forward_with(xs, Some(act))
+    }
+
+    fn forward_with(&self, xs: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         let dims = xs.dims().to_vec();
         let in_dim = *dims
             .last()
             .expect("linear input has at least one dimension");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = xs.reshape((rows, in_dim))?;
-        let mut ys = self.weight.forward(&flat)?;
-        if let Some(b) = &self.bias {
-            ys = ys.broadcast_add(b)?;
-        }
+        let apply = |Part { weight, bias }: &Part, xs: &Tensor| -> Result<Tensor> {
+            let mut ys = product(weight, xs)?;
+            if let Some(b) = bias {
+                ys = ys.broadcast_add(b)?;
+            }
+            if let Some(act) = act {
+                ys = act.apply(&ys)?;
+            }
+            Ok(ys)
+        };
+        let threads = self.parts.len();
+        let ys = if threads == 1 {
+            apply(&self.parts[0], &flat)?
+        } else if !parallel::worth_splitting(rows * in_dim * self.out_dim) {
+            match &self.whole {
+                Some(whole) => apply(whole, &flat)?,
+                None => {
+                    let parts: Vec<_> = self
+                        .parts
+                        .iter()
+                        .map(|p| apply(p, &flat))
+                        .collect::<Result<_>>()?;
+                    Tensor::cat(&parts, 1)?
+                }
+            }
+        } else {
+            Tensor::cat(
+                &parallel::map(threads, |i| apply(&self.parts[i], &flat))?,
+                1,
+            )?
+        };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = ys.dim(1)?;
         Ok(ys.reshape(out_dims)?)
     }
+}
+
+fn product(weight: &QMatMul, xs: &Tensor) -> Result<Tensor> {
+    match weight {
+        QMatMul::QTensor(q) if xs.dim(0)? >= DEQUANTIZE_MIN_ROWS => {
+            Ok(xs.matmul(&q.dequantize(xs.device())?.t()?)?)
+        }
+        _ => Ok(weight.forward(xs)?),
+    }
+}
+
+/// Rows `start..start + len` of a weight: a view of a dense one, a copy of a quantized one's
+/// blocks (quantization blocks run along a row, so whole rows are whole blocks).
+fn weight_rows(weight: &QMatMul, start: usize, len: usize) -> Result<QMatMul> {
+    Ok(match weight {
+        QMatMul::Tensor(w) => QMatMul::Tensor(w.narrow(0, start, len)?),
+        QMatMul::TensorF16(w) => QMatMul::TensorF16(w.narrow(0, start, len)?),
+        QMatMul::QTensor(q) => {
+            let dtype = q.dtype();
+            let in_dim = q.shape().dims()[1];
+            let row_bytes = in_dim / dtype.block_size() * dtype.type_size();
+            let data = q.data()?;
+            let rows = &data[start * row_bytes..(start + len) * row_bytes];
+            let part = qtensor_from_ggml(dtype, rows, vec![len, in_dim], &q.device())?;
+            QMatMul::from_qtensor(part)?
+        }
+    })
+}
+
+/// softmax(q kᵀ · scale) v for (batch, heads, rows, head_dim) inputs, the heads split across
+/// threads when the model runs split (see `parallel`).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let heads = q.dim(1)?;
+    let one = |start: usize, len: usize| -> Result<Tensor> {
+        let (q, k, v) = (
+            q.narrow(1, start, len)?,
+            k.narrow(1, start, len)?,
+            v.narrow(1, start, len)?,
+        );
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        Ok(softmax_last(&scores)?.matmul(&v)?)
+    };
+    let (b, rows, head_dim) = (q.dim(0)?, q.dim(2)?, q.dim(3)?);
+    let macs = 2 * b * heads * rows * k.dim(2)? * head_dim;
+    let ranges = parallel::ranges(heads, parallel::parts());
+    if ranges.len() <= 1 || !parallel::worth_splitting(macs) {
+        return one(0, heads);
+    }
+    let groups = parallel::map(ranges.len(), |i| one(ranges[i].0, ranges[i].1))?;
+    Ok(Tensor::cat(&groups, 1)?)
 }
 
 #[derive(Clone)]

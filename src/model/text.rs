@@ -8,7 +8,7 @@
 use candle_core::{Device, Tensor, D};
 
 use super::config::{Activation, GitConfig};
-use super::nn::{softmax_last, Embedding, LayerNorm, Linear, Weights};
+use super::nn::{attention, softmax_last, Embedding, LayerNorm, Linear, Weights};
 use crate::Result;
 
 /// Keys and values of one layer, shaped (batch, heads, positions, head_dim).
@@ -95,8 +95,7 @@ impl SelfAttention {
     fn forward_image(&self, xs: &Tensor) -> Result<(Tensor, KeyValue)> {
         let (b, n, d) = xs.dims3()?;
         let (q, k, v) = self.project(xs)?;
-        let scores = (q.matmul(&k.t()?)? * self.scale())?;
-        let ctx = softmax_last(&scores)?.matmul(&v)?;
+        let ctx = attention(&q, &k, &v, self.scale())?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, n, d))?;
         Ok((ctx, KeyValue { k, v }))
     }
@@ -209,7 +208,7 @@ impl DecoderLayer {
         let attn = self
             .attention_norm
             .forward(&(self.attention_output.forward(ctx)? + xs)?)?;
-        let inter = self.act.apply(&self.intermediate.forward(&attn)?)?;
+        let inter = self.intermediate.forward_then(&attn, self.act)?;
         self.output_norm
             .forward(&(self.output.forward(&inter)? + attn)?)
     }

@@ -4,7 +4,7 @@
 use candle_core::{Tensor, D};
 
 use super::config::VisionConfig;
-use super::nn::{softmax_last, LayerNorm, Linear, Weights};
+use super::nn::{attention, LayerNorm, Linear, Weights};
 use crate::Result;
 
 struct Attention {
@@ -40,9 +40,9 @@ impl Attention {
         let k = split(self.k_proj.forward(xs)?)?;
         let v = split(self.v_proj.forward(xs)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let probs = softmax_last(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let ctx = attention(&q, &k, &v, scale)?
+            .transpose(1, 2)?
+            .reshape((b, n, d))?;
         self.out_proj.forward(&ctx)
     }
 }
@@ -73,8 +73,8 @@ impl EncoderLayer {
         let h = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
         let m = self.fc2.forward(
             &self
-                .act
-                .apply(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?,
+                .fc1
+                .forward_then(&self.layer_norm2.forward(&h)?, self.act)?,
         )?;
         Ok((h + m)?)
     }

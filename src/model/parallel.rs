@@ -1,0 +1,129 @@
+//! Splitting the model's large products over threads where candle cannot.
+//!
+//! Natively candle threads its own kernels, so the model runs every product whole (`parts() == 1`).
+//! In the threaded WebAssembly build candle's kernels stay single-threaded (it sees one CPU), so
+//! once the page has started the thread pool (`startThreads` in src/wasm.rs sets the part count)
+//! the model itself splits each linear layer's output columns and each attention's heads into one
+//! part per rayon thread; every part is an ordinary single-threaded candle product on its own
+//! thread.
+//! The split changes results only by float rounding (the matrix kernel may block a narrower product
+//! differently): on the test fixtures at most 2e-5 in the logits, with identical token ids.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::Result;
+
+/// 0 and 1 both mean whole.
+static PARTS: AtomicUsize = AtomicUsize::new(1);
+
+/// Products smaller than this many multiply-adds run whole even when the model is split: handing
+/// work to the pool costs more than it saves (decoding one token's 1024×1024 projections).
+const DEFAULT_MIN_SPLIT_MACS: usize = 1 << 21;
+static MIN_SPLIT_MACS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_SPLIT_MACS);
+
+/// Whether a product of this many multiply-adds is worth splitting.
+pub fn worth_splitting(macs: usize) -> bool {
+    macs >= MIN_SPLIT_MACS.load(Ordering::Relaxed)
+}
+
+/// Lowers (or restores, with `None`) the size from which products are split: the test fixtures'
+/// products are all small, and the tests must run the split path.
+pub fn set_min_split_macs(macs: Option<usize>) {
+    MIN_SPLIT_MACS.store(macs.unwrap_or(DEFAULT_MIN_SPLIT_MACS), Ordering::Relaxed);
+}
+
+/// How many parts a layer built now splits its work into.
+pub fn parts() -> usize {
+    PARTS.load(Ordering::Relaxed).max(1)
+}
+
+/// Makes layers built from now on split their work into `n` parts (0 or 1: whole). Set by the
+/// threaded wasm build when its pool starts, and by the native tests to run the split path.
+pub fn set_parts(n: usize) {
+    PARTS.store(n, Ordering::Relaxed);
+}
+
+static SPLITS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times work has been split so far (lets the tests check that the split path ran).
+pub fn splits() -> usize {
+    SPLITS.load(Ordering::Relaxed)
+}
+
+/// `f(0..n)`, on the rayon pool when there is more than one part.
+pub fn map<T, F>(n: usize, f: F) -> Result<Vec<T>>
+where
+    T: Send,
+    F: Fn(usize) -> Result<T> + Sync + Send,
+{
+    if n <= 1 {
+        return (0..n).map(f).collect();
+    }
+    SPLITS.fetch_add(1, Ordering::Relaxed);
+    use rayon::prelude::*;
+    (0..n).into_par_iter().map(f).collect()
+}
+
+/// Runs `f` on a thread of the pool when the model is split, so that its parallel sections start
+/// from a pool thread (which works on one part itself and hands the rest to the others) rather
+/// than from an outside thread that must wake the pool and sleep until it is done, once per
+/// product. The caller blocks until `f` returns.
+pub fn on_pool<R, F>(f: F) -> R
+where
+    R: Send,
+    F: FnOnce() -> R + Send,
+{
+    if parts() > 1 {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
+}
+
+/// `total` split into `n` nearly equal contiguous ranges (start, len); empty ranges are dropped.
+pub fn ranges(total: usize, n: usize) -> Vec<(usize, usize)> {
+    let n = n.clamp(1, total.max(1));
+    (0..n)
+        .map(|i| {
+            let start = total * i / n;
+            let end = total * (i + 1) / n;
+            (start, end - start)
+        })
+        .filter(|&(_, len)| len > 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_everything_once() {
+        for total in [1usize, 7, 16, 30522] {
+            for n in 1..6 {
+                let r = ranges(total, n);
+                assert_eq!(r.len(), n.min(total));
+                let mut next = 0;
+                for (start, len) in r {
+                    assert_eq!(start, next);
+                    assert!(len > 0);
+                    next = start + len;
+                }
+                assert_eq!(next, total);
+            }
+        }
+    }
+
+    #[test]
+    fn map_keeps_order_and_errors() {
+        assert_eq!(map(4, |i| Ok(i * 10)).unwrap(), vec![0, 10, 20, 30]);
+        let failed = map(3, |i| {
+            if i == 1 {
+                Err(crate::Error::invalid("part 1 failed"))
+            } else {
+                Ok(i)
+            }
+        });
+        assert!(failed.unwrap_err().to_string().contains("part 1 failed"));
+    }
+}

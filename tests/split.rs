@@ -1,0 +1,152 @@
+//! The split path that the threaded wasm build takes (src/model/parallel.rs), run natively: every
+//! linear layer's output columns and every attention's heads in uneven parts on the rayon pool must
+//! give transformers' results, and the same ids as the unsplit model, dense and quantized.
+//! A test binary of its own: the part count is process-wide.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{ids, max_abs_diff, model_dir, Reference};
+use gitcap::captioner::CaptionOptions;
+use gitcap::checkpoint::{load_dir, load_gguf};
+use gitcap::gguf::{quantize_checkpoint, QuantType};
+use gitcap::model::{parallel, TextCache};
+use gitcap::{Captioner, Decoding};
+
+const TOL: f32 = 1e-4;
+
+fn pixels(reference: &Reference, key: &str) -> Tensor {
+    let p = reference.tensor(&format!("{key}.pixel_values"));
+    if p.rank() == 3 {
+        p.unsqueeze(0).unwrap()
+    } else {
+        p.clone()
+    }
+}
+
+/// Image features and the logits over the case's whole input.
+fn features_and_logits(c: &Captioner, reference: &Reference, key: &str) -> (Tensor, Tensor) {
+    let model = c.model();
+    let features = model.encode_image(&pixels(reference, key)).unwrap();
+    let prefix = model.image_prefix(&features).unwrap();
+    let case = reference.cases().iter().find(|c| c["key"] == key).unwrap();
+    let input = ids(&case["logits_input_ids"]);
+    let t = Tensor::new(input.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model
+        .all_logits(&t, &prefix, &mut TextCache::new())
+        .unwrap();
+    (features, logits)
+}
+
+fn caption_ids(c: &Captioner, reference: &Reference, key: &str, decoding: Decoding) -> Vec<u32> {
+    let prefix = c.encode_pixels(&pixels(reference, key)).unwrap();
+    let opts = CaptionOptions {
+        max_new_tokens: 20,
+        decoding,
+        prompt: None,
+    };
+    c.caption_encoded(&prefix, &opts, &mut |_| true)
+        .unwrap()
+        .token_ids
+}
+
+const BEAM4: Decoding = Decoding::Beam {
+    num_beams: 4,
+    length_penalty: 0.6,
+};
+
+/// Every product split, however small (the fixtures' products are far below the default size).
+fn split_everything() {
+    parallel::set_min_split_macs(Some(0));
+}
+
+#[test]
+fn split_model_matches_transformers_and_the_whole_model() {
+    split_everything();
+    for name in ["tiny-coco", "tiny-vatex"] {
+        let reference = Reference::load(name);
+        parallel::set_parts(1);
+        let whole = load_dir(&model_dir(name), &Device::Cpu).unwrap();
+        // Three parts: no dimension of the fixtures divides evenly, so the uneven ranges are used.
+        parallel::set_parts(3);
+        let split = load_dir(&model_dir(name), &Device::Cpu).unwrap();
+        parallel::set_parts(1);
+
+        for case in reference.cases() {
+            let key = case["key"].as_str().unwrap();
+            let (f_whole, l_whole) = features_and_logits(&whole, &reference, key);
+            let before = parallel::splits();
+            let (f_split, l_split) = features_and_logits(&split, &reference, key);
+            assert!(parallel::splits() > before, "the split model did not split");
+            let err = max_abs_diff(
+                &f_split.squeeze(0).unwrap(),
+                reference.tensor(&format!("{key}.image_features")),
+            );
+            assert!(
+                err < TOL,
+                "{name} {key}: split image features differ by {err}"
+            );
+            println!(
+                "{name} {key}: split vs whole: features {:.1e}, logits {:.1e}",
+                max_abs_diff(&f_split, &f_whole),
+                max_abs_diff(&l_split, &l_whole)
+            );
+            if let Some(want) = reference.tensors.get(&format!("{key}.logits")) {
+                let err = max_abs_diff(&l_split.squeeze(0).unwrap(), want);
+                assert!(err < TOL, "{name} {key}: split logits differ by {err}");
+            }
+            assert_eq!(
+                caption_ids(&split, &reference, key, Decoding::Greedy),
+                ids(&case["greedy"]["token_ids"]),
+                "{name} {key}: greedy ids"
+            );
+            assert_eq!(
+                caption_ids(&split, &reference, key, BEAM4),
+                ids(&case["beam4"]["token_ids"]),
+                "{name} {key}: 4-beam ids"
+            );
+        }
+    }
+}
+
+#[test]
+fn split_quantized_model_matches_the_whole_one() {
+    split_everything();
+    let reference = Reference::load("tiny-coco");
+    let out = std::env::temp_dir().join(format!("gitcap-split-{}.gguf", std::process::id()));
+    quantize_checkpoint(
+        &model_dir("tiny-coco"),
+        &out,
+        QuantType::Q8_0,
+        "tiny-coco",
+        &mut |_| {},
+    )
+    .unwrap();
+    parallel::set_parts(1);
+    let whole = load_gguf(&out, &Device::Cpu);
+    parallel::set_parts(2);
+    let split = load_gguf(&out, &Device::Cpu);
+    parallel::set_parts(1);
+    let _ = std::fs::remove_file(&out);
+    let (whole, split) = (whole.unwrap(), split.unwrap());
+    for case in reference.cases() {
+        let key = case["key"].as_str().unwrap();
+        let (f_whole, l_whole) = features_and_logits(&whole, &reference, key);
+        let before = parallel::splits();
+        let (f_split, l_split) = features_and_logits(&split, &reference, key);
+        assert!(parallel::splits() > before, "the split model did not split");
+        // Each output element comes from the same kernel over the same blocks either way.
+        assert!(max_abs_diff(&f_split, &f_whole) < 1e-5, "{key}: features");
+        assert!(max_abs_diff(&l_split, &l_whole) < 1e-4, "{key}: logits");
+        for decoding in [Decoding::Greedy, BEAM4] {
+            assert_eq!(
+                caption_ids(&split, &reference, key, decoding.clone()),
+                caption_ids(&whole, &reference, key, decoding),
+                "{key}: ids"
+            );
+        }
+    }
+}
