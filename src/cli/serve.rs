@@ -76,6 +76,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             root.display()
         );
     }
+    if !args.no_isolation
+        && root.join("pkg").join("gitcap.js").is_file()
+        && !root.join("pkg-threads").join("gitcap.js").is_file()
+    {
+        eprintln!(
+            "note: {} has no pkg-threads/ (the threaded build, made by build.sh without --no-threads); \
+             the page will run on one thread",
+            root.display()
+        );
+    }
     let mut mounts = Vec::new();
     let mut model_urls = Vec::new();
     for dir in &args.model_dirs {

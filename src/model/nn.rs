@@ -196,35 +196,17 @@ impl Weights {
 /// y = act(x Wᵀ + b), with W dense or quantized. Inputs of any rank are folded into one matrix
 /// product, which is both what candle's quantized kernels expect and the fastest dense path.
 ///
-/// When the model runs split across threads (`parallel::parts() > 1`, the threaded wasm build) the
-/// weight is held as row blocks, one per thread: each thread computes its slice of the output
-/// columns, bias and activation included, and the slices are joined.
+/// When the model runs split across threads (`parallel::parts() > 1`, the threaded wasm build) a
+/// large enough product is split by output columns: each thread multiplies by a block of the
+/// weight's rows (a view of a dense weight; for a quantized one, its rows expanded to f32 by that
+/// thread) and adds its slice of the bias and the activation; the slices are then joined. Nothing
+/// is split ahead of time, so a split model holds no more memory than a whole one.
 #[derive(Clone)]
 pub struct Linear {
-    parts: Vec<Part>,
-    /// The whole weight when the parts are views of it (dense weights), for products too small
-    /// to split.
-    whole: Option<Part>,
-    out_dim: usize,
-}
-
-#[derive(Clone)]
-struct Part {
     weight: QMatMul,
     bias: Option<Tensor>,
+    out_dim: usize,
 }
-
-/// In wasm, from this many input rows on, a quantized weight is expanded to f32 for the product
-/// (one weight at a time, so memory stays quantized): there candle's quantized kernels run at about
-/// half the speed of the f32 matrix kernel, which wins once the expansion is shared by enough rows
-/// (the image encoder's 257); decoding one token, or a few beams, keeps the quantized kernels, which
-/// read 4× fewer bytes. Natively candle's AVX2 int8 kernels beat its f32 kernel even on the encoder
-/// (q8_0 encode 0.85 s vs f32 1.8 s on 2 threads), so the weights stay quantized there.
-const DEQUANTIZE_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
-    32
-} else {
-    usize::MAX
-};
 
 impl Linear {
     fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
@@ -232,33 +214,9 @@ impl Linear {
             QMatMul::QTensor(q) => q.shape().dims()[0],
             QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.dim(0)?,
         };
-        let ranges = parallel::ranges(out_dim, parallel::parts());
-        if ranges.len() <= 1 {
-            return Ok(Self {
-                parts: vec![Part { weight, bias }],
-                whole: None,
-                out_dim,
-            });
-        }
-        let parts = ranges
-            .into_iter()
-            .map(|(start, len)| {
-                Ok(Part {
-                    weight: weight_rows(&weight, start, len)?,
-                    bias: bias.as_ref().map(|b| b.narrow(0, start, len)).transpose()?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let whole = match weight {
-            QMatMul::QTensor(_) => None,
-            dense => Some(Part {
-                weight: dense,
-                bias,
-            }),
-        };
         Ok(Self {
-            parts,
-            whole,
+            weight,
+            bias,
             out_dim,
         })
     }
@@ -279,68 +237,67 @@ impl Linear {
             .expect("linear input has at least one dimension");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = xs.reshape((rows, in_dim))?;
-        let apply = |Part { weight, bias }: &Part, xs: &Tensor| -> Result<Tensor> {
-            let mut ys = product(weight, xs)?;
+        let finish = |mut ys: Tensor, bias: Option<Tensor>| -> Result<Tensor> {
             if let Some(b) = bias {
-                ys = ys.broadcast_add(b)?;
+                ys = ys.broadcast_add(&b)?;
             }
             if let Some(act) = act {
                 ys = act.apply(&ys)?;
             }
             Ok(ys)
         };
-        let threads = self.parts.len();
-        let ys = if threads == 1 {
-            apply(&self.parts[0], &flat)?
-        } else if !parallel::worth_splitting(rows * in_dim * self.out_dim) {
-            match &self.whole {
-                Some(whole) => apply(whole, &flat)?,
-                None => {
-                    let parts: Vec<_> = self
-                        .parts
-                        .iter()
-                        .map(|p| apply(p, &flat))
-                        .collect::<Result<_>>()?;
-                    Tensor::cat(&parts, 1)?
-                }
-            }
+        let dequantize = rows >= parallel::dequantize_min_rows();
+        // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
+        // few rows would copy its blocks on every token.
+        let splittable = !matches!(self.weight, QMatMul::QTensor(_)) || dequantize;
+        let ranges = parallel::ranges(self.out_dim, parallel::parts());
+        let ys = if ranges.len() > 1
+            && splittable
+            && parallel::worth_splitting(rows * in_dim * self.out_dim)
+        {
+            let slices = parallel::map(ranges.len(), |i| {
+                let (start, len) = ranges[i];
+                let ys = flat.matmul(&self.weight_rows_f32(start, len)?.t()?)?;
+                finish(
+                    ys,
+                    self.bias
+                        .as_ref()
+                        .map(|b| b.narrow(0, start, len))
+                        .transpose()?,
+                )
+            })?;
+            Tensor::cat(&slices, 1)?
         } else {
-            Tensor::cat(
-                &parallel::map(threads, |i| apply(&self.parts[i], &flat))?,
-                1,
-            )?
+            let ys = match &self.weight {
+                QMatMul::QTensor(q) if dequantize => {
+                    flat.matmul(&q.dequantize(xs.device())?.t()?)?
+                }
+                weight => weight.forward(&flat)?,
+            };
+            finish(ys, self.bias.clone())?
         };
         let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = ys.dim(1)?;
+        *out_dims.last_mut().expect("non-empty") = self.out_dim;
         Ok(ys.reshape(out_dims)?)
     }
-}
 
-fn product(weight: &QMatMul, xs: &Tensor) -> Result<Tensor> {
-    match weight {
-        QMatMul::QTensor(q) if xs.dim(0)? >= DEQUANTIZE_MIN_ROWS => {
-            Ok(xs.matmul(&q.dequantize(xs.device())?.t()?)?)
-        }
-        _ => Ok(weight.forward(xs)?),
+    /// Rows `start..start + len` of the weight as f32: a view of a dense weight; a quantized one's
+    /// blocks (which run along rows, so whole rows are whole blocks) expanded.
+    fn weight_rows_f32(&self, start: usize, len: usize) -> Result<Tensor> {
+        Ok(match &self.weight {
+            QMatMul::Tensor(w) => w.narrow(0, start, len)?,
+            QMatMul::TensorF16(w) => w.narrow(0, start, len)?.to_dtype(DType::F32)?,
+            QMatMul::QTensor(q) => {
+                let dtype = q.dtype();
+                let in_dim = q.shape().dims()[1];
+                let row_bytes = in_dim / dtype.block_size() * dtype.type_size();
+                let data = q.data()?;
+                let rows = &data[start * row_bytes..(start + len) * row_bytes];
+                qtensor_from_ggml(dtype, rows, vec![len, in_dim], &q.device())?
+                    .dequantize(&q.device())?
+            }
+        })
     }
-}
-
-/// Rows `start..start + len` of a weight: a view of a dense one, a copy of a quantized one's
-/// blocks (quantization blocks run along a row, so whole rows are whole blocks).
-fn weight_rows(weight: &QMatMul, start: usize, len: usize) -> Result<QMatMul> {
-    Ok(match weight {
-        QMatMul::Tensor(w) => QMatMul::Tensor(w.narrow(0, start, len)?),
-        QMatMul::TensorF16(w) => QMatMul::TensorF16(w.narrow(0, start, len)?),
-        QMatMul::QTensor(q) => {
-            let dtype = q.dtype();
-            let in_dim = q.shape().dims()[1];
-            let row_bytes = in_dim / dtype.block_size() * dtype.type_size();
-            let data = q.data()?;
-            let rows = &data[start * row_bytes..(start + len) * row_bytes];
-            let part = qtensor_from_ggml(dtype, rows, vec![len, in_dim], &q.device())?;
-            QMatMul::from_qtensor(part)?
-        }
-    })
 }
 
 /// softmax(q kᵀ · scale) v for (batch, heads, rows, head_dim) inputs, the heads split across

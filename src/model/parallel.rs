@@ -3,9 +3,9 @@
 //! Natively candle threads its own kernels, so the model runs every product whole (`parts() == 1`).
 //! In the threaded WebAssembly build candle's kernels stay single-threaded (it sees one CPU), so
 //! once the page has started the thread pool (`startThreads` in src/wasm.rs sets the part count)
-//! the model itself splits each linear layer's output columns and each attention's heads into one
-//! part per rayon thread; every part is an ordinary single-threaded candle product on its own
-//! thread.
+//! the model itself splits each large linear layer's output columns and each attention's heads
+//! into one part per rayon thread; every part is an ordinary single-threaded candle product on its
+//! own thread.
 //! The split changes results only by float rounding (the matrix kernel may block a narrower product
 //! differently): on the test fixtures at most 2e-5 in the logits, with identical token ids.
 
@@ -21,6 +21,33 @@ static PARTS: AtomicUsize = AtomicUsize::new(1);
 const DEFAULT_MIN_SPLIT_MACS: usize = 1 << 21;
 static MIN_SPLIT_MACS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_SPLIT_MACS);
 
+/// In wasm, from this many input rows on, a quantized weight is expanded to f32 for the product
+/// (one weight, or one thread's block of it, at a time, so memory stays quantized): there candle's
+/// quantized kernels run at about half the speed of its f32 matrix kernel, which wins once the
+/// expansion is shared by enough rows (the image encoder's 257); decoding a token, or a few beams,
+/// keeps the quantized kernels, which read 4× fewer bytes. Natively candle's AVX2 int8 kernels beat
+/// its f32 kernel even on the encoder (q8_0 encode 0.85 s vs f32 1.8 s on 2 threads), so weights
+/// stay quantized there.
+const DEFAULT_DEQUANTIZE_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
+    32
+} else {
+    usize::MAX
+};
+static DEQUANTIZE_MIN_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_DEQUANTIZE_MIN_ROWS);
+
+pub fn dequantize_min_rows() -> usize {
+    DEQUANTIZE_MIN_ROWS.load(Ordering::Relaxed)
+}
+
+/// Overrides (or restores, with `None`) the row count from which quantized weights are expanded,
+/// so that the native tests can run the wasm build's path.
+pub fn set_dequantize_min_rows(rows: Option<usize>) {
+    DEQUANTIZE_MIN_ROWS.store(
+        rows.unwrap_or(DEFAULT_DEQUANTIZE_MIN_ROWS),
+        Ordering::Relaxed,
+    );
+}
+
 /// Whether a product of this many multiply-adds is worth splitting.
 pub fn worth_splitting(macs: usize) -> bool {
     macs >= MIN_SPLIT_MACS.load(Ordering::Relaxed)
@@ -32,13 +59,13 @@ pub fn set_min_split_macs(macs: Option<usize>) {
     MIN_SPLIT_MACS.store(macs.unwrap_or(DEFAULT_MIN_SPLIT_MACS), Ordering::Relaxed);
 }
 
-/// How many parts a layer built now splits its work into.
+/// How many parts the model splits its large products into.
 pub fn parts() -> usize {
     PARTS.load(Ordering::Relaxed).max(1)
 }
 
-/// Makes layers built from now on split their work into `n` parts (0 or 1: whole). Set by the
-/// threaded wasm build when its pool starts, and by the native tests to run the split path.
+/// Makes the model split its large products into `n` parts (0 or 1: whole). Set by the threaded
+/// wasm build when its pool starts, and by the native tests to run the split path.
 pub fn set_parts(n: usize) {
     PARTS.store(n, Ordering::Relaxed);
 }
