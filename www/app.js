@@ -35,7 +35,7 @@ function threadPlan() {
   if (!globalThis.crossOriginIsolated) {
     return {
       threads: 1,
-      why: 'the page is not cross-origin isolated (its server sends no COOP/COEP headers), so the browser allows no shared memory',
+      why: 'the page is not cross-origin isolated (its server sends no COOP/COEP headers)',
     };
   }
   if (typeof SharedArrayBuffer !== 'function' || !WebAssembly.validate(SHARED_MEMORY_PROBE)) {
@@ -229,7 +229,7 @@ function onWorkerMessage(e) {
       el.backend.textContent =
         `Backend: WebAssembly${b.simd ? ' SIMD' : ''} (candle, CPU) · ${threads} thread${threads === 1 ? '' : 's'}` +
         (why ? ` (single-threaded: ${why})` : '') +
-        ` · ${crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated'}` +
+        (crossOriginIsolated ? ' · cross-origin isolated' : why ? '' : ' · not cross-origin isolated') +
         (b.version ? ` · gitcap ${b.version}` : '');
       el.backend.dataset.threads = threads;
       el.backend.dataset.threaded = b.threaded ? 'true' : 'false';
