@@ -41,13 +41,7 @@ fn image_features_and_logits_match_transformers() {
         let model = captioner.model();
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
-            let pixels = reference.tensor(&format!("{key}.pixel_values"));
-            let pixels = if pixels.rank() == 3 {
-                pixels.unsqueeze(0).unwrap()
-            } else {
-                pixels.clone()
-            };
-            let features = model.encode_image(&pixels).unwrap();
+            let (features, logits) = reference.features_and_logits(model, key);
             let err = max_abs_diff(
                 &features.squeeze(0).unwrap(),
                 reference.tensor(&format!("{key}.image_features")),
@@ -55,21 +49,10 @@ fn image_features_and_logits_match_transformers() {
             println!("{name} {key}: image features max abs error {err:.2e}");
             assert!(err < TOL, "{name} {key}: image features differ by {err}");
 
-            let prefix = model.image_prefix(&features).unwrap();
-            let input = ids(&case["logits_input_ids"]);
-            let t = Tensor::new(input.as_slice(), &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let logits = model
-                .all_logits(&t, &prefix, &mut TextCache::new())
-                .unwrap()
-                .squeeze(0)
-                .unwrap();
             let (got, want) = match reference.tensors.get(&format!("{key}.logits")) {
                 Some(all) => (logits, all.clone()),
                 None => (
-                    logits.get(input.len() - 1).unwrap(),
+                    logits.get(logits.dim(0).unwrap() - 1).unwrap(),
                     reference.tensor(&format!("{key}.last_logits")).clone(),
                 ),
             };
@@ -112,13 +95,7 @@ fn generated_ids_and_text_match_transformers() {
         let captioner = load_dir(&model_dir(name), &Device::Cpu).unwrap();
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
-            let pixels = reference.tensor(&format!("{key}.pixel_values"));
-            let pixels = if pixels.rank() == 3 {
-                pixels.unsqueeze(0).unwrap()
-            } else {
-                pixels.clone()
-            };
-            let prefix = captioner.encode_pixels(&pixels).unwrap();
+            let prefix = captioner.encode_pixels(&reference.pixels(key)).unwrap();
             for run in ["greedy", "beam4", "beam3_lp1", "prompt_greedy"] {
                 let expected = &case[run];
                 let mut streamed = String::new();

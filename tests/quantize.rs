@@ -16,7 +16,6 @@ use gitcap::gguf::{
     captioner_from_gguf, inspect, inspect_file, keys, placement, quantize_checkpoint, QuantType,
     FORMAT_VERSION,
 };
-use gitcap::model::TextCache;
 use gitcap::Captioner;
 
 /// A path under the system temp dir, unique to this test, removed when dropped.
@@ -55,21 +54,11 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     num / norm(b).to_scalar::<f32>().unwrap()
 }
 
-/// Image features and the logits of the last of `input` for the reference case's pixels.
+/// Image features and the last position's logits for case0.
 fn features_and_logits(c: &Captioner, reference: &Reference) -> (Tensor, Tensor) {
-    let model = c.model();
-    let pixels = reference.tensor("case0.pixel_values").unsqueeze(0).unwrap();
-    let features = model.encode_image(&pixels).unwrap();
-    let prefix = model.image_prefix(&features).unwrap();
-    let input = ids(&reference.cases()[0]["logits_input_ids"]);
-    let t = Tensor::new(input.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = model
-        .next_logits(&t, &prefix, &mut TextCache::new())
-        .unwrap();
-    (features, logits)
+    let (features, logits) = reference.features_and_logits(c.model(), "case0");
+    let last = logits.dim(0).unwrap() - 1;
+    (features, logits.get(last).unwrap())
 }
 
 fn greedy_ids(c: &Captioner, reference: &Reference) -> Vec<u32> {

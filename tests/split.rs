@@ -5,12 +5,12 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::{ids, max_abs_diff, model_dir, Reference};
 use gitcap::captioner::CaptionOptions;
 use gitcap::checkpoint::{load_dir, load_gguf};
 use gitcap::gguf::{quantize_checkpoint, QuantType};
-use gitcap::model::{parallel, TextCache};
+use gitcap::model::parallel;
 use gitcap::{Captioner, Decoding};
 
 const TOL: f32 = 1e-4;
@@ -18,34 +18,8 @@ const TOL: f32 = 1e-4;
 /// The split settings are process-wide: the tests take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn pixels(reference: &Reference, key: &str) -> Tensor {
-    let p = reference.tensor(&format!("{key}.pixel_values"));
-    if p.rank() == 3 {
-        p.unsqueeze(0).unwrap()
-    } else {
-        p.clone()
-    }
-}
-
-/// Image features and the logits over the case's whole input.
-fn features_and_logits(c: &Captioner, reference: &Reference, key: &str) -> (Tensor, Tensor) {
-    let model = c.model();
-    let features = model.encode_image(&pixels(reference, key)).unwrap();
-    let prefix = model.image_prefix(&features).unwrap();
-    let case = reference.cases().iter().find(|c| c["key"] == key).unwrap();
-    let input = ids(&case["logits_input_ids"]);
-    let t = Tensor::new(input.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = model
-        .all_logits(&t, &prefix, &mut TextCache::new())
-        .unwrap();
-    (features, logits)
-}
-
 fn caption_ids(c: &Captioner, reference: &Reference, key: &str, decoding: Decoding) -> Vec<u32> {
-    let prefix = c.encode_pixels(&pixels(reference, key)).unwrap();
+    let prefix = c.encode_pixels(&reference.pixels(key)).unwrap();
     let opts = CaptionOptions {
         max_new_tokens: 20,
         decoding,
@@ -76,11 +50,11 @@ fn split_model_matches_transformers_and_the_whole_model() {
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
             parallel::set_parts(1);
-            let (f_whole, l_whole) = features_and_logits(&model, &reference, key);
+            let (f_whole, l_whole) = reference.features_and_logits(model.model(), key);
             // Three parts: no dimension of the fixtures divides evenly, so the uneven ranges are used.
             parallel::set_parts(3);
             let before = parallel::splits();
-            let (f_split, l_split) = features_and_logits(&model, &reference, key);
+            let (f_split, l_split) = reference.features_and_logits(model.model(), key);
             assert!(parallel::splits() > before, "the split model did not split");
             let err = max_abs_diff(
                 &f_split.squeeze(0).unwrap(),
@@ -96,7 +70,7 @@ fn split_model_matches_transformers_and_the_whole_model() {
                 max_abs_diff(&l_split, &l_whole)
             );
             if let Some(want) = reference.tensors.get(&format!("{key}.logits")) {
-                let err = max_abs_diff(&l_split.squeeze(0).unwrap(), want);
+                let err = max_abs_diff(&l_split, want);
                 assert!(err < TOL, "{name} {key}: split logits differ by {err}");
             }
             assert_eq!(
@@ -137,11 +111,11 @@ fn split_quantized_model_matches_the_whole_one() {
     for case in reference.cases() {
         let key = case["key"].as_str().unwrap();
         parallel::set_parts(1);
-        let (f_whole, l_whole) = features_and_logits(&model, &reference, key);
+        let (f_whole, l_whole) = reference.features_and_logits(model.model(), key);
         let whole_ids = [Decoding::Greedy, BEAM4].map(|d| caption_ids(&model, &reference, key, d));
         parallel::set_parts(2);
         let before = parallel::splits();
-        let (f_split, l_split) = features_and_logits(&model, &reference, key);
+        let (f_split, l_split) = reference.features_and_logits(model.model(), key);
         assert!(parallel::splits() > before, "the split model did not split");
         assert!(max_abs_diff(&f_split, &f_whole) < 1e-5, "{key}: features");
         assert!(max_abs_diff(&l_split, &l_whole) < 1e-4, "{key}: logits");

@@ -219,21 +219,31 @@ impl Request {
     }
 }
 
+/// Reads one line of a request head into `line`, adding its length to `total`; a line can never
+/// take the head past MAX_HEAD_BYTES unnoticed. Returns the bytes read (0 at end of stream).
+fn read_head_line(
+    reader: &mut BufReader<TcpStream>,
+    line: &mut String,
+    total: &mut usize,
+) -> std::io::Result<usize> {
+    line.clear();
+    let n = reader
+        .by_ref()
+        .take(MAX_HEAD_BYTES as u64)
+        .read_line(line)?;
+    *total += n;
+    Ok(n)
+}
+
 /// Reads one request head; `Ok(None)` when the client closed the connection.
 fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Request>> {
     let mut line = String::new();
     let mut total = 0;
     // Skip blank lines between requests (RFC 9112 §2.2).
     loop {
-        line.clear();
-        let n = reader
-            .by_ref()
-            .take(MAX_HEAD_BYTES as u64)
-            .read_line(&mut line)?;
-        if n == 0 {
+        if read_head_line(reader, &mut line, &mut total)? == 0 {
             return Ok(None);
         }
-        total += n;
         if !line.trim().is_empty() {
             break;
         }
@@ -249,12 +259,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Req
     let (method, target, version) = (method.to_string(), target.to_string(), version.to_string());
     let mut headers = Vec::new();
     loop {
-        line.clear();
-        let n = reader
-            .by_ref()
-            .take(MAX_HEAD_BYTES as u64)
-            .read_line(&mut line)?;
-        total += n;
+        let n = read_head_line(reader, &mut line, &mut total)?;
         if n == 0 || total > MAX_HEAD_BYTES {
             return Err(std::io::Error::other("request head too large or cut short"));
         }

@@ -250,11 +250,10 @@ impl Linear {
         // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
         // few rows would copy its blocks on every token.
         let splittable = !matches!(self.weight, QMatMul::QTensor(_)) || dequantize;
-        let ranges = parallel::ranges(self.out_dim, parallel::parts());
-        let ys = if ranges.len() > 1
-            && splittable
-            && parallel::worth_splitting(rows * in_dim * self.out_dim)
-        {
+        let ranges = splittable
+            .then(|| parallel::split(self.out_dim, rows * in_dim * self.out_dim))
+            .flatten();
+        let ys = if let Some(ranges) = ranges {
             let slices = parallel::map(ranges.len(), |i| {
                 let (start, len) = ranges[i];
                 let ys = flat.matmul(&self.weight_rows_f32(start, len)?.t()?)?;
@@ -315,10 +314,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     };
     let (b, rows, head_dim) = (q.dim(0)?, q.dim(2)?, q.dim(3)?);
     let macs = 2 * b * heads * rows * k.dim(2)? * head_dim;
-    let ranges = parallel::ranges(heads, parallel::parts());
-    if ranges.len() <= 1 || !parallel::worth_splitting(macs) {
+    let Some(ranges) = parallel::split(heads, macs) else {
         return one(0, heads);
-    }
+    };
     let groups = parallel::map(ranges.len(), |i| one(ranges[i].0, ranges[i].1))?;
     Ok(Tensor::cat(&groups, 1)?)
 }

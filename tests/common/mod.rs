@@ -41,6 +41,43 @@ impl Reference {
         self.json["cases"].as_array().unwrap()
     }
 
+    /// The case whose key is `key` ("case0", ...).
+    pub fn case(&self, key: &str) -> &Value {
+        self.cases()
+            .iter()
+            .find(|c| c["key"] == key)
+            .unwrap_or_else(|| panic!("reference case {key} missing"))
+    }
+
+    /// A case's pixel values as the model takes them: an image gets a batch dimension, a video
+    /// case is already (frames, C, H, W).
+    pub fn pixels(&self, key: &str) -> Tensor {
+        let p = self.tensor(&format!("{key}.pixel_values"));
+        if p.rank() == 3 {
+            p.unsqueeze(0).unwrap()
+        } else {
+            p.clone()
+        }
+    }
+
+    /// gitcap's image features (1, tokens, hidden) and logits at every position of the case's
+    /// `logits_input_ids` (positions, vocab), through the image-prefix cache as captioning does.
+    pub fn features_and_logits(&self, model: &gitcap::model::Git, key: &str) -> (Tensor, Tensor) {
+        let features = model.encode_image(&self.pixels(key)).unwrap();
+        let prefix = model.image_prefix(&features).unwrap();
+        let input = ids(&self.case(key)["logits_input_ids"]);
+        let t = Tensor::new(input.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = model
+            .all_logits(&t, &prefix, &mut gitcap::model::TextCache::new())
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        (features, logits)
+    }
+
     pub fn tensor(&self, key: &str) -> &Tensor {
         self.tensors
             .get(key)
