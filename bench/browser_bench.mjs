@@ -13,7 +13,7 @@
 //
 // Usage: node bench/browser_bench.mjs <model folder | file.gguf> [--image FILE] [--tokens N] [--runs N]
 //        [--threads 1,2,4] [--bin path/to/gitcap] [--www folder] [--chunk-kib N] [--json out.json]
-//        [--screenshot out.png]
+//        [--screenshot out.png] [--query k=v&k2=v2]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -34,6 +34,8 @@ const image = path.resolve(opt('--image', path.join(ROOT, 'tests/images/chelsea.
 const tokens = Number(opt('--tokens', '20'));
 const runs = Number(opt('--runs', '3'));
 const chunkKib = opt('--chunk-kib', null);
+// Extra page parameters, e.g. --query kernel_min=1000000 (candle's matmul instead of the kernel).
+const extraQuery = opt('--query', '');
 const jsonOut = opt('--json', null);
 const screenshot = opt('--screenshot', null);
 const threadCounts = (opt('--threads', '') || '').split(',').filter(Boolean).map(Number);
@@ -134,6 +136,7 @@ async function main() {
     page.on('pageerror', (e) => log('page error:', e.message));
     const q = new URLSearchParams({ model: modelUrl, max_new_tokens: String(tokens), beams: '1' });
     if (chunkKib) q.set('chunk_kib', chunkKib);
+    for (const [k, v] of new URLSearchParams(extraQuery)) q.set(k, v);
     const url = `${server.url}?${q}`;
 
     log(`first visit: download ${mb(weightsBytes)} MB from the local server into OPFS, loading as it arrives`);

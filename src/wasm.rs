@@ -17,6 +17,7 @@
 //! const h = new Sha256(); h.update(chunk); h.hex();
 //! buildInfo();                                 // {simd, threaded, threads, splits, version}
 //! setMinSplitMacs(n);                          // threaded: split products from n multiply-adds
+//! setKernelMinRows(n);                         // own SIMD kernel for products of >= n rows
 //! ```
 //!
 //! The threaded build (`--features threads`, see build.sh) also exports `startThreads(n)`: await it
@@ -674,6 +675,14 @@ struct BuildInfo {
 #[wasm_bindgen(js_name = setMinSplitMacs)]
 pub fn set_min_split_macs(macs: f64) {
     crate::model::parallel::set_min_split_macs(Some(macs.max(0.0) as usize));
+}
+
+/// Products of fewer than `rows` input rows use candle's matmul instead of the model's own SIMD
+/// kernel (src/model/matmul.rs; default 8, so decoding a token or a few beams stays on candle's
+/// matrix-vector path). A tuning knob: a huge value turns the kernel off, for comparisons.
+#[wasm_bindgen(js_name = setKernelMinRows)]
+pub fn set_kernel_min_rows(rows: f64) {
+    crate::model::matmul::set_min_rows(Some(rows.max(0.0) as usize));
 }
 
 /// {simd, threaded, threads, splits, version}: how this build was compiled and how many threads

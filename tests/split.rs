@@ -10,7 +10,7 @@ use common::{ids, max_abs_diff, model_dir, Reference};
 use gitcap::captioner::CaptionOptions;
 use gitcap::checkpoint::{load_dir, load_gguf};
 use gitcap::gguf::{quantize_checkpoint, QuantType};
-use gitcap::model::parallel;
+use gitcap::model::{elementwise, matmul, parallel};
 use gitcap::{Captioner, Decoding};
 
 const TOL: f32 = 1e-4;
@@ -124,4 +124,58 @@ fn split_quantized_model_matches_the_whole_one() {
     }
     parallel::set_parts(1);
     parallel::set_dequantize_min_rows(None);
+}
+
+/// The wasm build's own kernels (src/model/matmul.rs, elementwise.rs), here in their portable
+/// form, for every product down to single rows, whole and split: transformers' results and ids.
+#[test]
+fn own_kernels_match_transformers() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    split_everything();
+    matmul::set_min_rows(Some(1));
+    elementwise::set_enabled(Some(true));
+    for name in ["tiny-coco", "tiny-vatex"] {
+        let reference = Reference::load(name);
+        let model = load_dir(&model_dir(name), &Device::Cpu).unwrap();
+        for case in reference.cases() {
+            let key = case["key"].as_str().unwrap();
+            for parts in [1, 3] {
+                parallel::set_parts(parts);
+                let before = matmul::products();
+                let (features, logits) = reference.features_and_logits(model.model(), key);
+                assert!(matmul::products() > before, "the kernel did not run");
+                let err = max_abs_diff(
+                    &features.squeeze(0).unwrap(),
+                    reference.tensor(&format!("{key}.image_features")),
+                );
+                assert!(
+                    err < TOL,
+                    "{name} {key} ({parts} parts): features differ by {err}"
+                );
+                if let Some(want) = reference.tensors.get(&format!("{key}.logits")) {
+                    let err = max_abs_diff(&logits, want);
+                    assert!(
+                        err < TOL,
+                        "{name} {key} ({parts} parts): logits differ by {err}"
+                    );
+                    println!(
+                        "{name} {key} ({parts} parts): kernel logits vs transformers {err:.1e}"
+                    );
+                }
+                assert_eq!(
+                    caption_ids(&model, &reference, key, Decoding::Greedy),
+                    ids(&case["greedy"]["token_ids"]),
+                    "{name} {key}: greedy ids"
+                );
+                assert_eq!(
+                    caption_ids(&model, &reference, key, BEAM4),
+                    ids(&case["beam4"]["token_ids"]),
+                    "{name} {key}: 4-beam ids"
+                );
+            }
+        }
+    }
+    parallel::set_parts(1);
+    matmul::set_min_rows(None);
+    elementwise::set_enabled(None);
 }

@@ -383,3 +383,68 @@ fn sha256() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+/// The model's own SIMD matrix kernel (src/model/matmul.rs) against candle's matmul, at the
+/// shapes' edges: rows not a multiple of the 3-row tile, columns not a multiple of the 12-column
+/// panel, inputs over several 512-blocks with a remainder.
+#[wasm_bindgen_test]
+fn simd_kernel_matches_candle() {
+    use candle_core::{Device, Tensor};
+    use gitcap::model::matmul;
+    let before = matmul::products();
+    for (m, n, k) in [(8, 12, 4), (10, 25, 517), (257, 64, 1100), (9, 1, 3)] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        let got = matmul::matmul_t(&x, &w).unwrap();
+        let err: f32 = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(err < 1e-3, "({m}, {n}, {k}): differs by {err}");
+    }
+    assert_eq!(matmul::products(), before + 4, "the kernel did not run");
+}
+
+/// The SIMD softmax and quick_gelu (src/model/elementwise.rs, on by default in wasm) against
+/// candle's own ops, with widths that are not multiples of four and masked entries.
+#[wasm_bindgen_test]
+fn simd_elementwise_matches_candle() {
+    use candle_core::{Device, Tensor};
+    use gitcap::model::elementwise;
+    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    for width in [1usize, 6, 257] {
+        let xs = (Tensor::randn(0f32, 1.0, (7, width), &Device::Cpu).unwrap() * 8.0).unwrap();
+        elementwise::set_enabled(Some(false));
+        let (soft, gelu) = (
+            elementwise::softmax_last(&xs).unwrap(),
+            elementwise::quick_gelu(&xs).unwrap(),
+        );
+        elementwise::set_enabled(None);
+        assert!(max_diff(&elementwise::softmax_last(&xs).unwrap(), &soft) < 1e-6);
+        assert!(max_diff(&elementwise::quick_gelu(&xs).unwrap(), &gelu) < 1e-5);
+    }
+    let masked = Tensor::new(&[[1.5f32, f32::NEG_INFINITY, -3.0]], &Device::Cpu).unwrap();
+    let p: Vec<f32> = elementwise::softmax_last(&masked)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(p[1] < 1e-30 && (p[0] + p[2] - 1.0).abs() < 1e-6, "{p:?}");
+}

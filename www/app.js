@@ -6,7 +6,8 @@
 // ?beams=N, ?length_penalty=X, ?prompt=TEXT, ?chunk_kib=N (download chunk size, for tests),
 // ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
 // 1 forces the single-threaded build), ?split_min=N (threaded: split products from N multiply-adds;
-// a tuning knob, 0 in the tests so that the tiny model splits).
+// a tuning knob, 0 in the tests so that the tiny model splits), ?kernel_min=N (products of N or more
+// rows use the model's own SIMD kernel, default 8; a huge N compares against candle's matmul).
 
 import { MODELS, DEFAULT_MODEL, parseModelParam, formatBytes } from './models.js';
 
@@ -803,7 +804,9 @@ function main() {
   }
   const workerUrl = new URL('./worker.js', import.meta.url);
   workerUrl.searchParams.set('threads', String(plan.threads));
-  if (params.has('split_min')) workerUrl.searchParams.set('split_min', params.get('split_min'));
+  for (const knob of ['split_min', 'kernel_min']) {
+    if (params.has(knob)) workerUrl.searchParams.set(knob, params.get(knob));
+  }
   worker = new Worker(workerUrl, { type: 'module', name: 'gitcap-model' });
   worker.onmessage = onWorkerMessage;
   worker.onerror = (e) => {

@@ -25,7 +25,7 @@ impl Activation {
     pub fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::Gelu => xs.gelu_erf(),
-            Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Activation::QuickGelu => super::elementwise::quick_gelu(xs),
             Activation::GeluTanh => xs.gelu(),
             Activation::Relu => xs.relu(),
         }

@@ -1,9 +1,12 @@
 //! The GIT architecture: pure tensor code, no I/O, compiled for native targets and wasm32 alike.
 
 pub mod config;
+pub mod elementwise;
 pub mod git;
+pub mod matmul;
 pub mod nn;
 pub mod parallel;
+mod simd;
 pub mod text;
 pub mod vision;
 

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
 use super::config::Activation;
-use super::parallel;
+use super::{matmul, parallel};
 use crate::{Error, Result};
 
 #[derive(Clone)]
@@ -256,7 +256,7 @@ impl Linear {
         let ys = if let Some(ranges) = ranges {
             let slices = parallel::map(ranges.len(), |i| {
                 let (start, len) = ranges[i];
-                let ys = flat.matmul(&self.weight_rows_f32(start, len)?.t()?)?;
+                let ys = matmul::matmul_t(&flat, &self.weight_rows_f32(start, len)?)?;
                 finish(
                     ys,
                     self.bias
@@ -269,8 +269,9 @@ impl Linear {
         } else {
             let ys = match &self.weight {
                 QMatMul::QTensor(q) if dequantize => {
-                    flat.matmul(&q.dequantize(xs.device())?.t()?)?
+                    matmul::matmul_t(&flat, &q.dequantize(xs.device())?)?
                 }
+                QMatMul::Tensor(w) => matmul::matmul_t(&flat, w)?,
                 weight => weight.forward(&flat)?,
             };
             finish(ys, self.bias.clone())?
@@ -309,6 +310,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
             k.narrow(1, start, len)?,
             v.narrow(1, start, len)?,
         );
+        if matmul::applies(q.dim(2)?) {
+            return per_head_attention(&q, &k, &v, scale);
+        }
         let scores = (q.matmul(&k.t()?)? * scale)?;
         Ok(softmax_last(&scores)?.matmul(&v)?)
     };
@@ -319,6 +323,22 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     };
     let groups = parallel::map(ranges.len(), |i| one(ranges[i].0, ranges[i].1))?;
     Ok(Tensor::cat(&groups, 1)?)
+}
+
+/// `attention` one head at a time through the model's own matrix kernel (`matmul`), which takes
+/// x · Wᵀ: q kᵀ is that form already, and p v is p (vᵀ)ᵀ.
+fn per_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, heads, rows, head_dim) = q.dims4()?;
+    let keys = k.dim(2)?;
+    let flat = |t: &Tensor, n: usize| t.reshape((b * heads, n, head_dim));
+    let (q, k, v) = (flat(q, rows)?, flat(k, keys)?, flat(v, keys)?);
+    let outs = (0..b * heads)
+        .map(|i| -> Result<Tensor> {
+            let scores = (matmul::matmul_t(&q.get(i)?, &k.get(i)?)? * scale)?;
+            matmul::matmul_t(&softmax_last(&scores)?, &v.get(i)?.t()?.contiguous()?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&outs, 0)?.reshape((b, heads, rows, head_dim))?)
 }
 
 #[derive(Clone)]
@@ -382,5 +402,5 @@ impl Embedding {
 
 /// Softmax over the last dimension, in f32.
 pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax_last_dim(xs)?)
+    Ok(super::elementwise::softmax_last(xs)?)
 }

@@ -1,0 +1,223 @@
+//! x · Wᵀ for the WebAssembly build's large products, in our own blocked SIMD kernel.
+//!
+//! In wasm candle multiplies f32 matrices at 26–30 GFLOP/s on one thread (its `gemm` kernel for
+//! simd128 measured in headless Chromium); the image encoder is almost all such products. This
+//! kernel does 37–39 GFLOP/s on the same products (45–48 when built with relaxed SIMD's fused
+//! multiply-add), see `bench/README-browser.md`. It is used for products with enough rows to pay
+//! for packing the weight (the encoder's 257, a prompt); decoding one token keeps candle's
+//! matrix-vector path, which streams each weight once.
+//!
+//! Natively candle's kernels are faster, so the kernel runs there only when the tests ask for it
+//! (`set_min_rows`): the same blocking code compiles to plain four-lane arrays, so the native
+//! tests check every edge of it against transformers' fixtures and the wasm tests check the SIMD
+//! lanes in Chromium.
+//!
+//! Layout: for each block of `KC` inputs and each panel of `NW` output columns, the weight's panel
+//! is packed input-major (`KC × NW`, zero-padded past the last column); then every `MR` rows of x
+//! accumulate an `MR × NW` tile in registers, one broadcast x value times `NV` weight vectors per
+//! input. 3 × 12 keeps 9 accumulators and 4 operands within the 16 vector registers V8 has on
+//! x86-64: the larger tiles tried (4 × 12, 6 × 8, 3 × 16) spill and run at 21–23 GFLOP/s.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+use super::simd;
+use crate::Result;
+
+const MR: usize = 3;
+const NV: usize = 3;
+const NW: usize = NV * 4;
+const KC: usize = 512;
+
+const DEFAULT_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
+    8
+} else {
+    usize::MAX
+};
+static MIN_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_ROWS);
+
+/// Overrides (or restores, with `None`) the row count from which products use this kernel, so
+/// that the native tests can run the wasm build's path.
+pub fn set_min_rows(rows: Option<usize>) {
+    MIN_ROWS.store(rows.unwrap_or(DEFAULT_MIN_ROWS), Ordering::Relaxed);
+}
+
+static PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many products this kernel has computed (lets the tests check that it ran).
+pub fn products() -> usize {
+    PRODUCTS.load(Ordering::Relaxed)
+}
+
+/// Whether a product of `rows` input rows goes to this kernel.
+pub fn applies(rows: usize) -> bool {
+    rows >= MIN_ROWS.load(Ordering::Relaxed)
+}
+
+/// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k).
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    let f32s = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
+    if !applies(rows) || !f32s || !x.device().is_cpu() {
+        return Ok(x.matmul(&w.t()?)?);
+    }
+    Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT)?)
+}
+
+struct MatmulT;
+
+impl CustomOp2 for MatmulT {
+    fn name(&self) -> &'static str {
+        "gitcap-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        x_layout: &Layout,
+        ws: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (&[m, k], &[n, wk]) = (x_layout.dims(), w_layout.dims()) else {
+            candle_core::bail!("matmul_t takes two matrices")
+        };
+        if k != wk {
+            candle_core::bail!("matmul_t: x has {k} columns, w has {wk}")
+        }
+        let (CpuStorage::F32(xd), Some((x0, x1))) = (xs, x_layout.contiguous_offsets()) else {
+            candle_core::bail!("matmul_t takes contiguous f32 matrices")
+        };
+        let (CpuStorage::F32(wd), Some((w0, w1))) = (ws, w_layout.contiguous_offsets()) else {
+            candle_core::bail!("matmul_t takes contiguous f32 matrices")
+        };
+        PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        let out = multiply(&xd[x0..x1], &wd[w0..w1], m, n, k);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// c (m × n) = x (m × k) · w (n × k)ᵀ, all row-major.
+fn multiply(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    assert!(x.len() == m * k && w.len() == n * k);
+    let mut c = vec![0f32; m * n];
+    let mut panel = vec![0f32; KC * NW];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for j0 in (0..n).step_by(NW) {
+            let nw = NW.min(n - j0);
+            pack(&mut panel, w, k, k0, kc, j0, nw);
+            let mut i = 0;
+            while i + MR <= m {
+                tile::<MR>(&mut c, x, &panel, i, j0, nw, k0, kc, n, k);
+                i += MR;
+            }
+            while i < m {
+                tile::<1>(&mut c, x, &panel, i, j0, nw, k0, kc, n, k);
+                i += 1;
+            }
+        }
+    }
+    c
+}
+
+/// Panel p×b = w[j0 + b][k0 + p], columns past `nw` zero.
+fn pack(panel: &mut [f32], w: &[f32], k: usize, k0: usize, kc: usize, j0: usize, nw: usize) {
+    for b in 0..NW {
+        if b < nw {
+            let row = &w[(j0 + b) * k + k0..][..kc];
+            for (p, &v) in row.iter().enumerate() {
+                panel[p * NW + b] = v;
+            }
+        } else {
+            for p in 0..kc {
+                panel[p * NW + b] = 0.0;
+            }
+        }
+    }
+}
+
+/// Adds x[i..i + R, k0..k0 + kc] · panel to c[i..i + R, j0..j0 + nw].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile<const R: usize>(
+    c: &mut [f32],
+    x: &[f32],
+    panel: &[f32],
+    i: usize,
+    j0: usize,
+    nw: usize,
+    k0: usize,
+    kc: usize,
+    n: usize,
+    k: usize,
+) {
+    let rows: [&[f32]; R] = std::array::from_fn(|a| &x[(i + a) * k + k0..][..kc]);
+    let panel = &panel[..kc * NW];
+    let mut acc = [[simd::splat(0.0); NV]; R];
+    // The bounds were checked by the two slicings above; the loop reads inside them only.
+    let row_ptrs: [*const f32; R] = std::array::from_fn(|a| rows[a].as_ptr());
+    let panel_ptr = panel.as_ptr();
+    for p in 0..kc {
+        // SAFETY: p < kc, so p * NW + v * 4 + 3 < kc * NW = panel.len() and p < rows[a].len().
+        unsafe {
+            let ws: [simd::V; NV] =
+                std::array::from_fn(|v| simd::load(panel_ptr.add(p * NW + v * 4)));
+            for a in 0..R {
+                let xs = simd::splat(*row_ptrs[a].add(p));
+                for v in 0..NV {
+                    acc[a][v] = simd::madd(xs, ws[v], acc[a][v]);
+                }
+            }
+        }
+    }
+    for (a, acc) in acc.iter().enumerate() {
+        let out = &mut c[(i + a) * n + j0..][..nw];
+        let mut sums = [0f32; NW];
+        for (v, &lanes) in acc.iter().enumerate() {
+            // SAFETY: v * 4 + 3 < NW.
+            unsafe { simd::store(sums.as_mut_ptr().add(v * 4), lanes) };
+        }
+        for (o, s) in out.iter_mut().zip(sums) {
+            *o += s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every edge: rows not a multiple of MR, columns not a multiple of NW, inputs spanning
+    /// several KC blocks with a remainder; against a plain f64 dot product.
+    #[test]
+    fn matches_dot_products_at_every_edge() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (2, 13, 5),
+            (7, 25, KC + 3),
+            (3, 12, 2 * KC),
+            (10, 40, 77),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
+                .collect();
+            let c = multiply(&x, &w, m, n, k);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                        .sum();
+                    let got = c[i * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

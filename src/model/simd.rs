@@ -1,0 +1,207 @@
+//! Four-lane f32 arithmetic for the WebAssembly build's own kernels (`matmul`, `elementwise`):
+//! wasm SIMD in the browser build, plain arrays elsewhere. Natively the kernels run only in the
+//! tests, which check in this portable form every line of the code the browser runs; the wasm
+//! tests check the SIMD lanes in Chromium.
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod imp {
+    use core::arch::wasm32::*;
+
+    pub type V = v128;
+
+    #[inline(always)]
+    pub fn splat(x: f32) -> V {
+        f32x4_splat(x)
+    }
+
+    /// # Safety
+    /// Four f32 from `p` on must be readable (v128 loads need no alignment).
+    #[inline(always)]
+    pub unsafe fn load(p: *const f32) -> V {
+        unsafe { v128_load(p as *const v128) }
+    }
+
+    /// # Safety
+    /// Four f32 from `p` on must be writable.
+    #[inline(always)]
+    pub unsafe fn store(p: *mut f32, v: V) {
+        unsafe { v128_store(p as *mut v128, v) }
+    }
+
+    #[inline(always)]
+    pub fn add(a: V, b: V) -> V {
+        f32x4_add(a, b)
+    }
+
+    #[inline(always)]
+    pub fn sub(a: V, b: V) -> V {
+        f32x4_sub(a, b)
+    }
+
+    #[inline(always)]
+    pub fn mul(a: V, b: V) -> V {
+        f32x4_mul(a, b)
+    }
+
+    #[inline(always)]
+    pub fn div(a: V, b: V) -> V {
+        f32x4_div(a, b)
+    }
+
+    #[inline(always)]
+    pub fn max(a: V, b: V) -> V {
+        f32x4_pmax(a, b)
+    }
+
+    #[inline(always)]
+    pub fn min(a: V, b: V) -> V {
+        f32x4_pmin(a, b)
+    }
+
+    /// a · b + c; fused where the build enables relaxed SIMD.
+    #[inline(always)]
+    pub fn madd(a: V, b: V, c: V) -> V {
+        #[cfg(target_feature = "relaxed-simd")]
+        {
+            f32x4_relaxed_madd(a, b, c)
+        }
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        {
+            f32x4_add(f32x4_mul(a, b), c)
+        }
+    }
+
+    #[inline(always)]
+    pub fn round(a: V) -> V {
+        f32x4_nearest(a)
+    }
+
+    /// 2^n for integral n in the normal range.
+    #[inline(always)]
+    pub fn pow2(n: V) -> V {
+        i32x4_shl(i32x4_add(i32x4_trunc_sat_f32x4(n), i32x4_splat(127)), 23)
+    }
+
+    #[inline(always)]
+    pub fn lanes(v: V) -> [f32; 4] {
+        [
+            f32x4_extract_lane::<0>(v),
+            f32x4_extract_lane::<1>(v),
+            f32x4_extract_lane::<2>(v),
+            f32x4_extract_lane::<3>(v),
+        ]
+    }
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+mod imp {
+    pub type V = [f32; 4];
+
+    fn map2(a: V, b: V, f: impl Fn(f32, f32) -> f32) -> V {
+        std::array::from_fn(|l| f(a[l], b[l]))
+    }
+
+    pub fn splat(x: f32) -> V {
+        [x; 4]
+    }
+
+    /// # Safety
+    /// Four f32 from `p` on must be readable.
+    pub unsafe fn load(p: *const f32) -> V {
+        unsafe { std::array::from_fn(|l| *p.add(l)) }
+    }
+
+    /// # Safety
+    /// Four f32 from `p` on must be writable.
+    pub unsafe fn store(p: *mut f32, v: V) {
+        for (l, x) in v.into_iter().enumerate() {
+            unsafe { *p.add(l) = x };
+        }
+    }
+
+    pub fn add(a: V, b: V) -> V {
+        map2(a, b, |a, b| a + b)
+    }
+
+    pub fn sub(a: V, b: V) -> V {
+        map2(a, b, |a, b| a - b)
+    }
+
+    pub fn mul(a: V, b: V) -> V {
+        map2(a, b, |a, b| a * b)
+    }
+
+    pub fn div(a: V, b: V) -> V {
+        map2(a, b, |a, b| a / b)
+    }
+
+    /// wasm's pmax: b < a ? a : b.
+    pub fn max(a: V, b: V) -> V {
+        map2(a, b, |a, b| if a < b { b } else { a })
+    }
+
+    /// wasm's pmin: b < a ? b : a.
+    pub fn min(a: V, b: V) -> V {
+        map2(a, b, |a, b| if b < a { b } else { a })
+    }
+
+    pub fn madd(a: V, b: V, c: V) -> V {
+        add(mul(a, b), c)
+    }
+
+    pub fn round(a: V) -> V {
+        a.map(f32::round_ties_even)
+    }
+
+    pub fn pow2(n: V) -> V {
+        n.map(|n| f32::from_bits(((n as i32 + 127) as u32) << 23))
+    }
+
+    pub fn lanes(v: V) -> [f32; 4] {
+        v
+    }
+}
+
+pub use imp::*;
+
+/// eˣ to about 2 ulp for x in [-87.3, 88] (clamped outside, so a masked -inf gives 1e-38, not
+/// NaN): Cephes' expf, x = n·ln 2 + r with |r| ≤ ln 2 / 2 and a degree-7 polynomial in r.
+#[inline(always)]
+pub fn exp(x: V) -> V {
+    let x = min(max(x, splat(-87.3)), splat(88.0));
+    let n = round(mul(x, splat(std::f32::consts::LOG2_E)));
+    // ln 2 in two parts, so that n · LN2_HI is exact.
+    let r = sub(x, mul(n, splat(0.693_359_4)));
+    let r = sub(r, mul(n, splat(-2.121_944_4e-4)));
+    let mut p = splat(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = madd(p, r, splat(c));
+    }
+    let p = madd(mul(p, r), r, add(r, splat(1.0)));
+    mul(p, pow2(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_a_few_ulp_of_std() {
+        let mut worst = 0f64;
+        for i in -87_000..87_900 {
+            let x = i as f32 / 1000.0 + 0.000_37;
+            let got = lanes(exp(splat(x)))[0] as f64;
+            let want = (x as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 3e-7, "worst relative error {worst:e}");
+        assert!(lanes(exp(splat(f32::NEG_INFINITY)))[0] < 1e-37);
+        assert_eq!(lanes(exp(splat(0.0)))[0], 1.0);
+    }
+}
