@@ -28,6 +28,8 @@ use crate::Result;
 const MR: usize = 3;
 const NV: usize = 3;
 const NW: usize = NV * 4;
+/// Splitting a product by output columns at multiples of this wastes no lanes of the kernel.
+pub const PANEL_COLUMNS: usize = NW;
 const KC: usize = 512;
 
 const DEFAULT_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {

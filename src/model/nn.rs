@@ -251,7 +251,13 @@ impl Linear {
         // few rows would copy its blocks on every token.
         let splittable = !matches!(self.weight, QMatMul::QTensor(_)) || dequantize;
         let ranges = splittable
-            .then(|| parallel::split(self.out_dim, rows * in_dim * self.out_dim))
+            .then(|| {
+                parallel::split(
+                    self.out_dim,
+                    rows * in_dim * self.out_dim,
+                    matmul::PANEL_COLUMNS,
+                )
+            })
             .flatten();
         let ys = if let Some(ranges) = ranges {
             let slices = parallel::map(ranges.len(), |i| {
@@ -318,7 +324,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     };
     let (b, rows, head_dim) = (q.dim(0)?, q.dim(2)?, q.dim(3)?);
     let macs = 2 * b * heads * rows * k.dim(2)? * head_dim;
-    let Some(ranges) = parallel::split(heads, macs) else {
+    let Some(ranges) = parallel::split(heads, macs, 1) else {
         return one(0, heads);
     };
     let groups = parallel::map(ranges.len(), |i| one(ranges[i].0, ranges[i].1))?;

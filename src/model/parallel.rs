@@ -49,14 +49,31 @@ pub fn set_dequantize_min_rows(rows: Option<usize>) {
     );
 }
 
-/// How to split `total` rows, columns or heads of a product of `macs` multiply-adds: one range
-/// per thread, or `None` to run it whole (one thread, or too small to be worth handing out).
-pub fn split(total: usize, macs: usize) -> Option<Vec<(usize, usize)>> {
+/// Each thread's share of a split product is cut into this many pieces, which the pool hands out
+/// as threads come free: with one piece per thread the product waits for the slowest thread, and a
+/// browser's threads are not equally fast (other tabs, a shared or throttled core).
+const PIECES_PER_THREAD: usize = 4;
+
+/// How to split `total` rows, columns or heads of a product of `macs` multiply-adds: ranges for the
+/// pool to share out, each starting at a multiple of `align` (the matrix kernel's column panel),
+/// or `None` to run it whole (one thread, or too small to be worth handing out).
+pub fn split(total: usize, macs: usize, align: usize) -> Option<Vec<(usize, usize)>> {
     let parts = parts();
     if parts <= 1 || total <= 1 || macs < MIN_SPLIT_MACS.load(Ordering::Relaxed) {
         return None;
     }
-    Some(ranges(total, parts))
+    let align = align.max(1);
+    let units = total.div_ceil(align);
+    let pieces = (parts * PIECES_PER_THREAD).min(units);
+    Some(
+        ranges(units, pieces)
+            .into_iter()
+            .map(|(start, len)| {
+                let (start, end) = (start * align, ((start + len) * align).min(total));
+                (start, end - start)
+            })
+            .collect(),
+    )
 }
 
 /// Lowers (or restores, with `None`) the size from which products are split: the test fixtures'
@@ -145,6 +162,24 @@ mod tests {
                 assert_eq!(next, total);
             }
         }
+    }
+
+    #[test]
+    fn split_pieces_are_aligned_and_cover_everything_once() {
+        set_parts(3);
+        for (total, align) in [(1024usize, 12usize), (30522, 12), (16, 1), (5, 12), (2, 1)] {
+            let pieces = split(total, usize::MAX, align).unwrap();
+            assert!(pieces.len() <= 3 * PIECES_PER_THREAD && pieces.len() >= 1);
+            let mut next = 0;
+            for (start, len) in pieces {
+                assert_eq!(start, next);
+                assert!(len > 0 && start % align == 0);
+                next = start + len;
+            }
+            assert_eq!(next, total);
+        }
+        set_parts(1);
+        assert!(split(1024, usize::MAX, 12).is_none());
     }
 
     #[test]

@@ -91,6 +91,14 @@ impl SelfAttention {
         1.0 / (self.head_dim as f64).sqrt()
     }
 
+    /// The image tokens' keys and values alone: all the text needs of the last layer's image rows.
+    fn image_keys_values(&self, xs: &Tensor) -> Result<KeyValue> {
+        Ok(KeyValue {
+            k: self.split_heads(&self.key.forward(xs)?)?,
+            v: self.split_heads(&self.value.forward(xs)?)?,
+        })
+    }
+
     /// Image tokens attend to all image tokens and nothing else.
     fn forward_image(&self, xs: &Tensor) -> Result<(Tensor, KeyValue)> {
         let (b, n, d) = xs.dims3()?;
@@ -265,7 +273,14 @@ impl TextDecoder {
         let tokens = image_features.dim(1)?;
         let mut xs = image_features.clone();
         let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i + 1 == self.layers.len() {
+                // No later layer reads the image rows' outputs, and text never reaches back into
+                // them: of the last layer only the keys and values are needed (a sixth less work
+                // for git-large's image prefix).
+                layers.push(layer.attention.image_keys_values(&xs)?);
+                break;
+            }
             let (ctx, kv) = layer.attention.forward_image(&xs)?;
             xs = layer.feed_forward(&xs, &ctx)?;
             layers.push(kv);
