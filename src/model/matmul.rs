@@ -20,7 +20,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::simd;
 use crate::Result;
@@ -67,6 +68,69 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT)?)
 }
 
+/// `x · wᵀ` for rows `start..start + len` of a q8_0 weight (n × k), its blocks expanded as the
+/// kernel packs them; `None` where this kernel does not apply (another type, too few rows), for
+/// the caller to take candle's way.
+pub fn matmul_t_quantized(
+    x: &Tensor,
+    w: &QTensor,
+    start: usize,
+    len: usize,
+) -> Option<Result<Tensor>> {
+    let k = x.dim(1).ok()?;
+    let usable = applies(x.dim(0).ok()?)
+        && w.dtype() == GgmlDType::Q8_0
+        && x.dtype() == candle_core::DType::F32
+        && x.device().is_cpu()
+        && k % Q8_0_BLOCK == 0;
+    if !usable {
+        return None;
+    }
+    Some((|| {
+        let data = w.data()?;
+        let row_bytes = k / Q8_0_BLOCK * Q8_0_BYTES;
+        let blocks = data
+            .get(start * row_bytes..(start + len) * row_bytes)
+            .ok_or_else(|| crate::Error::invalid("quantized rows out of range"))?;
+        Ok(x.contiguous()?
+            .apply_op1_no_bwd(&MatmulTQ8_0 { blocks, k })?)
+    })())
+}
+
+struct MatmulTQ8_0<'a> {
+    blocks: &'a [u8],
+    k: usize,
+}
+
+impl CustomOp1 for MatmulTQ8_0<'_> {
+    fn name(&self) -> &'static str {
+        "gitcap-matmul-t-q8_0"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        x_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (&[m, k], CpuStorage::F32(xd), Some((x0, x1))) =
+            (x_layout.dims(), xs, x_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("matmul_t_quantized takes a contiguous f32 matrix")
+        };
+        if k != self.k {
+            candle_core::bail!("matmul_t_quantized: x has {k} columns, w has {}", self.k)
+        }
+        PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        let w = Q8_0Rows {
+            blocks: self.blocks,
+            k,
+        };
+        let n = w.rows();
+        let out = multiply(&xd[x0..x1], &w, m, k);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
 struct MatmulT;
 
 impl CustomOp2 for MatmulT {
@@ -94,21 +158,87 @@ impl CustomOp2 for MatmulT {
             candle_core::bail!("matmul_t takes contiguous f32 matrices")
         };
         PRODUCTS.fetch_add(1, Ordering::Relaxed);
-        let out = multiply(&xd[x0..x1], &wd[w0..w1], m, n, k);
+        let w = DenseRows { w: &wd[w0..w1], k };
+        debug_assert_eq!(w.rows(), n);
+        let out = multiply(&xd[x0..x1], &w, m, k);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
+/// A weight (n × k, row-major) the kernel can pack panels from.
+trait WeightRows: Sync {
+    fn rows(&self) -> usize;
+    /// Writes w[j0 + b][k0 + p] to panel[p · NW + b] for b < nw and p < kc.
+    fn pack(&self, panel: &mut [f32], k0: usize, kc: usize, j0: usize, nw: usize);
+}
+
+struct DenseRows<'a> {
+    w: &'a [f32],
+    k: usize,
+}
+
+impl WeightRows for DenseRows<'_> {
+    fn rows(&self) -> usize {
+        self.w.len() / self.k
+    }
+
+    fn pack(&self, panel: &mut [f32], k0: usize, kc: usize, j0: usize, nw: usize) {
+        for b in 0..nw {
+            let row = &self.w[(j0 + b) * self.k + k0..][..kc];
+            for (p, &v) in row.iter().enumerate() {
+                panel[p * NW + b] = v;
+            }
+        }
+    }
+}
+
+/// GGML's q8_0 rows: blocks of an f16 scale and 32 signed bytes. Packing expands them straight
+/// into the panel, so a quantized weight is never expanded whole.
+struct Q8_0Rows<'a> {
+    blocks: &'a [u8],
+    k: usize,
+}
+
+const Q8_0_BLOCK: usize = 32;
+const Q8_0_BYTES: usize = 2 + Q8_0_BLOCK;
+
+impl WeightRows for Q8_0Rows<'_> {
+    fn rows(&self) -> usize {
+        self.blocks.len() / (self.k / Q8_0_BLOCK * Q8_0_BYTES)
+    }
+
+    fn pack(&self, panel: &mut [f32], k0: usize, kc: usize, j0: usize, nw: usize) {
+        let row_bytes = self.k / Q8_0_BLOCK * Q8_0_BYTES;
+        for b in 0..nw {
+            let row = &self.blocks[(j0 + b) * row_bytes..][..row_bytes];
+            // k0 and kc are multiples of the block (KC is, and so is k).
+            for (bi, block) in row[k0 / Q8_0_BLOCK * Q8_0_BYTES..][..kc / Q8_0_BLOCK * Q8_0_BYTES]
+                .chunks_exact(Q8_0_BYTES)
+                .enumerate()
+            {
+                let scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                for (q, &byte) in block[2..].iter().enumerate() {
+                    panel[(bi * Q8_0_BLOCK + q) * NW + b] = scale * f32::from(byte as i8);
+                }
+            }
+        }
+    }
+}
+
 /// c (m × n) = x (m × k) · w (n × k)ᵀ, all row-major.
-fn multiply(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    assert!(x.len() == m * k && w.len() == n * k);
+fn multiply(x: &[f32], w: &impl WeightRows, m: usize, k: usize) -> Vec<f32> {
+    let n = w.rows();
+    assert!(x.len() == m * k);
     let mut c = vec![0f32; m * n];
     let mut panel = vec![0f32; KC * NW];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         for j0 in (0..n).step_by(NW) {
             let nw = NW.min(n - j0);
-            pack(&mut panel, w, k, k0, kc, j0, nw);
+            if nw < NW {
+                panel.fill(0.0);
+            }
+            w.pack(&mut panel, k0, kc, j0, nw);
             let mut i = 0;
             while i + MR <= m {
                 tile::<MR>(&mut c, x, &panel, i, j0, nw, k0, kc, n, k);
@@ -121,22 +251,6 @@ fn multiply(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         }
     }
     c
-}
-
-/// Panel p×b = w[j0 + b][k0 + p], columns past `nw` zero.
-fn pack(panel: &mut [f32], w: &[f32], k: usize, k0: usize, kc: usize, j0: usize, nw: usize) {
-    for b in 0..NW {
-        if b < nw {
-            let row = &w[(j0 + b) * k + k0..][..kc];
-            for (p, &v) in row.iter().enumerate() {
-                panel[p * NW + b] = v;
-            }
-        } else {
-            for p in 0..kc {
-                panel[p * NW + b] = 0.0;
-            }
-        }
-    }
 }
 
 /// Adds x[i..i + R, k0..k0 + kc] · panel to c[i..i + R, j0..j0 + nw].
@@ -190,6 +304,35 @@ fn tile<const R: usize>(
 mod tests {
     use super::*;
 
+    /// q8_0 blocks packed straight into panels give the product with the expanded weight.
+    #[test]
+    fn q8_0_rows_match_their_expansion() {
+        use candle_core::Device;
+        let (m, n, k) = (7, 29, 2 * KC + 64);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let expanded = q.dequantize(&Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let want = x.matmul(&expanded.t().unwrap()).unwrap();
+        let got = MatmulTQ8_0 {
+            blocks: &q.data().unwrap()[3 * (k / 32 * 34)..],
+            k,
+        };
+        let got = x.apply_op1_no_bwd(&got).unwrap();
+        let want = want.narrow(1, 3, n - 3).unwrap();
+        let err: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(err < 1e-3, "{err}");
+    }
+
     /// Every edge: rows not a multiple of MR, columns not a multiple of NW, inputs spanning
     /// several KC blocks with a remainder; against a plain f64 dot product.
     #[test]
@@ -207,7 +350,7 @@ mod tests {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
                 .collect();
-            let c = multiply(&x, &w, m, n, k);
+            let c = multiply(&x, &DenseRows { w: &w, k }, m, k);
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = (0..k)

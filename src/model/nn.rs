@@ -262,7 +262,11 @@ impl Linear {
         let ys = if let Some(ranges) = ranges {
             let slices = parallel::map(ranges.len(), |i| {
                 let (start, len) = ranges[i];
-                let ys = matmul::matmul_t(&flat, &self.weight_rows_f32(start, len)?)?;
+                let ys = match &self.weight {
+                    QMatMul::QTensor(q) => matmul::matmul_t_quantized(&flat, q, start, len),
+                    _ => None,
+                }
+                .unwrap_or_else(|| matmul::matmul_t(&flat, &self.weight_rows_f32(start, len)?))?;
                 finish(
                     ys,
                     self.bias
@@ -275,7 +279,8 @@ impl Linear {
         } else {
             let ys = match &self.weight {
                 QMatMul::QTensor(q) if dequantize => {
-                    matmul::matmul_t(&flat, &q.dequantize(xs.device())?)?
+                    matmul::matmul_t_quantized(&flat, q, 0, self.out_dim)
+                        .unwrap_or_else(|| matmul::matmul_t(&flat, &q.dequantize(xs.device())?))?
                 }
                 QMatMul::Tensor(w) => matmul::matmul_t(&flat, w)?,
                 weight => weight.forward(&flat)?,
