@@ -169,7 +169,7 @@ mod tests {
         set_parts(3);
         for (total, align) in [(1024usize, 12usize), (30522, 12), (16, 1), (5, 12), (2, 1)] {
             let pieces = split(total, usize::MAX, align).unwrap();
-            assert!(pieces.len() <= 3 * PIECES_PER_THREAD && pieces.len() >= 1);
+            assert!(pieces.len() <= 3 * PIECES_PER_THREAD && !pieces.is_empty());
             let mut next = 0;
             for (start, len) in pieces {
                 assert_eq!(start, next);
