@@ -1,8 +1,9 @@
-//! The encoder's exp-heavy elementwise work, quick_gelu and softmax, in our own SIMD loops for the
-//! WebAssembly build: there candle computes each exponential with scalar libm code, and these two
-//! took about 25 ms of a ViT-L layer's 210 ms in headless Chromium (300 ms each per image, one
-//! thread). With the four-lane `simd::exp` they take a fraction of that. Natively candle's own
-//! ops are used except in the tests (`set_enabled`), which check this code's portable form.
+//! The encoder's exp-heavy elementwise work, quick_gelu and softmax, in our own four-lane loops:
+//! candle computes each exponential with scalar libm code, on one thread. In wasm these two took
+//! about 25 ms of a ViT-L layer's 210 ms in headless Chromium; natively quick_gelu alone took
+//! 9–12 ms of a layer's ~80 (2 threads). With `simd::exp` (wasm SIMD in the browser, four-element
+//! arrays the compiler vectorises natively, split over the rayon pool there) they take a fraction
+//! of that.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,15 +11,17 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::simd::{self, V};
 
-static ENABLED: AtomicBool = AtomicBool::new(cfg!(target_arch = "wasm32"));
+static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns these loops on or off (`None`: the default, on in wasm only), for the tests.
+/// Turns these loops off (or back on, with `None`), so that the tests can compare them with
+/// candle's ops.
 pub fn set_enabled(on: Option<bool>) {
-    ENABLED.store(
-        on.unwrap_or(cfg!(target_arch = "wasm32")),
-        Ordering::Relaxed,
-    );
+    ENABLED.store(on.unwrap_or(true), Ordering::Relaxed);
+    FORCED.store(on == Some(true), Ordering::Relaxed);
 }
+
+/// Set by the tests to run the wasm build's choices natively too.
+static FORCED: AtomicBool = AtomicBool::new(false);
 
 fn applies(xs: &Tensor) -> bool {
     ENABLED.load(Ordering::Relaxed)
@@ -35,9 +38,10 @@ pub fn quick_gelu(xs: &Tensor) -> candle_core::Result<Tensor> {
     xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
 }
 
-/// Softmax over the last dimension.
+/// Softmax over the last dimension. Natively candle's is already split over threads and no
+/// slower, and keeps the logits nearer transformers' (its exp is libm's).
 pub fn softmax_last(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if applies(xs) {
+    if applies(xs) && (cfg!(target_arch = "wasm32") || FORCED.load(Ordering::Relaxed)) {
         return xs.apply_op1_no_bwd(&SoftmaxLast);
     }
     candle_nn::ops::softmax_last_dim(xs)
@@ -66,6 +70,21 @@ fn map_lanes(xs: &[f32], out: &mut [f32], f: impl Fn(V) -> V) {
     }
 }
 
+/// Splits `xs` into pieces for the pool natively (candle's own elementwise ops run on one
+/// thread); in wasm the model's splitting already runs this per thread.
+fn map_pieces(xs: &[f32], out: &mut [f32], f: impl Fn(V) -> V + Sync) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        const PIECE: usize = 16 * 1024;
+        out.par_chunks_mut(PIECE)
+            .zip(xs.par_chunks(PIECE))
+            .for_each(|(out, xs)| map_lanes(xs, out, &f));
+    }
+    #[cfg(target_arch = "wasm32")]
+    map_lanes(xs, out, f);
+}
+
 struct QuickGelu;
 
 impl CustomOp1 for QuickGelu {
@@ -77,7 +96,7 @@ impl CustomOp1 for QuickGelu {
         let xs = data(s, l)?;
         let mut out = vec![0f32; xs.len()];
         let (one, k) = (simd::splat(1.0), simd::splat(-1.702));
-        map_lanes(xs, &mut out, |x| {
+        map_pieces(xs, &mut out, |x| {
             simd::div(x, simd::add(one, simd::exp(simd::mul(x, k))))
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -98,14 +117,25 @@ impl CustomOp1 for SoftmaxLast {
         if width == 0 {
             return Ok((CpuStorage::F32(out), l.shape().clone()));
         }
-        for (row, out) in xs.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let row = |(row, out): (&[f32], &mut [f32])| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let shift = simd::splat(max);
             map_lanes(row, out, |x| simd::exp(simd::sub(x, shift)));
             let sum: f32 = out.iter().sum();
             let scale = 1.0 / sum;
             out.iter_mut().for_each(|v| *v *= scale);
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            xs.par_chunks_exact(width)
+                .zip(out.par_chunks_exact_mut(width))
+                .for_each(row);
         }
+        #[cfg(target_arch = "wasm32")]
+        xs.chunks_exact(width)
+            .zip(out.chunks_exact_mut(width))
+            .for_each(row);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
