@@ -5,7 +5,7 @@
 
 mod common;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use common::{ids, max_abs_diff, model_dir, Reference};
 use gitcap::captioner::CaptionOptions;
 use gitcap::checkpoint::{load_dir, load_gguf};
@@ -40,6 +40,39 @@ fn split_everything() {
     parallel::set_min_split_macs(Some(0));
 }
 
+/// Features, logits (where recorded) and greedy / 4-beam ids of one fixture case against
+/// transformers; returns the features and logits for further comparisons.
+fn assert_matches_transformers(
+    model: &Captioner,
+    reference: &Reference,
+    case: &serde_json::Value,
+    what: &str,
+) -> (Tensor, Tensor) {
+    let key = case["key"].as_str().unwrap();
+    let (features, logits) = reference.features_and_logits(model.model(), key);
+    let err = max_abs_diff(
+        &features.squeeze(0).unwrap(),
+        reference.tensor(&format!("{key}.image_features")),
+    );
+    assert!(err < TOL, "{what} {key}: image features differ by {err}");
+    if let Some(want) = reference.tensors.get(&format!("{key}.logits")) {
+        let err = max_abs_diff(&logits, want);
+        assert!(err < TOL, "{what} {key}: logits differ by {err}");
+        println!("{what} {key}: logits vs transformers {err:.1e}");
+    }
+    assert_eq!(
+        caption_ids(model, reference, key, Decoding::Greedy),
+        ids(&case["greedy"]["token_ids"]),
+        "{what} {key}: greedy ids"
+    );
+    assert_eq!(
+        caption_ids(model, reference, key, BEAM4),
+        ids(&case["beam4"]["token_ids"]),
+        "{what} {key}: 4-beam ids"
+    );
+    (features, logits)
+}
+
 #[test]
 fn split_model_matches_transformers_and_the_whole_model() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -54,34 +87,13 @@ fn split_model_matches_transformers_and_the_whole_model() {
             // Three parts: no dimension of the fixtures divides evenly, so the uneven ranges are used.
             parallel::set_parts(3);
             let before = parallel::splits();
-            let (f_split, l_split) = reference.features_and_logits(model.model(), key);
+            let (f_split, l_split) =
+                assert_matches_transformers(&model, &reference, case, &format!("{name} split"));
             assert!(parallel::splits() > before, "the split model did not split");
-            let err = max_abs_diff(
-                &f_split.squeeze(0).unwrap(),
-                reference.tensor(&format!("{key}.image_features")),
-            );
-            assert!(
-                err < TOL,
-                "{name} {key}: split image features differ by {err}"
-            );
             println!(
                 "{name} {key}: split vs whole: features {:.1e}, logits {:.1e}",
                 max_abs_diff(&f_split, &f_whole),
                 max_abs_diff(&l_split, &l_whole)
-            );
-            if let Some(want) = reference.tensors.get(&format!("{key}.logits")) {
-                let err = max_abs_diff(&l_split, want);
-                assert!(err < TOL, "{name} {key}: split logits differ by {err}");
-            }
-            assert_eq!(
-                caption_ids(&model, &reference, key, Decoding::Greedy),
-                ids(&case["greedy"]["token_ids"]),
-                "{name} {key}: greedy ids"
-            );
-            assert_eq!(
-                caption_ids(&model, &reference, key, BEAM4),
-                ids(&case["beam4"]["token_ids"]),
-                "{name} {key}: 4-beam ids"
             );
             parallel::set_parts(1);
         }
@@ -166,40 +178,12 @@ fn own_kernels_match_transformers() {
         let reference = Reference::load(name);
         let model = load_dir(&model_dir(name), &Device::Cpu).unwrap();
         for case in reference.cases() {
-            let key = case["key"].as_str().unwrap();
             for parts in [1, 3] {
                 parallel::set_parts(parts);
                 let before = matmul::products();
-                let (features, logits) = reference.features_and_logits(model.model(), key);
+                let what = format!("{name} kernels ({parts} parts)");
+                assert_matches_transformers(&model, &reference, case, &what);
                 assert!(matmul::products() > before, "the kernel did not run");
-                let err = max_abs_diff(
-                    &features.squeeze(0).unwrap(),
-                    reference.tensor(&format!("{key}.image_features")),
-                );
-                assert!(
-                    err < TOL,
-                    "{name} {key} ({parts} parts): features differ by {err}"
-                );
-                if let Some(want) = reference.tensors.get(&format!("{key}.logits")) {
-                    let err = max_abs_diff(&logits, want);
-                    assert!(
-                        err < TOL,
-                        "{name} {key} ({parts} parts): logits differ by {err}"
-                    );
-                    println!(
-                        "{name} {key} ({parts} parts): kernel logits vs transformers {err:.1e}"
-                    );
-                }
-                assert_eq!(
-                    caption_ids(&model, &reference, key, Decoding::Greedy),
-                    ids(&case["greedy"]["token_ids"]),
-                    "{name} {key}: greedy ids"
-                );
-                assert_eq!(
-                    caption_ids(&model, &reference, key, BEAM4),
-                    ids(&case["beam4"]["token_ids"]),
-                    "{name} {key}: 4-beam ids"
-                );
             }
         }
     }

@@ -384,6 +384,13 @@ fn sha256() {
     );
 }
 
+/// max |a − b| over all elements.
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar())
+        .expect("comparable tensors")
+}
+
 /// The model's own SIMD matrix kernel (src/model/matmul.rs) against candle's matmul, at the
 /// shapes' edges: rows not a multiple of the 3-row tile, columns not a multiple of the 12-column
 /// panel, inputs over several 512-blocks with a remainder.
@@ -397,14 +404,7 @@ fn simd_kernel_matches_candle() {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let want = x.matmul(&w.t().unwrap()).unwrap();
         let got = matmul::matmul_t(&x, &w).unwrap();
-        let err: f32 = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let err = max_abs_diff(&got, &want);
         assert!(err < 1e-3, "({m}, {n}, {k}): differs by {err}");
     }
     assert_eq!(matmul::products(), before + 4, "the kernel did not run");
@@ -416,18 +416,6 @@ fn simd_kernel_matches_candle() {
 fn simd_elementwise_matches_candle() {
     use candle_core::{Device, Tensor};
     use gitcap::model::elementwise;
-    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
     for width in [1usize, 6, 257] {
         let xs = (Tensor::randn(0f32, 1.0, (7, width), &Device::Cpu).unwrap() * 8.0).unwrap();
         elementwise::set_enabled(Some(false));
@@ -436,8 +424,8 @@ fn simd_elementwise_matches_candle() {
             elementwise::quick_gelu(&xs).unwrap(),
         );
         elementwise::set_enabled(None);
-        assert!(max_diff(&elementwise::softmax_last(&xs).unwrap(), &soft) < 1e-6);
-        assert!(max_diff(&elementwise::quick_gelu(&xs).unwrap(), &gelu) < 1e-5);
+        assert!(max_abs_diff(&elementwise::softmax_last(&xs).unwrap(), &soft) < 1e-6);
+        assert!(max_abs_diff(&elementwise::quick_gelu(&xs).unwrap(), &gelu) < 1e-5);
     }
     let masked = Tensor::new(&[[1.5f32, f32::NEG_INFINITY, -3.0]], &Device::Cpu).unwrap();
     let p: Vec<f32> = elementwise::softmax_last(&masked)

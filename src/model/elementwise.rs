@@ -143,20 +143,8 @@ impl CustomOp1 for SoftmaxLast {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff as max_diff;
     use candle_core::Device;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// Widths that are and are not multiples of four, large and masked (-inf) inputs.
     #[test]

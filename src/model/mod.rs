@@ -14,3 +14,11 @@ pub use config::{GenerationConfig, GitConfig, VisionConfig};
 pub use git::Git;
 pub use nn::Weights;
 pub use text::{ImagePrefix, TextCache};
+
+/// max |a − b| over all elements, for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar())
+        .expect("comparable tensors")
+}
