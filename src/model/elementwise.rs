@@ -117,25 +117,15 @@ impl CustomOp1 for SoftmaxLast {
         if width == 0 {
             return Ok((CpuStorage::F32(out), l.shape().clone()));
         }
-        let row = |(row, out): (&[f32], &mut [f32])| {
+        // One thread: natively this runs only in the tests (softmax_last keeps candle's there),
+        // and in wasm the model's head split already hands each thread its own rows.
+        for (row, out) in xs.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let shift = simd::splat(max);
             map_lanes(row, out, |x| simd::exp(simd::sub(x, shift)));
-            let sum: f32 = out.iter().sum();
-            let scale = 1.0 / sum;
+            let scale = 1.0 / out.iter().sum::<f32>();
             out.iter_mut().for_each(|v| *v *= scale);
-        };
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use rayon::prelude::*;
-            xs.par_chunks_exact(width)
-                .zip(out.par_chunks_exact_mut(width))
-                .for_each(row);
         }
-        #[cfg(target_arch = "wasm32")]
-        xs.chunks_exact(width)
-            .zip(out.chunks_exact_mut(width))
-            .for_each(row);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
