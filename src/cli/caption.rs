@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use gitcap::image::{decode_image, ImageLimits};
+use gitcap::image::{decode_image, pixel_values, ImageLimits};
 use gitcap::{CaptionOptions, Captioner, Decoding};
 use image::RgbImage;
 
@@ -178,8 +178,21 @@ fn caption_one(
         .iter()
         .map(|p| read_image(p))
         .collect::<Result<Vec<_>>>()?;
+    // Encoding in its three stages, so that --timings can set the image encoder's time beside
+    // transformers' (which times image_encoder + visual_projection on preprocessed pixels).
     let t0 = Instant::now();
-    let prefix = captioner.encode(&frames)?;
+    let pixels = pixel_values(
+        &frames,
+        captioner.preprocessor(),
+        captioner.model().device(),
+    )?;
+    let preprocess_ms = ms(t0);
+    let t = Instant::now();
+    let features = captioner.model().encode_image(&pixels)?;
+    let features_ms = ms(t);
+    let t = Instant::now();
+    let prefix = captioner.model().image_prefix(&features)?;
+    let prefix_ms = ms(t);
     let encode_ms = ms(t0);
     let t1 = Instant::now();
     let mut out = std::io::stdout().lock();
@@ -199,7 +212,7 @@ fn caption_one(
         let decode_ms = ms(t1);
         let generated = caption.generated_ids().len();
         eprintln!(
-            "timing: {}: encode {encode_ms:.1} ms, {generated} tokens in {decode_ms:.1} ms ({:.2} ms/token), total {:.1} ms",
+            "timing: {}: encode {encode_ms:.1} ms (preprocess {preprocess_ms:.1}, image encoder {features_ms:.1}, image prefix {prefix_ms:.1}), {generated} tokens in {decode_ms:.1} ms ({:.2} ms/token), total {:.1} ms",
             names(paths),
             decode_ms / generated.max(1) as f64,
             encode_ms + decode_ms
