@@ -35,9 +35,11 @@ const BEAM4: Decoding = Decoding::Beam {
     length_penalty: 0.6,
 };
 
-/// Every product split, however small (the fixtures' products are far below the default size).
+/// Every product split, however small or few its rows (the fixtures' products are far below the
+/// default size, and decoding's are not split by default).
 fn split_everything() {
     parallel::set_min_split_macs(Some(0));
+    parallel::set_min_split_rows(Some(1));
 }
 
 /// Features, logits (where recorded) and greedy / 4-beam ids of one fixture case against
@@ -144,23 +146,29 @@ fn split_quantized_model_matches_the_whole_one() {
         assert!(err < 3e-5 * scale, "{key}: logits {err}");
         let split_ids = [Decoding::Greedy, BEAM4].map(|d| caption_ids(&model, &reference, key, d));
         assert_eq!(split_ids, whole_ids, "{key}: ids");
-        // The wasm build's own kernel, which expands q8_0 blocks as it packs them, whole and split.
-        matmul::set_min_rows(Some(1));
-        for parts in [1, 2] {
-            parallel::set_parts(parts);
-            let before = matmul::products();
-            let (f_kernel, l_kernel) = reference.features_and_logits(model.model(), key);
-            assert!(matmul::products() > before, "the kernel did not run");
-            let err = max_abs_diff(&f_kernel, &f_whole);
-            println!("{key}: q8_0 kernel ({parts} parts) vs whole features {err:.1e}");
-            assert!(err < 1e-4, "{key}: kernel features {err}");
-            let err = max_abs_diff(&l_kernel, &l_whole);
-            println!("{key}: q8_0 kernel ({parts} parts) vs whole logits {err:.1e}");
-            assert!(err < 3e-5 * scale, "{key}: kernel logits {err}");
-            let ids = [Decoding::Greedy, BEAM4].map(|d| caption_ids(&model, &reference, key, d));
-            assert_eq!(ids, whole_ids, "{key}: kernel ids ({parts} parts)");
+        // The wasm build's own kernels: the blocked one for every product (q8_0 blocks packed in
+        // place), then the matrix-vector loop for every product (on the expanded weights);
+        // whole and split.
+        for kernel in OWN_KERNELS {
+            kernel.select();
+            for parts in [1, 2] {
+                parallel::set_parts(parts);
+                let before = matmul::products();
+                let (f_kernel, l_kernel) = reference.features_and_logits(model.model(), key);
+                assert!(matmul::products() > before, "the kernel did not run");
+                let what = format!("{key}: q8_0 {} ({parts} parts)", kernel.name);
+                let err = max_abs_diff(&f_kernel, &f_whole);
+                println!("{what} vs whole features {err:.1e}");
+                assert!(err < 1e-4, "{what}: features {err}");
+                let err = max_abs_diff(&l_kernel, &l_whole);
+                println!("{what} vs whole logits {err:.1e}");
+                assert!(err < 3e-5 * scale, "{what}: logits {err}");
+                let ids =
+                    [Decoding::Greedy, BEAM4].map(|d| caption_ids(&model, &reference, key, d));
+                assert_eq!(ids, whole_ids, "{what}: ids");
+            }
         }
-        matmul::set_min_rows(None);
+        OwnKernel::restore();
     }
     parallel::set_parts(1);
     parallel::set_dequantize_min_rows(None);
@@ -172,22 +180,55 @@ fn split_quantized_model_matches_the_whole_one() {
 fn own_kernels_match_transformers() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     split_everything();
-    matmul::set_min_rows(Some(1));
     elementwise::set_enabled(Some(true));
     for name in ["tiny-coco", "tiny-vatex"] {
         let reference = Reference::load(name);
         let model = load_dir(&model_dir(name), &Device::Cpu).unwrap();
         for case in reference.cases() {
-            for parts in [1, 3] {
-                parallel::set_parts(parts);
-                let before = matmul::products();
-                let what = format!("{name} kernels ({parts} parts)");
-                assert_matches_transformers(&model, &reference, case, &what);
-                assert!(matmul::products() > before, "the kernel did not run");
+            for kernel in OWN_KERNELS {
+                kernel.select();
+                for parts in [1, 3] {
+                    parallel::set_parts(parts);
+                    let before = matmul::products();
+                    let what = format!("{name} {} ({parts} parts)", kernel.name);
+                    assert_matches_transformers(&model, &reference, case, &what);
+                    assert!(matmul::products() > before, "the kernel did not run");
+                }
             }
         }
     }
     parallel::set_parts(1);
-    matmul::set_min_rows(None);
+    OwnKernel::restore();
     elementwise::set_enabled(None);
+}
+
+/// Which of matmul.rs's loops every product of a test run takes.
+struct OwnKernel {
+    name: &'static str,
+    blocked: bool,
+}
+
+/// The blocked kernel (the wasm build's for 8 rows or more), then the matrix-vector loop (its
+/// decoding path), each for every product however many rows it has.
+const OWN_KERNELS: [OwnKernel; 2] = [
+    OwnKernel {
+        name: "blocked kernel",
+        blocked: true,
+    },
+    OwnKernel {
+        name: "few-rows loop",
+        blocked: false,
+    },
+];
+
+impl OwnKernel {
+    fn select(&self) {
+        matmul::set_min_rows(Some(if self.blocked { 1 } else { usize::MAX }));
+        matmul::set_few_rows(Some(!self.blocked));
+    }
+
+    fn restore() {
+        matmul::set_min_rows(None);
+        matmul::set_few_rows(None);
+    }
 }

@@ -396,10 +396,14 @@ fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 /// panel, inputs over several 512-blocks with a remainder.
 #[wasm_bindgen_test]
 fn simd_kernel_matches_candle() {
+    use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
     use gitcap::model::matmul;
     let before = matmul::products();
-    for (m, n, k) in [(8, 12, 4), (10, 25, 517), (257, 64, 1100), (9, 1, 3)] {
+    // The blocked kernel (8 rows or more), then the few-rows loop (decoding).
+    let shapes = [(8, 12, 4), (10, 25, 517), (257, 64, 1100), (9, 1, 3)];
+    let few = [(1, 30, 1024), (4, 7, 37), (3, 5, 3)];
+    for (m, n, k) in shapes.into_iter().chain(few) {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let want = x.matmul(&w.t().unwrap()).unwrap();
@@ -407,7 +411,22 @@ fn simd_kernel_matches_candle() {
         let err = max_abs_diff(&got, &want);
         assert!(err < 1e-3, "({m}, {n}, {k}): differs by {err}");
     }
-    assert_eq!(matmul::products(), before + 4, "the kernel did not run");
+    // q8_0 blocks packed in place, against candle's expansion.
+    for m in [9, 12] {
+        let (n, k) = (19, 1024);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let want = x
+            .matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap())
+            .unwrap()
+            .narrow(1, 2, 15)
+            .unwrap();
+        let got = matmul::matmul_t_quantized(&x, &q, 2, 15).unwrap().unwrap();
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 1e-3, "q8_0 ({m} rows): differs by {err}");
+    }
+    assert_eq!(matmul::products(), before + 9, "the kernel did not run");
 }
 
 /// The SIMD softmax and quick_gelu (src/model/elementwise.rs, on by default in wasm) against

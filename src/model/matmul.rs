@@ -4,8 +4,11 @@
 //! simd128 measured in headless Chromium); the image encoder is almost all such products. This
 //! kernel does 37–39 GFLOP/s on the same products (45–48 when built with relaxed SIMD's fused
 //! multiply-add), see `bench/README-browser.md`. It is used for products with enough rows to pay
-//! for packing the weight (the encoder's 257, a prompt); decoding one token keeps candle's
-//! matrix-vector path, which streams each weight once.
+//! for packing the weight (the encoder's 257, a prompt). Products of fewer rows (decoding: one
+//! row per beam) of f32 weights take a matrix-vector loop instead (`multiply_few`) that streams
+//! each weight row once: 4.8 ms for the LM head's row in Chromium, candle's path 7.4 ms. q8_0
+//! weights keep candle's int8 kernels for those rows, which beat an f32 loop over the blocks
+//! (4.4 vs 6.2 ms).
 //!
 //! Natively candle's kernels are faster, so the kernel runs there only when the tests ask for it
 //! (`set_min_rows`): the same blocking code compiles to plain four-lane arrays, so the native
@@ -18,7 +21,7 @@
 //! input. 3 × 12 keeps 9 accumulators and 4 operands within the 16 vector registers V8 has on
 //! x86-64: the larger tiles tried (4 × 12, 6 × 8, 3 × 16) spill and run at 21–23 GFLOP/s.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -53,16 +56,38 @@ pub fn products() -> usize {
     PRODUCTS.load(Ordering::Relaxed)
 }
 
-/// Whether a product of `rows` input rows goes to this kernel.
+/// Whether a product of `rows` input rows goes to the blocked kernel.
 pub fn applies(rows: usize) -> bool {
     rows >= MIN_ROWS.load(Ordering::Relaxed)
+}
+
+static FEW_ROWS: AtomicBool = AtomicBool::new(cfg!(target_arch = "wasm32"));
+
+/// Turns the matrix-vector loop for products of fewer rows on or off (or back to the build's
+/// default, with `None`), so that the native tests can run the wasm build's decoding path.
+pub fn set_few_rows(on: Option<bool>) {
+    FEW_ROWS.store(
+        on.unwrap_or(cfg!(target_arch = "wasm32")),
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether a product of `rows` rows goes to one of this module's loops.
+fn takes(rows: usize) -> bool {
+    applies(rows) || FEW_ROWS.load(Ordering::Relaxed)
+}
+
+/// Whether `matmul_t_quantized` takes this product (rows of x, a weight of this type and width).
+pub fn takes_quantized(rows: usize, w: &QTensor) -> bool {
+    let k = w.shape().dims().last().copied().unwrap_or(0);
+    applies(rows) && w.dtype() == GgmlDType::Q8_0 && k % Q8_0_BLOCK == 0
 }
 
 /// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows = x.dim(0)?;
     let f32s = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
-    if !applies(rows) || !f32s || !x.device().is_cpu() {
+    if !takes(rows) || !f32s || !x.device().is_cpu() {
         return Ok(x.matmul(&w.t()?)?);
     }
     Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT)?)
@@ -78,11 +103,10 @@ pub fn matmul_t_quantized(
     len: usize,
 ) -> Option<Result<Tensor>> {
     let k = x.dim(1).ok()?;
-    let usable = applies(x.dim(0).ok()?)
-        && w.dtype() == GgmlDType::Q8_0
+    let usable = takes_quantized(x.dim(0).ok()?, w)
+        && w.shape().dims().last() == Some(&k)
         && x.dtype() == candle_core::DType::F32
-        && x.device().is_cpu()
-        && k % Q8_0_BLOCK == 0;
+        && x.device().is_cpu();
     if !usable {
         return None;
     }
@@ -126,7 +150,7 @@ impl CustomOp1 for MatmulTQ8_0<'_> {
             k,
         };
         let n = w.rows();
-        let out = multiply(&xd[x0..x1], &w, m, k);
+        let out = multiply_blocked(&xd[x0..x1], &w, m, k);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -226,7 +250,15 @@ impl WeightRows for Q8_0Rows<'_> {
 }
 
 /// c (m × n) = x (m × k) · w (n × k)ᵀ, all row-major.
-fn multiply(x: &[f32], w: &impl WeightRows, m: usize, k: usize) -> Vec<f32> {
+fn multiply(x: &[f32], w: &DenseRows, m: usize, k: usize) -> Vec<f32> {
+    if applies(m) {
+        multiply_blocked(x, w, m, k)
+    } else {
+        multiply_few(x, w, m, k)
+    }
+}
+
+fn multiply_blocked(x: &[f32], w: &impl WeightRows, m: usize, k: usize) -> Vec<f32> {
     let n = w.rows();
     assert!(x.len() == m * k);
     let mut c = vec![0f32; m * n];
@@ -251,6 +283,47 @@ fn multiply(x: &[f32], w: &impl WeightRows, m: usize, k: usize) -> Vec<f32> {
         }
     }
     c
+}
+
+/// `multiply` for a few rows: each weight row is read from memory once and dotted with every row
+/// of x while it is in L1.
+fn multiply_few(x: &[f32], w: &DenseRows, m: usize, k: usize) -> Vec<f32> {
+    let n = w.rows();
+    assert!(x.len() == m * k && w.w.len() == n * k);
+    let mut c = vec![0f32; m * n];
+    for (j, row) in w.w.chunks_exact(k).enumerate() {
+        for (i, xs) in x.chunks_exact(k).enumerate() {
+            c[i * n + j] = dot(xs, row);
+        }
+    }
+    c
+}
+
+/// Σ a·b in four independent four-lane sums (one would wait on each addition's latency).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let len = a.len().min(b.len());
+    let (whole, quads) = (len / 16 * 16, len / 4 * 4);
+    let mut acc = [simd::splat(0.0); 4];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: every load reads four floats below `whole` or `quads`, both at most `len`.
+    unsafe {
+        for p in (0..whole).step_by(16) {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let o = p + 4 * u;
+                *acc = simd::madd(simd::load(pa.add(o)), simd::load(pb.add(o)), *acc);
+            }
+        }
+        for p in (whole..quads).step_by(4) {
+            acc[0] = simd::madd(simd::load(pa.add(p)), simd::load(pb.add(p)), acc[0]);
+        }
+    }
+    let sum = simd::add(simd::add(acc[0], acc[1]), simd::add(acc[2], acc[3]));
+    let tail: f32 = a[quads..len]
+        .iter()
+        .zip(&b[quads..len])
+        .map(|(a, b)| a * b)
+        .sum();
+    simd::lanes(sum).iter().sum::<f32>() + tail
 }
 
 /// Adds x[i..i + R, k0..k0 + kc] · panel to c[i..i + R, j0..j0 + nw].
@@ -308,20 +381,25 @@ mod tests {
     #[test]
     fn q8_0_rows_match_their_expansion() {
         use candle_core::Device;
-        let (m, n, k) = (7, 29, 2 * KC + 64);
+        let (n, k) = (29, 2 * KC + 64);
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let expanded = q.dequantize(&Device::Cpu).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-        let want = x.matmul(&expanded.t().unwrap()).unwrap();
-        let got = MatmulTQ8_0 {
-            blocks: &q.data().unwrap()[3 * (k / 32 * 34)..],
+        let data = q.data().unwrap();
+        let w = Q8_0Rows {
+            blocks: &data[3 * (k / 32 * 34)..],
             k,
         };
-        let got = x.apply_op1_no_bwd(&got).unwrap();
-        let want = want.narrow(1, 3, n - 3).unwrap();
-        let err = crate::model::max_abs_diff(&got, &want);
-        assert!(err < 1e-3, "{err}");
+        for m in [1, 7] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let want = x.matmul(&expanded.t().unwrap()).unwrap();
+            let want = want.narrow(1, 3, n - 3).unwrap();
+            let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let c = multiply_blocked(&x, &w, m, k);
+            let got = Tensor::from_vec(c, (m, n - 3), &Device::Cpu).unwrap();
+            let err = crate::model::max_abs_diff(&got, &want);
+            assert!(err < 1e-3, "{m} rows: {err}");
+        }
     }
 
     /// Every edge: rows not a multiple of MR, columns not a multiple of NW, inputs spanning
@@ -334,6 +412,8 @@ mod tests {
             (7, 25, KC + 3),
             (3, 12, 2 * KC),
             (10, 40, 77),
+            (4, 30, 1024),
+            (1, 7, 33),
         ] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
@@ -341,17 +421,19 @@ mod tests {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
                 .collect();
-            let c = multiply(&x, &DenseRows { w: &w, k }, m, k);
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                        .sum();
-                    let got = c[i * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
-                    );
+            let w = DenseRows { w: &w, k };
+            for c in [multiply_blocked(&x, &w, m, k), multiply_few(&x, &w, m, k)] {
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|p| x[i * k + p] as f64 * w.w[j * k + p] as f64)
+                            .sum();
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -22,6 +22,23 @@ static PARTS: AtomicUsize = AtomicUsize::new(1);
 const DEFAULT_MIN_SPLIT_MACS: usize = 1 << 21;
 static MIN_SPLIT_MACS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_SPLIT_MACS);
 
+/// Products of fewer input rows than this run whole even when the model is split: decoding (one
+/// row per beam) streams each weight once and is bound by memory, not arithmetic; in Chromium on 2
+/// threads, splitting it made f32 tokens slower (13–21 ms against 11–17 ms on one thread).
+const DEFAULT_MIN_SPLIT_ROWS: usize = 8;
+static MIN_SPLIT_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_SPLIT_ROWS);
+
+/// Whether a product of this many input rows may be split.
+pub fn splits_rows(rows: usize) -> bool {
+    rows >= MIN_SPLIT_ROWS.load(Ordering::Relaxed)
+}
+
+/// Lowers (or restores, with `None`) the row count from which products are split, so that the
+/// tests can split decoding's products too.
+pub fn set_min_split_rows(rows: Option<usize>) {
+    MIN_SPLIT_ROWS.store(rows.unwrap_or(DEFAULT_MIN_SPLIT_ROWS), Ordering::Relaxed);
+}
+
 /// In wasm, from this many input rows on, a quantized weight is expanded to f32 for the product
 /// (one weight, or one thread's block of it, at a time, so memory stays quantized): there candle's
 /// quantized kernels run at about half the speed of its f32 matrix kernel, which wins once the
