@@ -9,10 +9,12 @@
 //     performance.measureUserAgentSpecificMemory() where the browser offers it
 //
 //   - with --threads 1,2,...: the captions once per thread count (?threads=N: 1 is the
-//     single-threaded build, more the threaded build; the page's default is all cores)
+//     single-threaded build, more the threaded build; the page's default is all cores);
+//     with --rounds R the thread counts take turns R times (1, 2, 1, 2, ...), so that a slow
+//     spell of a shared machine falls on both, and each round's speed-up is reported too
 //
 // Usage: node bench/browser_bench.mjs <model folder | file.gguf> [--image FILE] [--tokens N] [--runs N]
-//        [--threads 1,2,4] [--bin path/to/gitcap] [--www folder] [--chunk-kib N] [--json out.json]
+//        [--threads 1,2,4] [--rounds R] [--bin path/to/gitcap] [--www folder] [--chunk-kib N] [--json out.json]
 //        [--screenshot out.png] [--query k=v&k2=v2]
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -39,6 +41,7 @@ const extraQuery = opt('--query', '');
 const jsonOut = opt('--json', null);
 const screenshot = opt('--screenshot', null);
 const threadCounts = (opt('--threads', '') || '').split(',').filter(Boolean).map(Number);
+const rounds = Math.max(1, Number(opt('--rounds', '1')) || 1);
 let bin = opt('--bin', null);
 const www = path.resolve(ROOT, opt('--www', process.env.GITCAP_WWW || 'www'));
 const modelDir = args[0] && path.resolve(args[0]);
@@ -159,6 +162,14 @@ async function main() {
     result.wasmBytesAfterLoad = Number(st.wasmBytes);
     log(`  ${result.cachedLoadMs} ms; wasm memory ${mb(result.wasmBytesAfterLoad)} MB`);
 
+    const summary = (all) => ({
+      captions: all,
+      encodeMs: median(all.map((r) => r.encodeMs)),
+      perTokenMs: median(all.map((r) => r.perTokenMs)),
+      totalMs: median(all.map((r) => r.totalMs)),
+      steps: all[0].tokens,
+      peakWasmBytes: Math.max(...all.map((r) => r.peakWasmBytes)),
+    });
     const captions = async () => {
       const all = [];
       for (let i = 0; i < runs; i++) {
@@ -166,30 +177,33 @@ async function main() {
         all.push(r);
         log(`  caption ${i + 1}: encode ${r.encodeMs} ms, ${r.tokens} tokens at ${r.perTokenMs} ms, total ${r.totalMs} ms: "${r.text}"`);
       }
-      return {
-        captions: all,
-        encodeMs: median(all.map((r) => r.encodeMs)),
-        perTokenMs: median(all.map((r) => r.perTokenMs)),
-        totalMs: median(all.map((r) => r.totalMs)),
-        steps: all[0].tokens,
-        peakWasmBytes: Math.max(...all.map((r) => r.peakWasmBytes)),
-      };
+      return summary(all);
     };
     Object.assign(result, await captions());
     if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
 
-    result.byThreads = [];
-    for (const n of threadCounts) {
-      q.set('threads', String(n));
-      log(`?threads=${n}: model from the browser store`);
-      await page.goto(`${server.url}?${q}`);
-      await page.waitForSelector('#model-status[data-state=ready], #model-status[data-state=error]', { timeout: 30 * 60_000 });
-      st = await page.$eval('#model-status', (e) => ({ ...e.dataset }));
-      if (st.state === 'error') throw new Error(`load with ${n} threads failed: ${st.error}`);
-      const backend = await page.textContent('#backend');
-      log(`  ${backend}`);
-      result.byThreads.push({ threads: n, backend, loadMs: Number(st.loadMs), ...(await captions()) });
+    const byThreads = new Map();
+    result.rounds = [];
+    for (let round = 0; round < rounds; round++) {
+      const medians = {};
+      for (const n of threadCounts) {
+        q.set('threads', String(n));
+        log(`?threads=${n}${rounds > 1 ? ` (round ${round + 1} of ${rounds})` : ''}: model from the browser store`);
+        await page.goto(`${server.url}?${q}`);
+        await page.waitForSelector('#model-status[data-state=ready], #model-status[data-state=error]', { timeout: 30 * 60_000 });
+        st = await page.$eval('#model-status', (e) => ({ ...e.dataset }));
+        if (st.state === 'error') throw new Error(`load with ${n} threads failed: ${st.error}`);
+        const backend = await page.textContent('#backend');
+        log(`  ${backend}`);
+        const got = await captions();
+        medians[n] = got.totalMs;
+        const entry = byThreads.get(n) ?? { threads: n, backend, loadMs: Number(st.loadMs), captions: [] };
+        entry.captions.push(...got.captions);
+        byThreads.set(n, entry);
+      }
+      result.rounds.push(medians);
     }
+    result.byThreads = [...byThreads.values()].map((e) => ({ ...e, ...summary(e.captions) }));
     result.rendererPeakRssBytes = rendererPeakRss(profile);
     result.userAgentMemory = await page.evaluate(async () => {
       if (!self.crossOriginIsolated || !performance.measureUserAgentSpecificMemory) return null;
@@ -232,6 +246,13 @@ ${result.byThreads
   .map((r) => `| ${r.threads} | ${(r.encodeMs / 1000).toFixed(2)} s | ${r.perTokenMs} ms | ${(r.totalMs / 1000).toFixed(2)} s | ${(base.totalMs / r.totalMs).toFixed(2)}× |`)
   .join('\n')}
 `);
+    if (rounds > 1) {
+      const [first, ...others] = threadCounts;
+      for (const n of others) {
+        const ratios = result.rounds.map((m) => m[first] / m[n]);
+        console.error(`speed-up ${first} → ${n} threads by round (median captions): ${ratios.map((r) => `${r.toFixed(2)}×`).join(', ')}; median ${median(ratios).toFixed(2)}×`);
+      }
+    }
   }
 }
 
