@@ -77,12 +77,6 @@ fn takes(rows: usize) -> bool {
     applies(rows) || FEW_ROWS.load(Ordering::Relaxed)
 }
 
-/// Whether `matmul_t_quantized` takes this product (rows of x, a weight of this type and width).
-pub fn takes_quantized(rows: usize, w: &QTensor) -> bool {
-    let k = w.shape().dims().last().copied().unwrap_or(0);
-    applies(rows) && w.dtype() == GgmlDType::Q8_0 && k % Q8_0_BLOCK == 0
-}
-
 /// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows = x.dim(0)?;
@@ -103,10 +97,11 @@ pub fn matmul_t_quantized(
     len: usize,
 ) -> Option<Result<Tensor>> {
     let k = x.dim(1).ok()?;
-    let usable = takes_quantized(x.dim(0).ok()?, w)
-        && w.shape().dims().last() == Some(&k)
+    let usable = applies(x.dim(0).ok()?)
+        && w.dtype() == GgmlDType::Q8_0
         && x.dtype() == candle_core::DType::F32
-        && x.device().is_cpu();
+        && x.device().is_cpu()
+        && k % Q8_0_BLOCK == 0;
     if !usable {
         return None;
     }

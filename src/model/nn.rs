@@ -248,7 +248,8 @@ impl Linear {
         };
         let dequantize = rows >= parallel::dequantize_min_rows();
         // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
-        // few rows would copy its blocks on every token.
+        // few rows would copy its blocks on every token. Decoding's few rows are not split at all
+        // (`parallel::splits_rows`).
         let splittable = (!matches!(self.weight, QMatMul::QTensor(_)) || dequantize)
             && parallel::splits_rows(rows);
         let ranges = splittable
