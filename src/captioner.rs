@@ -65,6 +65,17 @@ impl Caption {
     }
 }
 
+/// The stages of `Captioner::encode`, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeStage {
+    /// Decoded frames resized, cropped and normalised into pixel values.
+    Preprocessed,
+    /// The vision tower and projection: transformers' `image_encoder` + `visual_projection`.
+    ImageEncoded,
+    /// The image rows' keys and values in every decoder layer.
+    PrefixComputed,
+}
+
 pub struct Captioner {
     model: Git,
     tokenizer: CaptionTokenizer,
@@ -138,17 +149,39 @@ impl Captioner {
     /// Runs the image encoder and the image half of the decoder: everything that depends on the
     /// image alone. `frames` is one image, or the frames of one clip for video checkpoints.
     pub fn encode(&self, frames: &[RgbImage]) -> Result<ImagePrefix> {
+        self.encode_observed(frames, &mut |_| {})
+    }
+
+    /// As `encode`, calling `on_stage` as each stage ends (the CLI times them; the model code
+    /// keeps no clock).
+    pub fn encode_observed(
+        &self,
+        frames: &[RgbImage],
+        on_stage: &mut dyn FnMut(EncodeStage),
+    ) -> Result<ImagePrefix> {
         if frames.is_empty() {
             return Err(Error::invalid("no image given"));
         }
         let pixels = pixel_values(frames, &self.preprocess, self.model.device())?;
-        self.encode_pixels(&pixels)
+        on_stage(EncodeStage::Preprocessed);
+        self.encode_pixels_observed(&pixels, on_stage)
     }
 
     /// As `encode`, from preprocessed pixel values (frames, C, H, W).
     pub fn encode_pixels(&self, pixels: &candle_core::Tensor) -> Result<ImagePrefix> {
+        self.encode_pixels_observed(pixels, &mut |_| {})
+    }
+
+    fn encode_pixels_observed(
+        &self,
+        pixels: &candle_core::Tensor,
+        on_stage: &mut dyn FnMut(EncodeStage),
+    ) -> Result<ImagePrefix> {
         let features = self.model.encode_image(pixels)?;
-        self.model.image_prefix(&features)
+        on_stage(EncodeStage::ImageEncoded);
+        let prefix = self.model.image_prefix(&features)?;
+        on_stage(EncodeStage::PrefixComputed);
+        Ok(prefix)
     }
 
     /// Starts captioning an encoded image; drive the job with `CaptionJob::step`.

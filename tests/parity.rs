@@ -155,3 +155,40 @@ fn sampling_is_seeded_and_top_k_1_is_greedy() {
     assert_eq!(sample(42, None, 5.0), sample(42, None, 5.0));
     assert_ne!(sample(42, None, 5.0), sample(43, None, 5.0));
 }
+
+/// `encode_observed` reports its stages in order, once each, and its prefix is `encode`'s.
+#[test]
+fn encoding_reports_its_stages_in_order() {
+    use gitcap::captioner::EncodeStage;
+    let model = load_dir(&model_dir("tiny-coco"), &Device::Cpu).unwrap();
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/images/chelsea.png"
+    ));
+    let image = gitcap::image::decode_image(&bytes.unwrap(), &Default::default()).unwrap();
+    let mut stages = Vec::new();
+    let observed = model
+        .encode_observed(std::slice::from_ref(&image), &mut |s| stages.push(s))
+        .unwrap();
+    assert_eq!(
+        stages,
+        [
+            EncodeStage::Preprocessed,
+            EncodeStage::ImageEncoded,
+            EncodeStage::PrefixComputed
+        ]
+    );
+    let opts = CaptionOptions {
+        max_new_tokens: 8,
+        decoding: Decoding::Greedy,
+        prompt: None,
+    };
+    let plain = model.encode(std::slice::from_ref(&image)).unwrap();
+    let caption = |p| {
+        model
+            .caption_encoded(p, &opts, &mut |_| true)
+            .unwrap()
+            .token_ids
+    };
+    assert_eq!(caption(&observed), caption(&plain));
+}

@@ -224,11 +224,11 @@ const OWN_KERNELS: [OwnKernel; 2] = [
 impl OwnKernel {
     fn select(&self) {
         matmul::set_min_rows(Some(if self.blocked { 1 } else { usize::MAX }));
-        matmul::set_few_rows(Some(!self.blocked));
+        matmul::set_few_rows_below(Some(if self.blocked { 0 } else { usize::MAX }));
     }
 
     fn restore() {
         matmul::set_min_rows(None);
-        matmul::set_few_rows(None);
+        matmul::set_few_rows_below(None);
     }
 }

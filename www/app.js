@@ -7,7 +7,8 @@
 // ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
 // 1 forces the single-threaded build), ?split_min=N (threaded: split products from N multiply-adds;
 // a tuning knob, 0 in the tests so that the tiny model splits), ?kernel_min=N (products of N or more
-// rows use the model's own SIMD kernel, default 8; a huge N compares against candle's matmul).
+// rows use the model's own blocked SIMD kernel, default 8; a huge N compares the encoder against
+// candle's matmul).
 
 import { MODELS, DEFAULT_MODEL, parseModelParam, formatBytes } from './models.js';
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use gitcap::image::{decode_image, pixel_values, ImageLimits};
+use gitcap::image::{decode_image, ImageLimits};
 use gitcap::{CaptionOptions, Captioner, Decoding};
 use image::RgbImage;
 
@@ -178,21 +178,15 @@ fn caption_one(
         .iter()
         .map(|p| read_image(p))
         .collect::<Result<Vec<_>>>()?;
-    // Encoding in its three stages, so that --timings can set the image encoder's time beside
-    // transformers' (which times image_encoder + visual_projection on preprocessed pixels).
+    // Encoding by stage, so that --timings can set the image encoder's time beside transformers'
+    // (which times image_encoder + visual_projection on preprocessed pixels).
     let t0 = Instant::now();
-    let pixels = pixel_values(
-        &frames,
-        captioner.preprocessor(),
-        captioner.model().device(),
-    )?;
-    let preprocess_ms = ms(t0);
-    let t = Instant::now();
-    let features = captioner.model().encode_image(&pixels)?;
-    let features_ms = ms(t);
-    let t = Instant::now();
-    let prefix = captioner.model().image_prefix(&features)?;
-    let prefix_ms = ms(t);
+    let (mut stage_start, mut stage_ms) = (t0, [0f64; 3]);
+    let prefix = captioner.encode_observed(&frames, &mut |stage| {
+        stage_ms[stage as usize] = ms(stage_start);
+        stage_start = Instant::now();
+    })?;
+    let [preprocess_ms, features_ms, prefix_ms] = stage_ms;
     let encode_ms = ms(t0);
     let t1 = Instant::now();
     let mut out = std::io::stdout().lock();

@@ -21,7 +21,7 @@
 //! input. 3 × 12 keeps 9 accumulators and 4 operands within the 16 vector registers V8 has on
 //! x86-64: the larger tiles tried (4 × 12, 6 × 8, 3 × 16) spill and run at 21–23 GFLOP/s.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -61,20 +61,20 @@ pub fn applies(rows: usize) -> bool {
     rows >= MIN_ROWS.load(Ordering::Relaxed)
 }
 
-static FEW_ROWS: AtomicBool = AtomicBool::new(cfg!(target_arch = "wasm32"));
+/// Products of fewer rows than this (decoding) take the matrix-vector loop. A bound of its own, so
+/// that `?kernel_min=N` moves only the blocked kernel's: the rows between go to candle.
+const DEFAULT_FEW_ROWS_BELOW: usize = if cfg!(target_arch = "wasm32") { 8 } else { 0 };
+static FEW_ROWS_BELOW: AtomicUsize = AtomicUsize::new(DEFAULT_FEW_ROWS_BELOW);
 
-/// Turns the matrix-vector loop for products of fewer rows on or off (or back to the build's
-/// default, with `None`), so that the native tests can run the wasm build's decoding path.
-pub fn set_few_rows(on: Option<bool>) {
-    FEW_ROWS.store(
-        on.unwrap_or(cfg!(target_arch = "wasm32")),
-        Ordering::Relaxed,
-    );
+/// Overrides (or restores, with `None`) the row count below which products take the
+/// matrix-vector loop, so that the native tests can run the wasm build's decoding path.
+pub fn set_few_rows_below(rows: Option<usize>) {
+    FEW_ROWS_BELOW.store(rows.unwrap_or(DEFAULT_FEW_ROWS_BELOW), Ordering::Relaxed);
 }
 
 /// Whether a product of `rows` rows goes to one of this module's loops.
 fn takes(rows: usize) -> bool {
-    applies(rows) || FEW_ROWS.load(Ordering::Relaxed)
+    applies(rows) || rows < FEW_ROWS_BELOW.load(Ordering::Relaxed)
 }
 
 /// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k).

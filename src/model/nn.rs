@@ -248,14 +248,13 @@ impl Linear {
         };
         let dequantize = rows >= parallel::dequantize_min_rows();
         // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
-        // few rows would copy its blocks on every token. Decoding's few rows are not split at all
-        // (`parallel::splits_rows`).
-        let splittable = (!matches!(self.weight, QMatMul::QTensor(_)) || dequantize)
-            && parallel::splits_rows(rows);
+        // few rows would copy its blocks on every token.
+        let splittable = !matches!(self.weight, QMatMul::QTensor(_)) || dequantize;
         let ranges = splittable
             .then(|| {
                 parallel::split(
                     self.out_dim,
+                    rows,
                     rows * in_dim * self.out_dim,
                     matmul::PANEL_COLUMNS,
                 )
@@ -331,7 +330,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     };
     let (b, rows, head_dim) = (q.dim(0)?, q.dim(2)?, q.dim(3)?);
     let macs = 2 * b * heads * rows * k.dim(2)? * head_dim;
-    let Some(ranges) = parallel::split(heads, macs, 1) else {
+    let Some(ranges) = parallel::split(heads, rows, macs, 1) else {
         return one(0, heads);
     };
     let groups = parallel::map(ranges.len(), |i| one(ranges[i].0, ranges[i].1))?;

@@ -28,11 +28,6 @@ static MIN_SPLIT_MACS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_SPLIT_MACS);
 const DEFAULT_MIN_SPLIT_ROWS: usize = 8;
 static MIN_SPLIT_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_SPLIT_ROWS);
 
-/// Whether a product of this many input rows may be split.
-pub fn splits_rows(rows: usize) -> bool {
-    rows >= MIN_SPLIT_ROWS.load(Ordering::Relaxed)
-}
-
 /// Lowers (or restores, with `None`) the row count from which products are split, so that the
 /// tests can split decoding's products too.
 pub fn set_min_split_rows(rows: Option<usize>) {
@@ -71,12 +66,17 @@ pub fn set_dequantize_min_rows(rows: Option<usize>) {
 /// browser's threads are not equally fast (other tabs, a shared or throttled core).
 const PIECES_PER_THREAD: usize = 4;
 
-/// How to split `total` rows, columns or heads of a product of `macs` multiply-adds: ranges for the
-/// pool to share out, each starting at a multiple of `align` (the matrix kernel's column panel),
-/// or `None` to run it whole (one thread, or too small to be worth handing out).
-pub fn split(total: usize, macs: usize, align: usize) -> Option<Vec<(usize, usize)>> {
+/// How to split `total` columns or heads of a product of `macs` multiply-adds over `rows` input
+/// rows: ranges for the pool to share out, each starting at a multiple of `align` (the matrix
+/// kernel's column panel), or `None` to run it whole (one thread, too small to be worth handing
+/// out, or decoding's few rows).
+pub fn split(total: usize, rows: usize, macs: usize, align: usize) -> Option<Vec<(usize, usize)>> {
     let parts = parts();
-    if parts <= 1 || total <= 1 || macs < MIN_SPLIT_MACS.load(Ordering::Relaxed) {
+    if parts <= 1
+        || total <= 1
+        || rows < MIN_SPLIT_ROWS.load(Ordering::Relaxed)
+        || macs < MIN_SPLIT_MACS.load(Ordering::Relaxed)
+    {
         return None;
     }
     let align = align.max(1);
@@ -185,7 +185,7 @@ mod tests {
     fn split_pieces_are_aligned_and_cover_everything_once() {
         set_parts(3);
         for (total, align) in [(1024usize, 12usize), (30522, 12), (16, 1), (5, 12), (2, 1)] {
-            let pieces = split(total, usize::MAX, align).unwrap();
+            let pieces = split(total, 257, usize::MAX, align).unwrap();
             assert!(pieces.len() <= 3 * PIECES_PER_THREAD && !pieces.is_empty());
             let mut next = 0;
             for (start, len) in pieces {
@@ -195,8 +195,10 @@ mod tests {
             }
             assert_eq!(next, total);
         }
+        // Decoding's rows are not split.
+        assert!(split(1024, 1, usize::MAX, 12).is_none());
         set_parts(1);
-        assert!(split(1024, usize::MAX, 12).is_none());
+        assert!(split(1024, 257, usize::MAX, 12).is_none());
     }
 
     #[test]

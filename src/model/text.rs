@@ -80,19 +80,18 @@ impl SelfAttention {
             .contiguous()?)
     }
 
-    fn project(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// Queries, and keys and values, split into heads.
+    fn project(&self, xs: &Tensor) -> Result<(Tensor, KeyValue)> {
         let q = self.split_heads(&self.query.forward(xs)?)?;
-        let k = self.split_heads(&self.key.forward(xs)?)?;
-        let v = self.split_heads(&self.value.forward(xs)?)?;
-        Ok((q, k, v))
+        Ok((q, self.keys_values(xs)?))
     }
 
     fn scale(&self) -> f64 {
         1.0 / (self.head_dim as f64).sqrt()
     }
 
-    /// The image tokens' keys and values alone: all the text needs of the last layer's image rows.
-    fn image_keys_values(&self, xs: &Tensor) -> Result<KeyValue> {
+    /// Keys and values alone: of the last layer's image rows all the text needs.
+    fn keys_values(&self, xs: &Tensor) -> Result<KeyValue> {
         Ok(KeyValue {
             k: self.split_heads(&self.key.forward(xs)?)?,
             v: self.split_heads(&self.value.forward(xs)?)?,
@@ -102,10 +101,10 @@ impl SelfAttention {
     /// Image tokens attend to all image tokens and nothing else.
     fn forward_image(&self, xs: &Tensor) -> Result<(Tensor, KeyValue)> {
         let (b, n, d) = xs.dims3()?;
-        let (q, k, v) = self.project(xs)?;
-        let ctx = attention(&q, &k, &v, self.scale())?;
+        let (q, kv) = self.project(xs)?;
+        let ctx = attention(&q, &kv.k, &kv.v, self.scale())?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, n, d))?;
-        Ok((ctx, KeyValue { k, v }))
+        Ok((ctx, kv))
     }
 
     /// Text tokens attend to every image token and to text up to and including themselves.
@@ -119,7 +118,7 @@ impl SelfAttention {
     ) -> Result<(Tensor, KeyValue)> {
         let (b, l, d) = xs.dims3()?;
         let h = self.heads;
-        let (q, k_new, v_new) = self.project(xs)?;
+        let (q, KeyValue { k: k_new, v: v_new }) = self.project(xs)?;
         let (k_txt, v_txt) = match past {
             Some(p) => (
                 Tensor::cat(&[&p.k, &k_new], 2)?,
@@ -278,7 +277,7 @@ impl TextDecoder {
                 // No later layer reads the image rows' outputs, and text never reaches back into
                 // them: of the last layer only the keys and values are needed (a sixth less work
                 // for git-large's image prefix).
-                layers.push(layer.attention.image_keys_values(&xs)?);
+                layers.push(layer.attention.keys_values(&xs)?);
                 break;
             }
             let (ctx, kv) = layer.attention.forward_image(&xs)?;
