@@ -187,12 +187,22 @@ fn own_kernels_match_transformers() {
         for case in reference.cases() {
             for kernel in OWN_KERNELS {
                 kernel.select();
+                let mut whole = None;
                 for parts in [1, 3] {
                     parallel::set_parts(parts);
-                    let before = matmul::products();
+                    let (products, splits) = (matmul::products(), parallel::splits());
                     let what = format!("{name} {} ({parts} parts)", kernel.name);
-                    assert_matches_transformers(&model, &reference, case, &what);
-                    assert!(matmul::products() > before, "the kernel did not run");
+                    let (features, logits) =
+                        assert_matches_transformers(&model, &reference, case, &what);
+                    assert!(matmul::products() > products, "the kernel did not run");
+                    assert_eq!(parallel::splits() > splits, parts > 1, "{what}: splits");
+                    // Every output value is computed the same way whichever thread computes it.
+                    let results = [features, logits]
+                        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                    match &whole {
+                        None => whole = Some(results),
+                        Some(whole) => assert!(whole == &results, "{what}: not the whole result"),
+                    }
                 }
             }
         }

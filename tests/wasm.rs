@@ -396,7 +396,7 @@ fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 /// panel, inputs over several 512-blocks with a remainder.
 #[wasm_bindgen_test]
 fn simd_kernel_matches_candle() {
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Tensor};
     use gitcap::model::matmul;
     let before = matmul::products();
@@ -411,22 +411,55 @@ fn simd_kernel_matches_candle() {
         let err = max_abs_diff(&got, &want);
         assert!(err < 1e-3, "({m}, {n}, {k}): differs by {err}");
     }
-    // q8_0 blocks packed in place, against candle's expansion.
-    for m in [9, 12] {
-        let (n, k) = (19, 1024);
+    // A linear layer through the kernel, bias and quick_gelu applied to each finished block of
+    // columns (the SIMD exp): dense f32, then q8_0 blocks packed in place; against candle's ops on
+    // the expanded weight.
+    let gelu_in_place: &(dyn Fn(&mut [f32]) + Sync) =
+        &gitcap::model::elementwise::quick_gelu_in_place;
+    let candle_gelu = |t: &Tensor| {
+        gitcap::model::elementwise::set_enabled(Some(false));
+        let y = gitcap::model::elementwise::quick_gelu(t).unwrap();
+        gitcap::model::elementwise::set_enabled(None);
+        y
+    };
+    for (m, n, k, quantized) in [
+        (10, 25, 517, false),
+        (9, 19, 1024, true),
+        (12, 19, 1024, true),
+    ] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-        let want = x
-            .matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap())
+        let weight = if quantized {
+            QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap()
+        } else {
+            QMatMul::Tensor(w.clone())
+        };
+        let expanded = match &weight {
+            QMatMul::QTensor(q) => q.dequantize(&Device::Cpu).unwrap(),
+            _ => w,
+        };
+        let want = candle_gelu(
+            &x.matmul(&expanded.t().unwrap())
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap(),
+        );
+        let bias = bias.to_vec1::<f32>().unwrap();
+        let epilogue = matmul::Epilogue {
+            bias: Some(&bias),
+            activation: Some(gelu_in_place),
+        };
+        let got = matmul::linear(&x, &weight, epilogue, 0, false)
             .unwrap()
-            .narrow(1, 2, 15)
             .unwrap();
-        let got = matmul::matmul_t_quantized(&x, &q, 2, 15).unwrap().unwrap();
         let err = max_abs_diff(&got, &want);
-        assert!(err < 1e-3, "q8_0 ({m} rows): differs by {err}");
+        assert!(
+            err < 1e-3,
+            "linear ({m}, {n}, {k}, q8_0 {quantized}): differs by {err}"
+        );
     }
-    assert_eq!(matmul::products(), before + 9, "the kernel did not run");
+    assert_eq!(matmul::products(), before + 10, "the kernel did not run");
 }
 
 /// The SIMD softmax and quick_gelu (src/model/elementwise.rs, on by default in wasm) against

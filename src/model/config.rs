@@ -30,6 +30,27 @@ impl Activation {
             Activation::Relu => xs.relu(),
         }
     }
+
+    /// The activation as an in-place function on f32 values giving exactly what `apply` gives, for
+    /// the matrix kernel to apply to each block of columns it finishes; `None` where there is none.
+    pub fn in_place(self) -> Option<fn(&mut [f32])> {
+        match self {
+            // candle's gelu_erf for f32, written out.
+            Activation::Gelu => Some(|xs| {
+                for x in xs {
+                    let v = *x;
+                    *x = (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.)
+                        * 0.5
+                        * v;
+                }
+            }),
+            Activation::QuickGelu if super::elementwise::enabled() => {
+                Some(super::elementwise::quick_gelu_in_place)
+            }
+            Activation::Relu => Some(|xs| xs.iter_mut().for_each(|x| *x = x.max(0.0))),
+            Activation::QuickGelu | Activation::GeluTanh => None,
+        }
+    }
 }
 
 fn default_vision_hidden() -> usize {

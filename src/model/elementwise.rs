@@ -23,11 +23,13 @@ pub fn set_enabled(on: Option<bool>) {
 /// Set by the tests to run the wasm build's choices natively too.
 static FORCED: AtomicBool = AtomicBool::new(false);
 
-fn applies(xs: &Tensor) -> bool {
+/// Whether these loops are on (they are unless a test turned them off).
+pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
-        && xs.dtype() == DType::F32
-        && xs.device().is_cpu()
-        && xs.is_contiguous()
+}
+
+fn applies(xs: &Tensor) -> bool {
+    enabled() && xs.dtype() == DType::F32 && xs.device().is_cpu() && xs.is_contiguous()
 }
 
 /// x · sigmoid(1.702 x), CLIP's activation.
@@ -85,6 +87,39 @@ fn map_pieces(xs: &[f32], out: &mut [f32], f: impl Fn(V) -> V + Sync) {
     map_lanes(xs, out, f);
 }
 
+/// quick_gelu of one value block in place: what `quick_gelu` computes, for the matrix kernel to
+/// apply to the columns it has just finished.
+pub fn quick_gelu_in_place(xs: &mut [f32]) {
+    let whole = xs.len() / 4 * 4;
+    for i in (0..whole).step_by(4) {
+        // SAFETY: i + 3 < whole ≤ xs.len().
+        unsafe {
+            let p = xs.as_mut_ptr().add(i);
+            simd::store(p, quick_gelu_lanes(simd::load(p)));
+        }
+    }
+    if whole < xs.len() {
+        let rest = &mut xs[whole..];
+        let mut tail = [0f32; 4];
+        tail[..rest.len()].copy_from_slice(rest);
+        // SAFETY: tail holds four floats.
+        let y = simd::lanes(quick_gelu_lanes(unsafe { simd::load(tail.as_ptr()) }));
+        let len = rest.len();
+        rest.copy_from_slice(&y[..len]);
+    }
+}
+
+#[inline(always)]
+fn quick_gelu_lanes(x: V) -> V {
+    simd::div(
+        x,
+        simd::add(
+            simd::splat(1.0),
+            simd::exp(simd::mul(x, simd::splat(-1.702))),
+        ),
+    )
+}
+
 struct QuickGelu;
 
 impl CustomOp1 for QuickGelu {
@@ -95,10 +130,7 @@ impl CustomOp1 for QuickGelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let xs = data(s, l)?;
         let mut out = vec![0f32; xs.len()];
-        let (one, k) = (simd::splat(1.0), simd::splat(-1.702));
-        map_pieces(xs, &mut out, |x| {
-            simd::div(x, simd::add(one, simd::exp(simd::mul(x, k))))
-        });
+        map_pieces(xs, &mut out, quick_gelu_lanes);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

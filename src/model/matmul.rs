@@ -10,6 +10,10 @@
 //! weights keep candle's int8 kernels for those rows, which beat an f32 loop over the blocks
 //! (4.4 vs 6.2 ms).
 //!
+//! A linear layer's product goes through `linear`, which adds the bias and applies the activation
+//! to each block of output columns as it finishes it; in the threaded build those blocks are handed
+//! out over the threads, all writing into one output.
+//!
 //! Natively candle's kernels are faster, so the kernel runs there only when the tests ask for it
 //! (`set_min_rows`): the same blocking code compiles to plain four-lane arrays, so the native
 //! tests check every edge of it against transformers' fixtures and the wasm tests check the SIMD
@@ -23,7 +27,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::simd;
@@ -35,6 +39,16 @@ const NW: usize = NV * 4;
 /// Splitting a product by output columns at multiples of this wastes no lanes of the kernel.
 pub const PANEL_COLUMNS: usize = NW;
 const KC: usize = 512;
+/// A product shared out over threads is cut into about this many column blocks per thread, which
+/// threads take as they come free: a thread slowed by the rest of the machine then does fewer
+/// blocks instead of holding up the others at the end of every product.
+const BLOCKS_PER_THREAD: usize = 8;
+/// Each block packs `KC` inputs of x once into cache and reuses them for all its panels: blocks of
+/// fewer panels would re-read x more often than they compute with it.
+const MIN_BLOCK_PANELS: usize = 4;
+/// Decoding's products are shared out in blocks of at least this many weight rows (each read
+/// once from memory): fewer would cost more in hand-outs than they save.
+const MIN_FEW_BLOCK_COLUMNS: usize = 32;
 
 const DEFAULT_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
     8
@@ -73,7 +87,7 @@ pub fn set_few_rows_below(rows: Option<usize>) {
 }
 
 /// Whether a product of `rows` rows goes to one of this module's loops.
-fn takes(rows: usize) -> bool {
+pub fn takes(rows: usize) -> bool {
     applies(rows) || rows < FEW_ROWS_BELOW.load(Ordering::Relaxed)
 }
 
@@ -84,41 +98,72 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !takes(rows) || !f32s || !x.device().is_cpu() {
         return Ok(x.matmul(&w.t()?)?);
     }
-    Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT)?)
+    Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT::default())?)
 }
 
-/// `x · wᵀ` for rows `start..start + len` of a q8_0 weight (n × k), its blocks expanded as the
-/// kernel packs them; `None` where this kernel does not apply (another type, too few rows), for
-/// the caller to take candle's way.
-pub fn matmul_t_quantized(
+/// What a linear layer does to its product, done by the kernel to each block of output columns as
+/// soon as that block is complete: a product shared out over threads is then never joined or
+/// passed over again.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to every row (one value per output column).
+    pub bias: Option<&'a [f32]>,
+    /// Applied in place to a run of one row's finished columns.
+    pub activation: Option<InPlace<'a>>,
+}
+
+/// An elementwise function applied in place (an activation), callable from any thread.
+pub type InPlace<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
+
+/// `activation(x · wᵀ + bias)` for a linear layer's weight through this module's loops: a dense
+/// f32 weight through the blocked kernel or, for few rows, the matrix-vector loop; a q8_0 one
+/// through the blocked kernel from `dequantize_from` rows on. When `split`, the output's column
+/// blocks are handed out over the rayon pool as threads come free (`parallel::for_each_dynamic`),
+/// all writing into one output. `None` where the kernel does not take this product, for the caller to
+/// take another way. Each output value is computed the same way however the columns are shared
+/// out, so the result does not depend on the number of threads.
+pub fn linear(
     x: &Tensor,
-    w: &QTensor,
-    start: usize,
-    len: usize,
+    weight: &candle_core::quantized::QMatMul,
+    epilogue: Epilogue<'_>,
+    dequantize_from: usize,
+    split: bool,
 ) -> Option<Result<Tensor>> {
-    let k = x.dim(1).ok()?;
-    let usable = applies(x.dim(0).ok()?)
-        && w.dtype() == GgmlDType::Q8_0
-        && x.dtype() == candle_core::DType::F32
-        && x.device().is_cpu()
-        && k % Q8_0_BLOCK == 0;
-    if !usable {
+    use candle_core::quantized::QMatMul;
+    let (rows, k) = x.dims2().ok()?;
+    if !takes(rows) || x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
         return None;
     }
-    Some((|| {
-        let data = w.data()?;
-        let row_bytes = k / Q8_0_BLOCK * Q8_0_BYTES;
-        let blocks = data
-            .get(start * row_bytes..(start + len) * row_bytes)
-            .ok_or_else(|| crate::Error::invalid("quantized rows out of range"))?;
-        Ok(x.contiguous()?
-            .apply_op1_no_bwd(&MatmulTQ8_0 { blocks, k })?)
-    })())
+    match weight {
+        QMatMul::Tensor(w) if w.dtype() == candle_core::DType::F32 => Some((|| {
+            Ok(x.contiguous()?
+                .apply_op2_no_bwd(w, &MatmulT { epilogue, split })?)
+        })()),
+        QMatMul::QTensor(q)
+            if q.dtype() == GgmlDType::Q8_0
+                && k % Q8_0_BLOCK == 0
+                && applies(rows)
+                && rows >= dequantize_from =>
+        {
+            Some((|| {
+                let data = q.data()?;
+                Ok(x.contiguous()?.apply_op1_no_bwd(&MatmulTQ8_0 {
+                    blocks: &data,
+                    k,
+                    epilogue,
+                    split,
+                })?)
+            })())
+        }
+        _ => None,
+    }
 }
 
 struct MatmulTQ8_0<'a> {
     blocks: &'a [u8],
     k: usize,
+    epilogue: Epilogue<'a>,
+    split: bool,
 }
 
 impl CustomOp1 for MatmulTQ8_0<'_> {
@@ -145,14 +190,21 @@ impl CustomOp1 for MatmulTQ8_0<'_> {
             k,
         };
         let n = w.rows();
-        let out = multiply_blocked(&xd[x0..x1], &w, m, k);
+        if self.epilogue.bias.is_some_and(|b| b.len() != n) {
+            candle_core::bail!("matmul_t_quantized: bias does not match the {n} columns")
+        }
+        let out = multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
-struct MatmulT;
+#[derive(Default)]
+struct MatmulT<'a> {
+    epilogue: Epilogue<'a>,
+    split: bool,
+}
 
-impl CustomOp2 for MatmulT {
+impl CustomOp2 for MatmulT<'_> {
     fn name(&self) -> &'static str {
         "gitcap-matmul-t"
     }
@@ -179,7 +231,14 @@ impl CustomOp2 for MatmulT {
         PRODUCTS.fetch_add(1, Ordering::Relaxed);
         let w = DenseRows { w: &wd[w0..w1], k };
         debug_assert_eq!(w.rows(), n);
-        let out = multiply(&xd[x0..x1], &w, m, k);
+        if self.epilogue.bias.is_some_and(|b| b.len() != n) {
+            candle_core::bail!("matmul_t: bias does not match the {n} columns")
+        }
+        let out = if applies(m) {
+            multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
+        } else {
+            multiply_few(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
+        };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -244,54 +303,206 @@ impl WeightRows for Q8_0Rows<'_> {
     }
 }
 
-/// c (m × n) = x (m × k) · w (n × k)ᵀ, all row-major.
-fn multiply(x: &[f32], w: &DenseRows, m: usize, k: usize) -> Vec<f32> {
-    if applies(m) {
-        multiply_blocked(x, w, m, k)
-    } else {
-        multiply_few(x, w, m, k)
-    }
+/// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ), all row-major, one block of output columns at a
+/// time: for each `KC` inputs, each panel of the block is packed and every row accumulated into it.
+fn multiply_blocked(
+    x: &[f32],
+    w: &impl WeightRows,
+    m: usize,
+    k: usize,
+    epilogue: Epilogue<'_>,
+    split: bool,
+) -> Vec<f32> {
+    assert!(x.len() == m * k);
+    let n = w.rows();
+    let p = Product {
+        x,
+        m,
+        k,
+        n,
+        epilogue,
+    };
+    by_column_blocks(m, n, NW, MIN_BLOCK_PANELS, split, |out, j_start, j_end| {
+        // SAFETY: by_column_blocks hands each column range to one call only.
+        unsafe { out.multiply_block(&p, w, j_start, j_end) };
+    })
 }
 
-fn multiply_blocked(x: &[f32], w: &impl WeightRows, m: usize, k: usize) -> Vec<f32> {
-    let n = w.rows();
-    assert!(x.len() == m * k);
+/// An m × n output filled by `block(out, start, end)` over column ranges that cover 0..n once, each
+/// a whole number of `unit` columns but the last; over the pool, as threads come free, when
+/// `split` and there is more than one part: then about `BLOCKS_PER_THREAD` blocks per thread, of
+/// `min_units` at least.
+fn by_column_blocks(
+    m: usize,
+    n: usize,
+    unit: usize,
+    min_units: usize,
+    split: bool,
+    block: impl Fn(SharedOut, usize, usize) + Sync,
+) -> Vec<f32> {
     let mut c = vec![0f32; m * n];
-    let mut panel = vec![0f32; KC * NW];
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        for j0 in (0..n).step_by(NW) {
-            let nw = NW.min(n - j0);
-            if nw < NW {
-                panel.fill(0.0);
-            }
-            w.pack(&mut panel, k0, kc, j0, nw);
-            let mut i = 0;
-            while i + MR <= m {
-                tile::<MR>(&mut c, x, &panel, i, j0, nw, k0, kc, n, k);
-                i += MR;
-            }
-            while i < m {
-                tile::<1>(&mut c, x, &panel, i, j0, nw, k0, kc, n, k);
-                i += 1;
-            }
-        }
+    let out = SharedOut(c.as_mut_ptr());
+    let units = n.div_ceil(unit);
+    let threads = if split { super::parallel::parts() } else { 1 };
+    let block_units = if threads > 1 {
+        units.div_ceil(threads * BLOCKS_PER_THREAD).max(min_units)
+    } else {
+        units.max(1)
+    };
+    let blocks = units.div_ceil(block_units);
+    let one = |b: usize| {
+        block(
+            out,
+            b * block_units * unit,
+            ((b + 1) * block_units * unit).min(n),
+        )
+    };
+    if threads > 1 && blocks > 1 {
+        super::parallel::for_each_dynamic(blocks, one);
+    } else {
+        (0..blocks).for_each(one);
     }
+    // Every block has returned: c is this thread's alone again.
     c
 }
 
-/// `multiply` for a few rows: each weight row is read from memory once and dotted with every row
-/// of x while it is in L1.
-fn multiply_few(x: &[f32], w: &DenseRows, m: usize, k: usize) -> Vec<f32> {
+/// x (m × k) times an n-row weight, and what to do with the result.
+struct Product<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    epilogue: Epilogue<'a>,
+}
+
+/// A product's output shared by the threads that fill disjoint column blocks of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: every thread writes only its own columns (see `by_column_blocks`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Row i's columns j_start..j_end of an n-column output.
+    ///
+    /// # Safety
+    /// They lie inside the output and no other thread touches them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, i: usize, n: usize, j_start: usize, j_end: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * n + j_start), j_end - j_start) }
+    }
+
+    /// Columns `j_start..j_end` of c (m × n) for few rows: each weight row dotted with every row
+    /// of x, plus the bias, then the activation.
+    ///
+    /// # Safety
+    /// As `multiply_block`.
+    unsafe fn dot_block(self, p: &Product, w: &DenseRows, j_start: usize, j_end: usize) {
+        let &Product {
+            x,
+            m,
+            k,
+            n,
+            epilogue,
+        } = p;
+        let rows = w.w[j_start * k..j_end * k].chunks_exact(k);
+        for (j, row) in (j_start..j_end).zip(rows) {
+            let bias = epilogue.bias.map_or(0.0, |b| b[j]);
+            for (i, xs) in x.chunks_exact(k).enumerate() {
+                // SAFETY: the caller's contract; one value of this block's columns.
+                unsafe { *self.0.add(i * n + j) = dot(xs, row) + bias };
+            }
+        }
+        if let Some(activation) = epilogue.activation {
+            for i in 0..m {
+                // SAFETY: the caller's contract.
+                activation(unsafe { self.row(i, n, j_start, j_end) });
+            }
+        }
+    }
+
+    /// Columns `j_start..j_end` of c (m × n): the bias, then every `KC` inputs' contribution, then
+    /// the activation.
+    ///
+    /// # Safety
+    /// `self.0` points to m × n floats of which no other thread touches columns `j_start..j_end`
+    /// during the call.
+    unsafe fn multiply_block(self, p: &Product, w: &impl WeightRows, j_start: usize, j_end: usize) {
+        let &Product {
+            x,
+            m,
+            k,
+            n,
+            epilogue,
+        } = p;
+        // SAFETY: row i's columns j_start..j_end lie inside the m × n output and are this call's.
+        let row = |i: usize| unsafe { self.row(i, n, j_start, j_end) };
+        if let Some(bias) = epilogue.bias {
+            for i in 0..m {
+                row(i).copy_from_slice(&bias[j_start..j_end]);
+            }
+        }
+        let mut panel = vec![0f32; KC * NW];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for j0 in (j_start..j_end).step_by(NW) {
+                let nw = NW.min(j_end - j0);
+                if nw < NW {
+                    panel.fill(0.0);
+                }
+                w.pack(&mut panel, k0, kc, j0, nw);
+                let mut i = 0;
+                while i + MR <= m {
+                    // SAFETY: rows i..i + MR, columns j0..j0 + nw: inside this call's block.
+                    unsafe { tile::<MR>(self.0, x, &panel, i, j0, nw, k0, kc, n, k) };
+                    i += MR;
+                }
+                while i < m {
+                    // SAFETY: as above, one row.
+                    unsafe { tile::<1>(self.0, x, &panel, i, j0, nw, k0, kc, n, k) };
+                    i += 1;
+                }
+            }
+        }
+        if let Some(activation) = epilogue.activation {
+            for i in 0..m {
+                activation(row(i));
+            }
+        }
+    }
+}
+
+/// `multiply_blocked` for a few rows: each weight row is read from memory once and dotted with
+/// every row of x while it is in L1.
+fn multiply_few(
+    x: &[f32],
+    w: &DenseRows,
+    m: usize,
+    k: usize,
+    epilogue: Epilogue<'_>,
+    split: bool,
+) -> Vec<f32> {
     let n = w.rows();
     assert!(x.len() == m * k && w.w.len() == n * k);
-    let mut c = vec![0f32; m * n];
-    for (j, row) in w.w.chunks_exact(k).enumerate() {
-        for (i, xs) in x.chunks_exact(k).enumerate() {
-            c[i * n + j] = dot(xs, row);
-        }
-    }
-    c
+    let p = Product {
+        x,
+        m,
+        k,
+        n,
+        epilogue,
+    };
+    by_column_blocks(
+        m,
+        n,
+        1,
+        MIN_FEW_BLOCK_COLUMNS,
+        split,
+        |out, j_start, j_end| {
+            // SAFETY: by_column_blocks hands each column range to one call only.
+            unsafe { out.dot_block(&p, w, j_start, j_end) };
+        },
+    )
 }
 
 /// Σ a·b in four independent four-lane sums (one would wait on each addition's latency).
@@ -322,10 +533,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Adds x[i..i + R, k0..k0 + kc] · panel to c[i..i + R, j0..j0 + nw].
+///
+/// # Safety
+/// c points to an n-column matrix of at least i + R rows, whose rows i..i + R, columns
+/// j0..j0 + nw no other thread touches during the call.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile<const R: usize>(
-    c: &mut [f32],
+unsafe fn tile<const R: usize>(
+    c: *mut f32,
     x: &[f32],
     panel: &[f32],
     i: usize,
@@ -356,7 +571,8 @@ fn tile<const R: usize>(
         }
     }
     for (a, acc) in acc.iter().enumerate() {
-        let out = &mut c[(i + a) * n + j0..][..nw];
+        // SAFETY: the caller's contract.
+        let out = unsafe { std::slice::from_raw_parts_mut(c.add((i + a) * n + j0), nw) };
         let mut sums = [0f32; NW];
         for (v, &lanes) in acc.iter().enumerate() {
             // SAFETY: v * 4 + 3 < NW.
@@ -375,6 +591,7 @@ mod tests {
     /// q8_0 blocks packed straight into panels give the product with the expanded weight.
     #[test]
     fn q8_0_rows_match_their_expansion() {
+        use candle_core::quantized::QTensor;
         use candle_core::Device;
         let (n, k) = (29, 2 * KC + 64);
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
@@ -390,10 +607,79 @@ mod tests {
             let want = x.matmul(&expanded.t().unwrap()).unwrap();
             let want = want.narrow(1, 3, n - 3).unwrap();
             let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let c = multiply_blocked(&x, &w, m, k);
+            let c = multiply_blocked(&x, &w, m, k, Epilogue::default(), false);
             let got = Tensor::from_vec(c, (m, n - 3), &Device::Cpu).unwrap();
             let err = crate::model::max_abs_diff(&got, &want);
             assert!(err < 1e-3, "{m} rows: {err}");
+        }
+    }
+
+    /// x (m × k) and w (n × k) with values of both signs, none of them special.
+    fn matrices(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = (0..m * k)
+            .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
+            .collect();
+        let w = (0..n * k)
+            .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
+            .collect();
+        (x, w)
+    }
+
+    /// Asserts c (m × n) is act(x · wᵀ + bias) by f64 dot products, to f32 accuracy.
+    fn assert_product(c: &[f32], x: &[f32], w: &DenseRows, m: usize, bias: &[f32], relu: bool) {
+        let (n, k) = (w.rows(), w.k);
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * w.w[j * k + p] as f64)
+                    .sum::<f64>()
+                    + bias.get(j).copied().unwrap_or(0.0) as f64;
+                let want = if relu { dot.max(0.0) } else { dot };
+                let got = c[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// Shared out over threads in column blocks (ragged last block and panel, more threads than
+    /// blocks), with the bias and an activation applied per block: bit for bit what one thread
+    /// computes, and that is act(x · wᵀ + b); for both loops.
+    #[test]
+    fn column_blocks_over_threads_give_one_threads_result() {
+        let relu: InPlace = &|xs: &mut [f32]| {
+            xs.iter_mut().for_each(|x| *x = x.max(0.0));
+        };
+        let _parts = crate::model::parallel::PARTS_LOCK.lock();
+        for &(m, n, k, parts) in &[(10, 1000, 70, 2), (9, 100, 600, 3), (8, 13, 5, 4)] {
+            let (x, w) = matrices(m, n, k);
+            let bias: Vec<f32> = (0..n).map(|j| (j % 17) as f32 - 8.0).collect();
+            let w = DenseRows { w: &w, k };
+            let epilogue = Epilogue {
+                bias: Some(&bias),
+                activation: Some(relu),
+            };
+            for few_rows in [false, true] {
+                let multiply = |split| match few_rows {
+                    false => multiply_blocked(&x, &w, m, k, epilogue, split),
+                    true => multiply_few(&x, &w, m, k, epilogue, split),
+                };
+                let splits_here = match few_rows {
+                    false => n.div_ceil(NW) > MIN_BLOCK_PANELS,
+                    true => n > MIN_FEW_BLOCK_COLUMNS,
+                };
+                let one = multiply(false);
+                crate::model::parallel::set_parts(parts);
+                let splits = crate::model::parallel::splits();
+                let shared = multiply(true);
+                let split = crate::model::parallel::splits() > splits;
+                crate::model::parallel::set_parts(1);
+                assert_eq!(split, splits_here, "({m},{n},{k})");
+                assert!(one == shared, "({m},{n},{k}) over {parts} threads");
+                assert_product(&one, &x, &w, m, &bias, true);
+            }
         }
     }
 
@@ -410,26 +696,13 @@ mod tests {
             (4, 30, 1024),
             (1, 7, 33),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
-                .collect();
+            let (x, w) = matrices(m, n, k);
             let w = DenseRows { w: &w, k };
-            for c in [multiply_blocked(&x, &w, m, k), multiply_few(&x, &w, m, k)] {
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|p| x[i * k + p] as f64 * w.w[j * k + p] as f64)
-                            .sum();
-                        let got = c[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
-                        );
-                    }
-                }
+            for c in [
+                multiply_blocked(&x, &w, m, k, Epilogue::default(), false),
+                multiply_few(&x, &w, m, k, Epilogue::default(), false),
+            ] {
+                assert_product(&c, &x, &w, m, &[], false);
             }
         }
     }

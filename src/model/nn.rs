@@ -196,11 +196,14 @@ impl Weights {
 /// y = act(x Wᵀ + b), with W dense or quantized. Inputs of any rank are folded into one matrix
 /// product, which is both what candle's quantized kernels expect and the fastest dense path.
 ///
-/// When the model runs split across threads (`parallel::parts() > 1`, the threaded wasm build) a
-/// large enough product is split by output columns: each thread multiplies by a block of the
-/// weight's rows (a view of a dense weight; for a quantized one, its rows expanded to f32 by that
-/// thread) and adds its slice of the bias and the activation; the slices are then joined. Nothing
-/// is split ahead of time, so a split model holds no more memory than a whole one.
+/// Where the model's own kernel takes the product (the wasm build: f32 weights, q8_0 ones for the
+/// encoder's rows), it adds the bias and applies the activation to each block of output columns as
+/// it finishes it; when the model runs split across threads (`parallel::parts() > 1`, the threaded
+/// wasm build) those column blocks are shared out over the pool, all writing into one output.
+/// Elsewhere a large enough split product is cut by output columns: each thread multiplies by a
+/// block of the weight's rows (a view of a dense weight; for a quantized one, its rows expanded to
+/// f32 by that thread) and adds its slice of the bias and the activation; the slices are then
+/// joined. Nothing is split ahead of time, so a split model holds no more memory than a whole one.
 #[derive(Clone)]
 pub struct Linear {
     weight: QMatMul,
@@ -246,6 +249,11 @@ impl Linear {
             }
             Ok(ys)
         };
+        if let Some(ys) = self.kernel_forward(&flat, act) {
+            let mut out_dims = dims;
+            *out_dims.last_mut().expect("non-empty") = self.out_dim;
+            return Ok(ys?.reshape(out_dims)?);
+        }
         let dequantize = rows >= parallel::dequantize_min_rows();
         // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
         // few rows would copy its blocks on every token.
@@ -263,11 +271,7 @@ impl Linear {
         let ys = if let Some(ranges) = ranges {
             let slices = parallel::map(ranges.len(), |i| {
                 let (start, len) = ranges[i];
-                let ys = match &self.weight {
-                    QMatMul::QTensor(q) => matmul::matmul_t_quantized(&flat, q, start, len),
-                    _ => None,
-                }
-                .unwrap_or_else(|| matmul::matmul_t(&flat, &self.weight_rows_f32(start, len)?))?;
+                let ys = matmul::matmul_t(&flat, &self.weight_rows_f32(start, len)?)?;
                 finish(
                     ys,
                     self.bias
@@ -280,8 +284,7 @@ impl Linear {
         } else {
             let ys = match &self.weight {
                 QMatMul::QTensor(q) if dequantize => {
-                    matmul::matmul_t_quantized(&flat, q, 0, self.out_dim)
-                        .unwrap_or_else(|| matmul::matmul_t(&flat, &q.dequantize(xs.device())?))?
+                    matmul::matmul_t(&flat, &q.dequantize(xs.device())?)?
                 }
                 QMatMul::Tensor(w) => matmul::matmul_t(&flat, w)?,
                 weight => weight.forward(&flat)?,
@@ -291,6 +294,37 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.out_dim;
         Ok(ys.reshape(out_dims)?)
+    }
+
+    /// The layer through the model's own matrix kernel, bias and activation included, its columns
+    /// shared out over the threads when the model runs split; `None` where the kernel does not
+    /// take this product (a type other than f32 and q8_0, q8_0 for few rows).
+    fn kernel_forward(&self, flat: &Tensor, act: Option<Activation>) -> Option<Result<Tensor>> {
+        let (rows, in_dim) = flat.dims2().ok()?;
+        if !matmul::takes(rows) {
+            return None;
+        }
+        let bias = match self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose() {
+            Ok(bias) => bias,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let in_place = act.and_then(Activation::in_place);
+        let epilogue = matmul::Epilogue {
+            bias: bias.as_deref(),
+            activation: in_place.as_ref().map(|f| f as matmul::InPlace),
+        };
+        let split = parallel::splits_product(rows, rows * in_dim * self.out_dim);
+        let ys = matmul::linear(
+            flat,
+            &self.weight,
+            epilogue,
+            parallel::dequantize_min_rows(),
+            split,
+        )?;
+        Some(ys.and_then(|ys| match act {
+            Some(act) if in_place.is_none() => Ok(act.apply(&ys)?),
+            _ => Ok(ys),
+        }))
     }
 
     /// Rows `start..start + len` of the weight as f32: a view of a dense weight; a quantized one's

@@ -3,16 +3,22 @@
 //! Natively candle threads its own kernels, so the model runs every product whole (`parts() == 1`).
 //! In the threaded WebAssembly build candle's kernels stay single-threaded (it sees one CPU), so
 //! once the page has started the thread pool (`startThreads` in src/wasm.rs sets the part count)
-//! the model itself splits each large linear layer's output columns and each attention's heads
-//! into one part per rayon thread; every part is an ordinary single-threaded candle product on its
-//! own thread.
-//! The split changes results only by float rounding (the matrix kernel may block a narrower product
-//! differently): on the test fixtures (tests/split.rs) at most 1.2e-5 in the image features and
-//! 1.5e-4 in the logits, with identical token ids.
+//! the model itself shares out each large linear layer's output columns and each attention's heads
+//! over the rayon threads: the model's own matrix kernel hands out blocks of columns of one output
+//! as threads come free (`for_each_dynamic`); other products (candle's, for weight types the kernel
+//! does not take) and attention heads are cut into pieces (`split`, `map`) and joined.
+//! Through the own kernels the split changes nothing (every output value is computed the same way
+//! whichever thread computes it; tests/split.rs checks bit equality); through candle's products
+//! only float rounding: on the test fixtures at most 1.3e-5 in the image features and 1.4e-4 in
+//! the logits, with identical token ids.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Result;
+
+/// The unit tests that change the part count take turns through this.
+#[cfg(test)]
+pub(crate) static PARTS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// 0 and 1 both mean whole.
 static PARTS: AtomicUsize = AtomicUsize::new(1);
@@ -71,14 +77,10 @@ const PIECES_PER_THREAD: usize = 4;
 /// kernel's column panel), or `None` to run it whole (one thread, too small to be worth handing
 /// out, or decoding's few rows).
 pub fn split(total: usize, rows: usize, macs: usize, align: usize) -> Option<Vec<(usize, usize)>> {
-    let parts = parts();
-    if parts <= 1
-        || total <= 1
-        || rows < MIN_SPLIT_ROWS.load(Ordering::Relaxed)
-        || macs < MIN_SPLIT_MACS.load(Ordering::Relaxed)
-    {
+    if total <= 1 || !splits_product(rows, macs) {
         return None;
     }
+    let parts = parts();
     let align = align.max(1);
     let units = total.div_ceil(align);
     let pieces = (parts * PIECES_PER_THREAD).min(units);
@@ -91,6 +93,14 @@ pub fn split(total: usize, rows: usize, macs: usize, align: usize) -> Option<Vec
             })
             .collect(),
     )
+}
+
+/// Whether a product of `macs` multiply-adds over `rows` input rows is worth sharing out over the
+/// threads: there is more than one, it is large enough, and it is not decoding's few rows.
+pub fn splits_product(rows: usize, macs: usize) -> bool {
+    parts() > 1
+        && rows >= MIN_SPLIT_ROWS.load(Ordering::Relaxed)
+        && macs >= MIN_SPLIT_MACS.load(Ordering::Relaxed)
 }
 
 /// Lowers (or restores, with `None`) the size from which products are split: the test fixtures'
@@ -129,6 +139,30 @@ where
     SPLITS.fetch_add(1, Ordering::Relaxed);
     use rayon::prelude::*;
     (0..n).into_par_iter().map(f).collect()
+}
+
+/// `f(i)` for every i in 0..n, shared out over the pool: each of `parts()` workers (the calling
+/// thread among them) takes the next i until none is left, so a thread that is slowed down simply
+/// takes fewer. A worker that starts after the others have taken everything does nothing.
+pub fn for_each_dynamic<F>(n: usize, f: F)
+where
+    F: Fn(usize) + Sync,
+{
+    SPLITS.fetch_add(1, Ordering::Relaxed);
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        f(i);
+    };
+    rayon::scope(|s| {
+        for _ in 1..parts().min(n) {
+            s.spawn(|_| work());
+        }
+        work();
+    });
 }
 
 /// Runs `f` on a thread of the pool when the model is split, so that its parallel sections start
@@ -183,6 +217,7 @@ mod tests {
 
     #[test]
     fn split_pieces_are_aligned_and_cover_everything_once() {
+        let _parts = PARTS_LOCK.lock();
         set_parts(3);
         for (total, align) in [(1024usize, 12usize), (30522, 12), (16, 1), (5, 12), (2, 1)] {
             let pieces = split(total, 257, usize::MAX, align).unwrap();
@@ -199,6 +234,19 @@ mod tests {
         assert!(split(1024, 1, usize::MAX, 12).is_none());
         set_parts(1);
         assert!(split(1024, 257, usize::MAX, 12).is_none());
+    }
+
+    #[test]
+    fn for_each_dynamic_runs_every_index_once() {
+        use std::sync::atomic::AtomicU32;
+        let _parts = PARTS_LOCK.lock();
+        set_parts(3);
+        let seen: Vec<AtomicU32> = (0..37).map(|_| AtomicU32::new(0)).collect();
+        for_each_dynamic(seen.len(), |i| {
+            seen[i].fetch_add(1, Ordering::Relaxed);
+        });
+        set_parts(1);
+        assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1));
     }
 
     #[test]
