@@ -232,7 +232,7 @@ async function main() {
 | first load (local download into OPFS + load) | ${(result.firstLoadMs / 1000).toFixed(2)} s |
 | model load from the browser store | ${(result.cachedLoadMs / 1000).toFixed(2)} s |
 | image encoding (median of ${runs}) | ${result.encodeMs} ms |
-| per-token decode (median) | ${result.perTokenMs} ms |
+| per-token decode (median) | ${result.perTokenMs.toFixed(1)} ms |
 | whole ${result.steps}-step greedy caption incl. encoding (median) | ${(result.totalMs / 1000).toFixed(2)} s |
 | wasm memory after load / peak | ${mb(result.wasmBytesAfterLoad)} MB / ${mb(result.peakWasmBytes)} MB |
 | renderer process peak RSS (VmHWM, whole run) | ${result.rendererPeakRssBytes ? `${mb(result.rendererPeakRssBytes)} MB` : 'n/a'} |
@@ -243,7 +243,7 @@ async function main() {
     console.error(`| threads | encode | per token | ${result.steps}-step caption | speed-up vs ${base.threads} |
 | --- | --- | --- | --- | --- |
 ${result.byThreads
-  .map((r) => `| ${r.threads} | ${(r.encodeMs / 1000).toFixed(2)} s | ${r.perTokenMs} ms | ${(r.totalMs / 1000).toFixed(2)} s | ${(base.totalMs / r.totalMs).toFixed(2)}× |`)
+  .map((r) => `| ${r.threads} | ${(r.encodeMs / 1000).toFixed(2)} s | ${r.perTokenMs.toFixed(1)} ms | ${(r.totalMs / 1000).toFixed(2)} s | ${(base.totalMs / r.totalMs).toFixed(2)}× |`)
   .join('\n')}
 `);
     if (rounds > 1) {

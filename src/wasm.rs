@@ -677,6 +677,13 @@ pub fn set_min_split_macs(macs: f64) {
     crate::model::parallel::set_min_split_macs(Some(macs.max(0.0) as usize));
 }
 
+/// Products of fewer than `rows` input rows run on one thread (default 8: decoding a token or a few
+/// beams is not shared out). A tuning knob, for comparing decoding split and whole.
+#[wasm_bindgen(js_name = setMinSplitRows)]
+pub fn set_min_split_rows(rows: f64) {
+    crate::model::parallel::set_min_split_rows(Some(rows.max(0.0) as usize));
+}
+
 /// Products of fewer than `rows` input rows use candle's matmul instead of the model's own SIMD
 /// kernel (src/model/matmul.rs; default 8, so decoding a token or a few beams stays on candle's
 /// matrix-vector path). A tuning knob: a huge value turns the kernel off, for comparisons.

@@ -6,7 +6,8 @@
 // ?beams=N, ?length_penalty=X, ?prompt=TEXT, ?chunk_kib=N (download chunk size, for tests),
 // ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
 // 1 forces the single-threaded build), ?split_min=N (threaded: split products from N multiply-adds;
-// a tuning knob, 0 in the tests so that the tiny model splits), ?kernel_min=N (products of N or more
+// a tuning knob, 0 in the tests so that the tiny model splits), ?split_rows=N (threaded: split
+// products of N or more rows, default 8, so decoding's are not), ?kernel_min=N (products of N or more
 // rows use the model's own blocked SIMD kernel, default 8; a huge N compares the encoder against
 // candle's matmul).
 
@@ -805,7 +806,7 @@ function main() {
   }
   const workerUrl = new URL('./worker.js', import.meta.url);
   workerUrl.searchParams.set('threads', String(plan.threads));
-  for (const knob of ['split_min', 'kernel_min']) {
+  for (const knob of ['split_min', 'split_rows', 'kernel_min']) {
     if (params.has(knob)) workerUrl.searchParams.set(knob, params.get(knob));
   }
   worker = new Worker(workerUrl, { type: 'module', name: 'gitcap-model' });

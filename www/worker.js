@@ -71,6 +71,8 @@ const workerParams = new URL(self.location.href).searchParams;
 const requestedThreads = Math.max(1, Number.parseInt(workerParams.get('threads'), 10) || 1);
 // Products smaller than this many multiply-adds stay on one thread (the page's ?split_min=N).
 const minSplitMacs = workerParams.get('split_min');
+// Products of fewer rows than this stay on one thread (the page's ?split_rows=N).
+const minSplitRows = workerParams.get('split_rows');
 // Products of this many rows or more use the model's own SIMD kernel (the page's ?kernel_min=N).
 const kernelMinRows = workerParams.get('kernel_min');
 
@@ -113,6 +115,7 @@ function initWasm() {
         wasmExports = await gitcap.default();
       }
       if (minSplitMacs != null && Number.isFinite(Number(minSplitMacs))) gitcap.setMinSplitMacs(Number(minSplitMacs));
+      if (minSplitRows != null && Number.isFinite(Number(minSplitRows))) gitcap.setMinSplitRows(Number(minSplitRows));
       if (kernelMinRows != null && Number.isFinite(Number(kernelMinRows))) gitcap.setKernelMinRows(Number(kernelMinRows));
       const build = gitcap.buildInfo();
       post({ type: 'wasm-ready', build: plain(build), threadNote, wasmBytes: wasmBytes() });
