@@ -412,8 +412,8 @@ fn simd_kernel_matches_candle() {
         assert!(err < 1e-3, "({m}, {n}, {k}): differs by {err}");
     }
     // A linear layer through the kernel, bias and quick_gelu applied to each finished block of
-    // columns (the SIMD exp): dense f32, then q8_0 blocks packed in place; against candle's ops on
-    // the expanded weight.
+    // columns (the SIMD exp): dense f32, then q8_0 blocks packed in place (which the kernel takes
+    // from 32 rows on); against candle's ops on the expanded weight.
     let gelu_in_place: &(dyn Fn(&mut [f32]) + Sync) =
         &gitcap::model::elementwise::quick_gelu_in_place;
     let candle_gelu = |t: &Tensor| {
@@ -450,7 +450,7 @@ fn simd_kernel_matches_candle() {
             bias: Some(&bias),
             activation: Some(gelu_in_place),
         };
-        let got = matmul::linear(&x, &weight, epilogue, 0, false)
+        let got = matmul::linear(&x, &weight, epilogue, false)
             .unwrap()
             .unwrap();
         let err = max_abs_diff(&got, &want);

@@ -57,45 +57,14 @@ fn data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     }
 }
 
-/// `f` over `xs` four lanes at a time, the tail through a zero-padded vector.
-fn map_lanes(xs: &[f32], out: &mut [f32], f: impl Fn(V) -> V) {
-    let whole = xs.len() / 4 * 4;
-    for i in (0..whole).step_by(4) {
-        // SAFETY: i + 3 < whole ≤ len of both.
-        unsafe { simd::store(out.as_mut_ptr().add(i), f(simd::load(xs.as_ptr().add(i)))) };
-    }
-    if whole < xs.len() {
-        let mut tail = [0f32; 4];
-        tail[..xs.len() - whole].copy_from_slice(&xs[whole..]);
-        let y = simd::lanes(f(unsafe { simd::load(tail.as_ptr()) }));
-        out[whole..].copy_from_slice(&y[..xs.len() - whole]);
-    }
-}
-
-/// Splits `xs` into pieces for the pool natively (candle's own elementwise ops run on one
-/// thread); in wasm the model's splitting already runs this per thread.
-fn map_pieces(xs: &[f32], out: &mut [f32], f: impl Fn(V) -> V + Sync) {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        const PIECE: usize = 16 * 1024;
-        out.par_chunks_mut(PIECE)
-            .zip(xs.par_chunks(PIECE))
-            .for_each(|(out, xs)| map_lanes(xs, out, &f));
-    }
-    #[cfg(target_arch = "wasm32")]
-    map_lanes(xs, out, f);
-}
-
-/// quick_gelu of one value block in place: what `quick_gelu` computes, for the matrix kernel to
-/// apply to the columns it has just finished.
-pub fn quick_gelu_in_place(xs: &mut [f32]) {
+/// `f` over `xs` in place, four lanes at a time, the tail through a zero-padded vector.
+fn map_lanes(xs: &mut [f32], f: impl Fn(V) -> V) {
     let whole = xs.len() / 4 * 4;
     for i in (0..whole).step_by(4) {
         // SAFETY: i + 3 < whole ≤ xs.len().
         unsafe {
             let p = xs.as_mut_ptr().add(i);
-            simd::store(p, quick_gelu_lanes(simd::load(p)));
+            simd::store(p, f(simd::load(p)));
         }
     }
     if whole < xs.len() {
@@ -103,10 +72,29 @@ pub fn quick_gelu_in_place(xs: &mut [f32]) {
         let mut tail = [0f32; 4];
         tail[..rest.len()].copy_from_slice(rest);
         // SAFETY: tail holds four floats.
-        let y = simd::lanes(quick_gelu_lanes(unsafe { simd::load(tail.as_ptr()) }));
+        let y = simd::lanes(f(unsafe { simd::load(tail.as_ptr()) }));
         let len = rest.len();
         rest.copy_from_slice(&y[..len]);
     }
+}
+
+/// Splits `xs` into pieces for the pool natively (candle's own elementwise ops run on one
+/// thread); in wasm the model's splitting already runs this per thread.
+fn map_pieces(xs: &mut [f32], f: impl Fn(V) -> V + Sync) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        const PIECE: usize = 16 * 1024;
+        xs.par_chunks_mut(PIECE).for_each(|xs| map_lanes(xs, &f));
+    }
+    #[cfg(target_arch = "wasm32")]
+    map_lanes(xs, f);
+}
+
+/// quick_gelu of one value block in place: what `quick_gelu` computes, for the matrix kernel to
+/// apply to the columns it has just finished.
+pub fn quick_gelu_in_place(xs: &mut [f32]) {
+    map_lanes(xs, quick_gelu_lanes);
 }
 
 #[inline(always)]
@@ -128,9 +116,8 @@ impl CustomOp1 for QuickGelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let xs = data(s, l)?;
-        let mut out = vec![0f32; xs.len()];
-        map_pieces(xs, &mut out, quick_gelu_lanes);
+        let mut out = data(s, l)?.to_vec();
+        map_pieces(&mut out, quick_gelu_lanes);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -143,20 +130,19 @@ impl CustomOp1 for SoftmaxLast {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let xs = data(s, l)?;
+        let mut out = data(s, l)?.to_vec();
         let width = l.dims().last().copied().unwrap_or(1);
-        let mut out = vec![0f32; xs.len()];
         if width == 0 {
             return Ok((CpuStorage::F32(out), l.shape().clone()));
         }
         // One thread: natively this runs only in the tests (softmax_last keeps candle's there),
         // and in wasm the model's head split already hands each thread its own rows.
-        for (row, out) in xs.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        for row in out.chunks_exact_mut(width) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let shift = simd::splat(max);
-            map_lanes(row, out, |x| simd::exp(simd::sub(x, shift)));
-            let scale = 1.0 / out.iter().sum::<f32>();
-            out.iter_mut().for_each(|v| *v *= scale);
+            map_lanes(row, |x| simd::exp(simd::sub(x, shift)));
+            let scale = 1.0 / row.iter().sum::<f32>();
+            row.iter_mut().for_each(|v| *v *= scale);
         }
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }

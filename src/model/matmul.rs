@@ -39,10 +39,6 @@ const NW: usize = NV * 4;
 /// Splitting a product by output columns at multiples of this wastes no lanes of the kernel.
 pub const PANEL_COLUMNS: usize = NW;
 const KC: usize = 512;
-/// A product shared out over threads is cut into about this many column blocks per thread, which
-/// threads take as they come free: a thread slowed by the rest of the machine then does fewer
-/// blocks instead of holding up the others at the end of every product.
-const BLOCKS_PER_THREAD: usize = 8;
 /// Each block packs `KC` inputs of x once into cache and reuses them for all its panels: blocks of
 /// fewer panels would re-read x more often than they compute with it.
 const MIN_BLOCK_PANELS: usize = 4;
@@ -117,8 +113,8 @@ pub type InPlace<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
 
 /// `activation(x · wᵀ + bias)` for a linear layer's weight through this module's loops: a dense
 /// f32 weight through the blocked kernel or, for few rows, the matrix-vector loop; a q8_0 one
-/// through the blocked kernel from `dequantize_from` rows on. When `split`, the output's column
-/// blocks are handed out over the rayon pool as threads come free (`parallel::for_each_dynamic`),
+/// through the blocked kernel from `parallel::dequantize_min_rows()` rows on. When `split`, the output's column
+/// blocks are handed out over the rayon pool as threads come free (`parallel::for_each_piece`),
 /// all writing into one output. `None` where the kernel does not take this product, for the caller to
 /// take another way. Each output value is computed the same way however the columns are shared
 /// out, so the result does not depend on the number of threads.
@@ -126,7 +122,6 @@ pub fn linear(
     x: &Tensor,
     weight: &candle_core::quantized::QMatMul,
     epilogue: Epilogue<'_>,
-    dequantize_from: usize,
     split: bool,
 ) -> Option<Result<Tensor>> {
     use candle_core::quantized::QMatMul;
@@ -143,7 +138,7 @@ pub fn linear(
             if q.dtype() == GgmlDType::Q8_0
                 && k % Q8_0_BLOCK == 0
                 && applies(rows)
-                && rows >= dequantize_from =>
+                && rows >= super::parallel::dequantize_min_rows() =>
         {
             Some((|| {
                 let data = q.data()?;
@@ -329,9 +324,8 @@ fn multiply_blocked(
 }
 
 /// An m × n output filled by `block(out, start, end)` over column ranges that cover 0..n once, each
-/// a whole number of `unit` columns but the last; over the pool, as threads come free, when
-/// `split` and there is more than one part: then about `BLOCKS_PER_THREAD` blocks per thread, of
-/// `min_units` at least.
+/// a whole number of `unit` columns (and at least `min_units` of them) but the last; shared out
+/// over the pool when `split` (`parallel::for_each_piece`).
 fn by_column_blocks(
     m: usize,
     n: usize,
@@ -342,26 +336,9 @@ fn by_column_blocks(
 ) -> Vec<f32> {
     let mut c = vec![0f32; m * n];
     let out = SharedOut(c.as_mut_ptr());
-    let units = n.div_ceil(unit);
-    let threads = if split { super::parallel::parts() } else { 1 };
-    let block_units = if threads > 1 {
-        units.div_ceil(threads * BLOCKS_PER_THREAD).max(min_units)
-    } else {
-        units.max(1)
-    };
-    let blocks = units.div_ceil(block_units);
-    let one = |b: usize| {
-        block(
-            out,
-            b * block_units * unit,
-            ((b + 1) * block_units * unit).min(n),
-        )
-    };
-    if threads > 1 && blocks > 1 {
-        super::parallel::for_each_dynamic(blocks, one);
-    } else {
-        (0..blocks).for_each(one);
-    }
+    super::parallel::for_each_piece(n, unit, min_units, split, |start, len| {
+        block(out, start, start + len)
+    });
     // Every block has returned: c is this thread's alone again.
     c
 }
@@ -667,8 +644,8 @@ mod tests {
                     true => multiply_few(&x, &w, m, k, epilogue, split),
                 };
                 let splits_here = match few_rows {
-                    false => n.div_ceil(NW) > MIN_BLOCK_PANELS,
-                    true => n > MIN_FEW_BLOCK_COLUMNS,
+                    false => n.div_ceil(NW) >= 2 * MIN_BLOCK_PANELS,
+                    true => n >= 2 * MIN_FEW_BLOCK_COLUMNS,
                 };
                 let one = multiply(false);
                 crate::model::parallel::set_parts(parts);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Device, Module, Shape, Storage, Tensor};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
 use super::config::Activation;
@@ -304,23 +304,22 @@ impl Linear {
         if !matmul::takes(rows) {
             return None;
         }
-        let bias = match self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose() {
-            Ok(bias) => bias,
-            Err(e) => return Some(Err(e.into())),
+        // The bias is read where it is stored, not copied on every call (this runs per token).
+        let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &bias {
+            None => None,
+            Some((storage, layout)) => match (&**storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(&v[start..end]),
+                _ => return None,
+            },
         };
         let in_place = act.and_then(Activation::in_place);
         let epilogue = matmul::Epilogue {
-            bias: bias.as_deref(),
+            bias,
             activation: in_place.as_ref().map(|f| f as matmul::InPlace),
         };
         let split = parallel::splits_product(rows, rows * in_dim * self.out_dim);
-        let ys = matmul::linear(
-            flat,
-            &self.weight,
-            epilogue,
-            parallel::dequantize_min_rows(),
-            split,
-        )?;
+        let ys = matmul::linear(flat, &self.weight, epilogue, split)?;
         Some(ys.and_then(|ys| match act {
             Some(act) if in_place.is_none() => Ok(act.apply(&ys)?),
             _ => Ok(ys),

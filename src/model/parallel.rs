@@ -5,7 +5,7 @@
 //! once the page has started the thread pool (`startThreads` in src/wasm.rs sets the part count)
 //! the model itself shares out each large linear layer's output columns and each attention's heads
 //! over the rayon threads: the model's own matrix kernel hands out blocks of columns of one output
-//! as threads come free (`for_each_dynamic`); other products (candle's, for weight types the kernel
+//! as threads come free (`for_each_piece`); other products (candle's, for weight types the kernel
 //! does not take) and attention heads are cut into pieces (`split`, `map`) and joined.
 //! Through the own kernels the split changes nothing (every output value is computed the same way
 //! whichever thread computes it; tests/split.rs checks bit equality); through candle's products
@@ -70,7 +70,7 @@ pub fn set_dequantize_min_rows(rows: Option<usize>) {
 /// Each thread's share of a split product is cut into this many pieces, which the pool hands out
 /// as threads come free: with one piece per thread the product waits for the slowest thread, and a
 /// browser's threads are not equally fast (other tabs, a shared or throttled core).
-const PIECES_PER_THREAD: usize = 4;
+const PIECES_PER_THREAD: usize = 8;
 
 /// How to split `total` columns or heads of a product of `macs` multiply-adds over `rows` input
 /// rows: ranges for the pool to share out, each starting at a multiple of `align` (the matrix
@@ -80,19 +80,43 @@ pub fn split(total: usize, rows: usize, macs: usize, align: usize) -> Option<Vec
     if total <= 1 || !splits_product(rows, macs) {
         return None;
     }
-    let parts = parts();
+    Some(pieces(total, align, 1))
+}
+
+/// `total` cut into about `PIECES_PER_THREAD` ranges (start, len) per thread, each starting at a
+/// multiple of `align` and at least `min_units` × `align` long but the last.
+fn pieces(total: usize, align: usize, min_units: usize) -> Vec<(usize, usize)> {
     let align = align.max(1);
     let units = total.div_ceil(align);
-    let pieces = (parts * PIECES_PER_THREAD).min(units);
-    Some(
-        ranges(units, pieces)
-            .into_iter()
-            .map(|(start, len)| {
-                let (start, end) = (start * align, ((start + len) * align).min(total));
-                (start, end - start)
-            })
-            .collect(),
-    )
+    let pieces = (parts() * PIECES_PER_THREAD)
+        .min(units / min_units.max(1))
+        .max(1);
+    ranges(units, pieces)
+        .into_iter()
+        .map(|(start, len)| {
+            let (start, end) = (start * align, ((start + len) * align).min(total));
+            (start, end - start)
+        })
+        .collect()
+}
+
+/// `f(start, len)` over ranges that cover 0..total once: the pieces of `pieces(total, align,
+/// min_units)` handed out over the pool as threads come free when `split` and there is more than
+/// one thread, else one call for all of it.
+pub fn for_each_piece<F>(total: usize, align: usize, min_units: usize, split: bool, f: F)
+where
+    F: Fn(usize, usize) + Sync,
+{
+    let pieces = if split && parts() > 1 {
+        pieces(total, align, min_units)
+    } else {
+        Vec::new()
+    };
+    if pieces.len() > 1 {
+        for_each_dynamic(pieces.len(), |i| f(pieces[i].0, pieces[i].1));
+    } else {
+        f(0, total);
+    }
 }
 
 /// Whether a product of `macs` multiply-adds over `rows` input rows is worth sharing out over the
@@ -144,7 +168,7 @@ where
 /// `f(i)` for every i in 0..n, shared out over the pool: each of `parts()` workers (the calling
 /// thread among them) takes the next i until none is left, so a thread that is slowed down simply
 /// takes fewer. A worker that starts after the others have taken everything does nothing.
-pub fn for_each_dynamic<F>(n: usize, f: F)
+fn for_each_dynamic<F>(n: usize, f: F)
 where
     F: Fn(usize) + Sync,
 {
@@ -234,6 +258,34 @@ mod tests {
         assert!(split(1024, 1, usize::MAX, 12).is_none());
         set_parts(1);
         assert!(split(1024, 257, usize::MAX, 12).is_none());
+    }
+
+    #[test]
+    fn pieces_cover_everything_once_and_are_long_enough() {
+        use std::sync::Mutex;
+        let _parts = PARTS_LOCK.lock();
+        set_parts(2);
+        for (total, align, min_units) in [(1000usize, 12usize, 4usize), (100, 1, 32), (13, 1, 32)] {
+            let seen = Mutex::new(Vec::new());
+            for_each_piece(total, align, min_units, true, |start, len| {
+                seen.lock().unwrap().push((start, len));
+            });
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort();
+            let mut next = 0;
+            for &(start, len) in &seen {
+                assert_eq!(start, next);
+                assert!(start % align == 0 && (len >= min_units * align || start + len == total));
+                next = start + len;
+            }
+            assert_eq!(next, total);
+            assert_eq!(
+                seen.len() > 1,
+                total.div_ceil(align) >= 2 * min_units,
+                "{total}"
+            );
+        }
+        set_parts(1);
     }
 
     #[test]
