@@ -424,8 +424,8 @@ fn simd_kernel_matches_candle() {
     };
     for (m, n, k, quantized) in [
         (10, 25, 517, false),
-        (9, 19, 1024, true),
-        (12, 19, 1024, true),
+        (33, 19, 1024, true),
+        (40, 19, 1024, true),
     ] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
