@@ -1,0 +1,150 @@
+#!/usr/bin/env node
+// gitcap timed the way bench/peer/run.mjs wants it (same line protocol as py_worker.py):
+//   node bench/peer/gitcap_worker.mjs cli  MODEL IMAGE THREADS [--bin target/release/gitcap]
+//   node bench/peer/gitcap_worker.mjs page MODEL IMAGE THREADS [--bin target/release/gitcap]
+// cli:  each "run" starts `gitcap caption --timings --json --max-new-tokens 1` on IMAGE twice
+//       (RAYON_NUM_THREADS=THREADS) and reports the second image's "image encoder" stage (the
+//       first warms the fresh process up): image_encoder + visual_projection from pixels, as
+//       transformers and ONNX Runtime are timed.
+// page: the gitcap page (www/, served by `gitcap serve`) in headless Chromium with ?threads=N,
+//       loaded once; each "run" captions IMAGE (1 new token) and reports the worker's encode time
+//       (data-encode-ms: image decoding + preprocessing + vision tower + projection + the image
+//       half of the decoder, a wider stage than the others', see README.md).
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const args = process.argv.slice(2);
+const binAt = args.indexOf('--bin');
+const bin = path.resolve(binAt >= 0 ? args.splice(binAt, 2)[1] : path.join(ROOT, 'target/release/gitcap'));
+// The page's files: www/ (build.sh writes www/pkg and www/pkg-threads), or GITCAP_WWW.
+const www = path.resolve(ROOT, process.env.GITCAP_WWW || 'www');
+const [mode, modelArg, imageArg, threadsArg] = args;
+const threads = Number(threadsArg);
+if (!['cli', 'page'].includes(mode) || !modelArg || !imageArg || !(threads > 0)) {
+  console.error('usage: node bench/peer/gitcap_worker.mjs cli|page MODEL IMAGE THREADS [--bin gitcap]');
+  process.exit(2);
+}
+const model = path.resolve(modelArg);
+const image = path.resolve(imageArg);
+const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+// Playwright's connection to the browser does not keep Node's event loop alive: without this, the
+// end of stdin while a page call is still pending would let Node wind down and close the browser.
+const keepAlive = setInterval(() => {}, 1 << 30);
+const log = (...a) => console.error(`# gitcap ${mode}:`, ...a);
+if (!fs.existsSync(bin)) {
+  say({ error: `${bin} is missing: cargo build --release --features native` });
+  process.exit(1);
+}
+
+function cliOnce() {
+  const r = spawnSync(bin, ['caption', '--timings', '--json', '--max-new-tokens', '1', '--model', model, image, image], {
+    env: { ...process.env, RAYON_NUM_THREADS: String(threads) },
+    encoding: 'utf8',
+    maxBuffer: 1 << 24,
+  });
+  if (r.status !== 0) throw new Error(`gitcap caption failed (${r.status}): ${r.stderr}`);
+  const enc = [...r.stderr.matchAll(/image encoder ([\d.]+)/g)].map((m) => Number(m[1]));
+  const load = /model loaded in ([\d.]+) ms/.exec(r.stderr);
+  if (enc.length !== 2) throw new Error(`no "image encoder" timings in: ${r.stderr}`);
+  return { ms: enc[1], firstMs: enc[0], loadMs: load ? Number(load[1]) : null };
+}
+
+async function pageWorker() {
+  const { chromium } = await import('playwright-core');
+  if (!fs.existsSync(path.join(www, 'pkg/gitcap.js'))) throw new Error('www/pkg is missing: bash build.sh --wasm-only');
+  if (threads > 1 && !fs.existsSync(path.join(www, 'pkg-threads/gitcap.js'))) throw new Error('www/pkg-threads is missing: bash build.sh --wasm-only');
+  const proc = spawn(bin, ['serve', www, '--port', '0', '--model-dir', model], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+  const url = await new Promise((resolve, reject) => {
+    let out = '';
+    proc.stdout.on('data', (d) => {
+      out += d;
+      const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(out);
+      if (m) resolve(m[0]);
+    });
+    proc.once('exit', (c) => reject(new Error(`gitcap serve exited ${c}: ${out}`)));
+  });
+  const name = path.basename(model);
+  const gguf = model.endsWith('.gguf');
+  const modelUrl = gguf ? `/models/${name}` : `/models/${name}/`;
+  // The server hashes the model files on start; wait for that outside the timings.
+  await fetch(`${url}${modelUrl.slice(1)}${gguf ? '' : 'model.safetensors'}`, { method: 'HEAD' });
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'peer-gitcap-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+    serviceWorkers: 'block',
+  });
+  const close = async () => {
+    await context.close().catch(() => {});
+    proc.kill('SIGTERM');
+    fs.rmSync(profile, { recursive: true, force: true });
+  };
+  try {
+    const page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (e) => log('page error:', e.message));
+    const q = new URLSearchParams({ model: modelUrl, max_new_tokens: '1', beams: '1', threads: String(threads) });
+    const t0 = Date.now();
+    await page.goto(`${url}?${q}`);
+    await page.waitForSelector('#model-status[data-state=ready], #model-status[data-state=error]', { timeout: 30 * 60_000 });
+    const st = await page.$eval('#model-status', (e) => ({ ...e.dataset }));
+    if (st.state === 'error') throw new Error(`load failed: ${st.error}`);
+    const info = {
+      threads,
+      loadMs: Date.now() - t0,
+      backend: await page.textContent('#backend'),
+      backendThreads: Number(await page.$eval('#backend', (e) => e.dataset.threads || '0')),
+      crossOriginIsolated: await page.evaluate(() => crossOriginIsolated),
+      chromium: context.browser()?.version() ?? null,
+    };
+    if (info.backendThreads !== threads) throw new Error(`asked for ${threads} threads, the page runs ${info.backendThreads}: ${info.backend}`);
+    log(JSON.stringify(info));
+    return {
+      info,
+      close,
+      async once() {
+        await page.setInputFiles('input[type=file]', image);
+        await page.waitForSelector('#caption[data-done], #caption[data-error]', { state: 'attached', timeout: 30 * 60_000 });
+        const d = await page.$eval('#caption', (c) => ({ ...c.dataset }));
+        if ('error' in d) throw new Error(`caption failed: ${d.error}`);
+        return { ms: Number(d.encodeMs) };
+      },
+    };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+let engine;
+try {
+  if (mode === 'cli') {
+    const v = spawnSync(bin, ['--version'], { encoding: 'utf8' });
+    engine = { info: { threads, bin, version: (v.stdout || '').trim() }, close: async () => {}, once: async () => cliOnce() };
+  } else {
+    engine = await pageWorker();
+  }
+  say({ ready: true, info: engine.info });
+  const rl = readline.createInterface({ input: process.stdin });
+  for await (const line of rl) {
+    const cmd = line.trim();
+    if (cmd === 'quit') break;
+    if (cmd !== 'run') {
+      say({ error: `unknown command ${cmd}` });
+      continue;
+    }
+    say(await engine.once());
+  }
+} catch (e) {
+  log(e.stack || String(e));
+  say({ error: String(e.message || e) });
+  process.exitCode = 1;
+} finally {
+  await engine?.close();
+  clearInterval(keepAlive);
+}
