@@ -1,6 +1,5 @@
 //! The GIT architecture: pure tensor code, no I/O, compiled for native targets and wasm32 alike.
 
-mod avx512;
 pub mod config;
 pub mod elementwise;
 pub mod git;
