@@ -10,11 +10,11 @@
 //       loaded once; each "run" captions IMAGE (1 new token) and reports the worker's encode time
 //       (data-encode-ms: image decoding + preprocessing + vision tower + projection + the image
 //       half of the decoder, a wider stage than the others', see README.md).
+import { logger, say, serve } from './worker_protocol.mjs';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -31,11 +31,7 @@ if (!['cli', 'page'].includes(mode) || !modelArg || !imageArg || !(threads > 0))
 }
 const model = path.resolve(modelArg);
 const image = path.resolve(imageArg);
-const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
-// Playwright's connection to the browser does not keep Node's event loop alive: without this, the
-// end of stdin while a page call is still pending would let Node wind down and close the browser.
-const keepAlive = setInterval(() => {}, 1 << 30);
-const log = (...a) => console.error(`# gitcap ${mode}:`, ...a);
+const log = logger(`gitcap ${mode}`);
 if (!fs.existsSync(bin)) {
   say({ error: `${bin} is missing: cargo build --release --features native` });
   process.exit(1);
@@ -121,30 +117,10 @@ async function pageWorker() {
   }
 }
 
-let engine;
-try {
+await serve(async () => {
   if (mode === 'cli') {
     const v = spawnSync(bin, ['--version'], { encoding: 'utf8' });
-    engine = { info: { threads, bin, version: (v.stdout || '').trim() }, close: async () => {}, once: async () => cliOnce() };
-  } else {
-    engine = await pageWorker();
+    return { info: { threads, bin, version: (v.stdout || '').trim() }, close: async () => {}, once: cliOnce };
   }
-  say({ ready: true, info: engine.info });
-  const rl = readline.createInterface({ input: process.stdin });
-  for await (const line of rl) {
-    const cmd = line.trim();
-    if (cmd === 'quit') break;
-    if (cmd !== 'run') {
-      say({ error: `unknown command ${cmd}` });
-      continue;
-    }
-    say(await engine.once());
-  }
-} catch (e) {
-  log(e.stack || String(e));
-  say({ error: String(e.message || e) });
-  process.exitCode = 1;
-} finally {
-  await engine?.close();
-  clearInterval(keepAlive);
-}
+  return pageWorker();
+}, log);

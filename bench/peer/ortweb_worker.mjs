@@ -5,10 +5,10 @@
 // prints {"ready": true, "info": {...}} once the session exists, then {"ms": ...} per "run" line.
 // With REFERENCE (ONNX Runtime's native output for the same model and pixels), the first
 // encoding's relative error against it is reported in info.relErrVsNative.
+import { logger, say, serve } from './worker_protocol.mjs';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { serveStatic } from './static_server.mjs';
@@ -20,11 +20,7 @@ if (!model || !pixels || !(threads > 0)) {
   console.error('usage: node bench/peer/ortweb_worker.mjs MODEL.onnx PIXELS.f32 THREADS [REFERENCE.f32]');
   process.exit(2);
 }
-const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
-// Playwright's connection to the browser does not keep Node's event loop alive: without this, the
-// end of stdin while a page call is still pending would let Node wind down and close the browser.
-const keepAlive = setInterval(() => {}, 1 << 30);
-const log = (...a) => console.error('# ort-web:', ...a);
+const log = logger('ort-web');
 
 const modelDir = path.dirname(path.resolve(model));
 if (path.dirname(path.resolve(pixels)) !== modelDir) throw new Error('MODEL and PIXELS must be in one folder');
@@ -44,7 +40,7 @@ const cleanup = async () => {
   server.close();
   fs.rmSync(profile, { recursive: true, force: true });
 };
-try {
+await serve(async () => {
   const page = context.pages()[0] ?? (await context.newPage());
   const loaded = [];
   page.on('response', (r) => {
@@ -81,23 +77,8 @@ try {
     info.firstMs = first.ms;
   }
   log(JSON.stringify(info));
-  say({ ready: true, info });
-  const rl = readline.createInterface({ input: process.stdin });
-  for await (const line of rl) {
-    const cmd = line.trim();
-    if (cmd === 'quit') break;
-    if (cmd !== 'run') {
-      say({ error: `unknown command ${cmd}` });
-      continue;
-    }
+  return { info, once: async () => {
     const r = await page.evaluate(() => window.encode());
-    say({ ms: r.ms, shape: r.dims });
-  }
-} catch (e) {
-  log(e.stack || String(e));
-  say({ error: String(e.message || e) });
-  process.exitCode = 1;
-} finally {
-  await cleanup();
-  clearInterval(keepAlive);
-}
+    return { ms: r.ms, shape: r.dims };
+  } };
+}, log, cleanup);
