@@ -7,9 +7,9 @@
 //! is decided and may stop generation between tokens.
 
 use candle_core::{DType, Tensor};
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 use crate::model::{Git, ImagePrefix, TextCache};
+use crate::sampling::Sampler;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +70,7 @@ enum State {
         seq: Vec<u32>,
         feed: Vec<u32>,
         cache: TextCache,
-        sampler: Option<Box<LogitsProcessor>>,
+        sampler: Option<Box<Sampler>>,
         max_length: usize,
     },
     Beam(Box<BeamSearch>),
@@ -129,25 +129,14 @@ impl Generator {
                         return Err(Error::invalid("top_p must be in (0, 1]"));
                     }
                 }
-                let t = *temperature;
-                let sampling = match (top_k, top_p) {
-                    (None, None) => Sampling::All { temperature: t },
-                    (Some(k), None) => Sampling::TopK {
-                        k: *k,
-                        temperature: t,
-                    },
-                    (None, Some(p)) => Sampling::TopP {
-                        p: *p,
-                        temperature: t,
-                    },
-                    (Some(k), Some(p)) => Sampling::TopKThenTopP {
-                        k: *k,
-                        p: *p,
-                        temperature: t,
-                    },
-                };
-                single(Some(Box::new(LogitsProcessor::from_sampling(
-                    *seed, sampling,
+                if *top_k == Some(0) {
+                    return Err(Error::invalid("top_k must be at least 1"));
+                }
+                single(Some(Box::new(Sampler::new(
+                    *seed,
+                    *temperature,
+                    *top_k,
+                    *top_p,
                 ))))
             }
         };

@@ -35,10 +35,9 @@ use std::io::Cursor;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
 use crate::captioner::{Captioner, ModelFiles};
-use crate::model::{GitConfig, Weights};
+use crate::model::{GitConfig, QuantizedTensors, Weights};
 use crate::{Error, Result};
 
 /// The layout this build writes and the newest it reads.
@@ -352,11 +351,12 @@ pub fn inspect(bytes: &[u8]) -> Result<GgufInfo> {
 /// Loads a captioner from a gitcap GGUF file held in memory (the browser's path).
 pub fn captioner_from_gguf(bytes: &[u8], device: &Device) -> Result<Captioner> {
     let what = "the GGUF file";
-    let content = read_content(&mut Cursor::new(bytes), bytes.len() as u64, what)?;
+    let mut reader = Cursor::new(bytes);
+    let content = read_content(&mut reader, bytes.len() as u64, what)?;
     let files = model_files_from_content(&content, what)?;
-    drop(content);
-    let vb = QVarBuilder::from_gguf_buffer(bytes, device).map_err(|e| corrupt(what, e))?;
-    Captioner::new(&files, &Weights::quantized(vb))
+    let tensors =
+        QuantizedTensors::read(&content, &mut reader, device).map_err(|e| corrupt(what, e))?;
+    Captioner::new(&files, &Weights::quantized(tensors))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -385,12 +385,13 @@ mod native {
             .metadata()
             .map_err(|e| Error::model(format!("cannot read {what}: {e}")))?
             .len();
-        let content = read_content(&mut std::io::BufReader::new(file), len, &what)?;
+        let mut reader = std::io::BufReader::new(file);
+        let content = read_content(&mut reader, len, &what)?;
         let files = model_files_from_content(&content, &what)?;
-        drop(content);
         // Tensors are read one at a time from the file, so it is never held in memory whole.
-        let vb = QVarBuilder::from_gguf(path, device).map_err(|e| corrupt(&what, e))?;
-        Captioner::new(&files, &Weights::quantized(vb))
+        let tensors = QuantizedTensors::read(&content, &mut reader, device)
+            .map_err(|e| corrupt(&what, e))?;
+        Captioner::new(&files, &Weights::quantized(tensors))
     }
 
     /// Describes a gitcap GGUF file on disk without loading its weights.

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod image;
 pub mod model;
+mod sampling;
 pub mod stream_load;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

@@ -12,7 +12,7 @@ pub mod vision;
 
 pub use config::{GenerationConfig, GitConfig, VisionConfig};
 pub use git::Git;
-pub use nn::Weights;
+pub use nn::{QuantizedTensors, Weights};
 pub use text::{ImagePrefix, TextCache};
 
 /// max |a − b| over all elements, for the kernels' unit tests.

@@ -2,12 +2,13 @@
 //! PyTorch pickles) or quantized (GGUF). The model files are written once against `Weights` and so
 //! serve f32, f16 and quantized checkpoints, natively and in wasm.
 
+use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::sync::Arc;
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Shape, Storage, Tensor};
-use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
 use super::config::Activation;
 use super::{matmul, parallel};
@@ -16,7 +17,33 @@ use crate::{Error, Result};
 #[derive(Clone)]
 enum Source {
     Dense(candle_nn::VarBuilder<'static>),
-    Quantized(QVarBuilder),
+    Quantized(QuantizedTensors),
+}
+
+/// Every tensor of a GGUF file, by full name, as stored (quantized or not).
+#[derive(Clone)]
+pub struct QuantizedTensors {
+    tensors: Arc<HashMap<String, Arc<QTensor>>>,
+    device: Device,
+}
+
+impl QuantizedTensors {
+    /// Reads the tensors `content` lists from `reader`, the file `content` was read from.
+    pub fn read<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
+        for name in content.tensor_infos.keys() {
+            let tensor = content.tensor(reader, name, device)?;
+            tensors.insert(name.clone(), Arc::new(tensor));
+        }
+        Ok(Self {
+            tensors: Arc::new(tensors),
+            device: device.clone(),
+        })
+    }
 }
 
 /// A view of a checkpoint's tensors under a name prefix (`git.encoder.layer.3`, ...).
@@ -34,9 +61,9 @@ impl Weights {
         }
     }
 
-    pub fn quantized(vb: QVarBuilder) -> Self {
+    pub fn quantized(tensors: QuantizedTensors) -> Self {
         Self {
-            source: Source::Quantized(vb),
+            source: Source::Quantized(tensors),
             prefix: String::new(),
         }
     }
@@ -48,7 +75,7 @@ impl Weights {
     pub fn device(&self) -> Device {
         match &self.source {
             Source::Dense(vb) => vb.device().clone(),
-            Source::Quantized(vb) => vb.device().clone(),
+            Source::Quantized(q) => q.device.clone(),
         }
     }
 
@@ -60,7 +87,7 @@ impl Weights {
         };
         let source = match &self.source {
             Source::Dense(vb) => Source::Dense(vb.pp(name.to_string())),
-            Source::Quantized(vb) => Source::Quantized(vb.pp(name.to_string())),
+            Source::Quantized(q) => Source::Quantized(q.clone()),
         };
         Self { source, prefix }
     }
@@ -76,8 +103,7 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &self.source {
             Source::Dense(vb) => vb.contains_tensor(name),
-            // candle's quantized VarBuilder::contains_key ignores its prefix: ask with the full name.
-            Source::Quantized(vb) => vb.contains_key(&self.full_name(name)),
+            Source::Quantized(q) => q.tensors.contains_key(&self.full_name(name)),
         }
     }
 
@@ -100,8 +126,8 @@ impl Weights {
                 self.check_shape(name, t.shape(), &shape)?;
                 t
             }
-            Source::Quantized(vb) => {
-                let q = vb.get_no_shape(name).map_err(wrap)?;
+            Source::Quantized(_) => {
+                let q = self.quantized_tensor(name)?;
                 self.check_shape(name, q.shape(), &shape)?;
                 match q.dtype() {
                     GgmlDType::F16 => q.dequantize_f16(&q.device())?,
@@ -110,6 +136,18 @@ impl Weights {
             }
         };
         Ok(t)
+    }
+
+    /// A GGUF tensor as stored; an error for dense sources.
+    fn quantized_tensor(&self, name: &str) -> Result<Arc<QTensor>> {
+        let full = self.full_name(name);
+        match &self.source {
+            Source::Quantized(q) => match q.tensors.get(&full) {
+                Some(t) => Ok(t.clone()),
+                None => Err(Error::weight(full, "is missing from the checkpoint")),
+            },
+            Source::Dense(_) => Err(Error::weight(full, "is not a quantized tensor")),
+        }
     }
 
     fn require(&self, name: &str) -> Result<()> {
@@ -142,10 +180,8 @@ impl Weights {
         self.require(name)?;
         match &self.source {
             Source::Dense(_) => Ok(QMatMul::Tensor(self.tensor((out_dim, in_dim), name)?)),
-            Source::Quantized(vb) => {
-                let q: Arc<QTensor> = vb.get_no_shape(name).map_err(|e| {
-                    Error::weight(self.full_name(name), format!("could not be read: {e}"))
-                })?;
+            Source::Quantized(_) => {
+                let q = self.quantized_tensor(name)?;
                 self.check_shape(name, q.shape(), &Shape::from((out_dim, in_dim)))?;
                 Ok(QMatMul::from_arc(q)?)
             }
@@ -167,11 +203,8 @@ impl Weights {
     }
 
     pub fn embedding(&self, count: usize, dim: usize) -> Result<Embedding> {
-        if let Source::Quantized(vb) = &self.source {
-            self.require("weight")?;
-            let q = vb.get_no_shape("weight").map_err(|e| {
-                Error::weight(self.full_name("weight"), format!("could not be read: {e}"))
-            })?;
+        if let Source::Quantized(_) = &self.source {
+            let q = self.quantized_tensor("weight")?;
             self.check_shape("weight", q.shape(), &Shape::from((count, dim)))?;
             if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                 // Stays quantized: lookups dequantize only the rows they gather.
