@@ -32,6 +32,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // For comparisons, and for CPUs whose AVX-512 is slower than their AVX2.
+    if std::env::var_os("GITCAP_NO_AVX512").is_some_and(|v| v != "0") {
+        gitcap::model::matmul::disable_wide();
+    }
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),
         Command::Quantize(args) => cli::quantize::run(args),

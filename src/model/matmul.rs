@@ -87,11 +87,39 @@ pub fn takes(rows: usize) -> bool {
     applies(rows) || rows < FEW_ROWS_BELOW.load(Ordering::Relaxed)
 }
 
+/// Natively, products of this many rows or more with f32 weights go through the AVX-512 kernel
+/// (`avx512.rs`) on CPUs that have it: the image encoder's 257 rows, prompts, beams. Decoding's
+/// single row is bound by memory, where candle's loop is no slower.
+const DEFAULT_WIDE_MIN_ROWS: usize = 2;
+static WIDE_MIN_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_WIDE_MIN_ROWS);
+static WIDE_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Overrides (or restores, with `None`) the row count from which f32 products take the AVX-512
+/// kernel where the CPU has it; `Some(usize::MAX)` turns it off, so that the tests run both paths.
+pub fn set_wide_min_rows(rows: Option<usize>) {
+    WIDE_MIN_ROWS.store(rows.unwrap_or(DEFAULT_WIDE_MIN_ROWS), Ordering::Relaxed);
+}
+
+/// Whether this process's f32 products of `rows` rows run on the AVX-512 kernel.
+pub fn wide(rows: usize) -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !cfg!(target_arch = "wasm32")
+        && !WIDE_OFF.load(Ordering::Relaxed)
+        && rows >= WIDE_MIN_ROWS.load(Ordering::Relaxed)
+        && *AVAILABLE.get_or_init(super::avx512::available)
+}
+
+/// Turns the AVX-512 kernel off for the whole process (`GITCAP_NO_AVX512=1` in the CLI), for
+/// comparisons and for CPUs whose AVX-512 runs slower than AVX2.
+pub fn disable_wide() {
+    WIDE_OFF.store(true, Ordering::Relaxed);
+}
+
 /// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows = x.dim(0)?;
     let f32s = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
-    if !takes(rows) || !f32s || !x.device().is_cpu() {
+    if !(takes(rows) || wide(rows)) || !f32s || !x.device().is_cpu() {
         return Ok(x.matmul(&w.t()?)?);
     }
     Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT::default())?)
@@ -126,7 +154,11 @@ pub fn linear(
 ) -> Option<Result<Tensor>> {
     use candle_core::quantized::QMatMul;
     let (rows, k) = x.dims2().ok()?;
-    if !takes(rows) || x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
+    let f32_weight = matches!(weight, QMatMul::Tensor(w) if w.dtype() == candle_core::DType::F32);
+    if !(takes(rows) || (f32_weight && wide(rows)))
+        || x.dtype() != candle_core::DType::F32
+        || !x.device().is_cpu()
+    {
         return None;
     }
     match weight {
@@ -229,8 +261,12 @@ impl CustomOp2 for MatmulT<'_> {
         if self.epilogue.bias.is_some_and(|b| b.len() != n) {
             candle_core::bail!("matmul_t: bias does not match the {n} columns")
         }
+        // The wasm build's loops first: natively they run only when the tests ask for them.
+        let few_rows = m < FEW_ROWS_BELOW.load(Ordering::Relaxed);
         let out = if applies(m) {
             multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
+        } else if !few_rows && wide(m) {
+            multiply_wide(&xd[x0..x1], &w, m, k, self.epilogue)
         } else {
             multiply_few(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
         };
@@ -321,6 +357,59 @@ fn multiply_blocked(
         // SAFETY: by_column_blocks hands each column range to one call only.
         unsafe { out.multiply_block(&p, w, j_start, j_end) };
     })
+}
+
+/// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ) through the AVX-512 kernel, in blocks of output
+/// columns shared out over rayon's pool (candle's, which natively has one thread per core): each
+/// block starts from the bias, gets the product added and then the activation. Every output value
+/// is computed the same way whichever block holds it, so the result does not depend on the
+/// number of threads.
+fn multiply_wide(x: &[f32], w: &DenseRows, m: usize, k: usize, epilogue: Epilogue<'_>) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::avx512;
+        let n = w.rows();
+        let mut c = vec![0f32; m * n];
+        let out = SharedOut(c.as_mut_ptr());
+        let block = |j_start: usize, j_end: usize| {
+            // SAFETY: each column range goes to one call only; rows are inside the output.
+            let row = |i: usize| unsafe { out.row(i, n, j_start, j_end) };
+            if let Some(bias) = epilogue.bias {
+                for i in 0..m {
+                    row(i).copy_from_slice(&bias[j_start..j_end]);
+                }
+            }
+            // SAFETY: `wide` checked the CPU; this call owns columns j_start..j_end.
+            unsafe { avx512::add_product(out.0, x, w.w, m, k, n, j_start, j_end) };
+            if let Some(activation) = epilogue.activation {
+                for i in 0..m {
+                    activation(row(i));
+                }
+            }
+        };
+        let units = n.div_ceil(avx512::NR);
+        let threads = rayon::current_num_threads();
+        // A few blocks per thread, so that a thread slowed by something else takes fewer; none
+        // narrower than 4 panels, which would re-pack x more often than they compute with it.
+        let blocks = (threads * 4).min(units / 4).max(1);
+        if blocks == 1 || threads == 1 {
+            block(0, n);
+        } else {
+            use rayon::prelude::*;
+            (0..blocks).into_par_iter().for_each(|b| {
+                let start = (units * b / blocks * avx512::NR).min(n);
+                let end = (units * (b + 1) / blocks * avx512::NR).min(n);
+                if start < end {
+                    block(start, end);
+                }
+            });
+        }
+        c
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        multiply_blocked(x, w, m, k, epilogue, false)
+    }
 }
 
 /// An m × n output filled by `block(out, start, end)` over column ranges that cover 0..n once, each

@@ -1,5 +1,6 @@
 //! The GIT architecture: pure tensor code, no I/O, compiled for native targets and wasm32 alike.
 
+mod avx512;
 pub mod config;
 pub mod elementwise;
 pub mod git;

@@ -334,7 +334,7 @@ impl Linear {
     /// take this product (a type other than f32 and q8_0, q8_0 for few rows).
     fn kernel_forward(&self, flat: &Tensor, act: Option<Activation>) -> Option<Result<Tensor>> {
         let (rows, in_dim) = flat.dims2().ok()?;
-        if !matmul::takes(rows) {
+        if !(matmul::takes(rows) || matmul::wide(rows)) {
             return None;
         }
         // The bias is read where it is stored, not copied on every call (this runs per token).
