@@ -7,9 +7,12 @@
 #   ./build.sh --wasm-only  # wasm only
 #   ./build.sh --no-threads # skip the threaded wasm build (it needs a nightly toolchain)
 #   ./build.sh --tools-only # only install the tools (wasm target, nightly + rust-src,
-#                           # wasm-bindgen-cli, binaryen)
+#                           # wasm-bindgen from tools/wasm-bindgen, binaryen)
 #   ./build.sh --test       # also run the wasm tests in headless Chromium (installs Debian's
 #                           # chromium and chromium-driver if missing); combines with --wasm-only
+#   ./build.sh --dev        # the wasm builds with the dev profile (gitcap optimized, its
+#                           # dependencies not) and without wasm-opt: what test.sh tests, built
+#                           # in a third of the time; slower pages, never for deployment
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -18,16 +21,24 @@ WASM_ONLY=0
 THREADS=1
 TOOLS_ONLY=0
 RUN_TESTS=0
+DEV=0
 for arg in "$@"; do
     case "$arg" in
         --wasm-only) WASM_ONLY=1 ;;
         --no-threads) THREADS=0 ;;
         --tools-only) TOOLS_ONLY=1 ;;
         --test) RUN_TESTS=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --dev) DEV=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 0 ;;
         *) echo "build.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
+
+if [ "$DEV" = 1 ]; then
+    PROFILE_FLAG=() PROFILE_DIR=debug
+else
+    PROFILE_FLAG=(--release) PROFILE_DIR=release
+fi
 
 BINARYEN_VERSION=132.0.0
 TOOLS=target/tools  # binaryen from npm lives here (target/ is gitignored)
@@ -49,7 +60,7 @@ for arg in --shared-memory --import-memory --max-memory=4294967296 \
     THREADS_RUSTFLAGS="$THREADS_RUSTFLAGS -C link-arg=$arg"
 done
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== [build.sh %dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 # --- tools ----------------------------------------------------------------------------------------
 
@@ -73,21 +84,24 @@ if [ "$THREADS" = 1 ]; then
 fi
 
 # wasm-bindgen's CLI must be exactly the version of the wasm-bindgen crate in Cargo.lock: the
-# generated glue and the test runner speak a version-specific protocol.
+# generated glue and the test runner speak a version-specific protocol. tools/wasm-bindgen builds
+# it in this workspace (pinned by Cargo.lock, sharing most of its dependencies with the native
+# build) instead of `cargo install wasm-bindgen-cli`, which took 34 minutes on CI's two cores.
 WB_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 if [ -z "$WB_VERSION" ]; then
     echo "build.sh: no wasm-bindgen in Cargo.lock" >&2
     exit 1
 fi
-step "wasm-bindgen-cli $WB_VERSION"
-have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
-if [ "$have" != "$WB_VERSION" ] || ! command -v wasm-bindgen-test-runner >/dev/null; then
-    # --locked first (reproducible); if the registry no longer serves a version its lock file
-    # pins (this happens), resolve afresh.
-    cargo install wasm-bindgen-cli --version "$WB_VERSION" --locked --force \
-        || cargo install wasm-bindgen-cli --version "$WB_VERSION" --force
+step "wasm-bindgen $WB_VERSION (tools/wasm-bindgen)"
+cargo build -p gitcap-wasm-bindgen
+WASM_BINDGEN=${CARGO_TARGET_DIR:-target}/debug/wasm-bindgen
+have=$("$WASM_BINDGEN" --version | awk '{print $2}')
+if [ "$have" != "$WB_VERSION" ]; then
+    echo "build.sh: tools/wasm-bindgen builds wasm-bindgen $have but the crate is $WB_VERSION;" \
+        "set its wasm-bindgen-cli pin to =$WB_VERSION" >&2
+    exit 1
 fi
-wasm-bindgen --version
+"$WASM_BINDGEN" --version
 
 # binaryen from npm: Debian's (108) miscompiles current rustc output.
 step "binaryen $BINARYEN_VERSION (npm)"
@@ -112,7 +126,8 @@ bindgen_and_opt() { # RAW_WASM OUT_DIR [extra wasm-opt flags]
     local raw=$1 out=$2
     shift 2
     mkdir -p "$out"
-    wasm-bindgen --target web --out-dir "$out" --out-name gitcap "$raw"
+    "$WASM_BINDGEN" --target web --out-dir "$out" --out-name gitcap "$raw"
+    [ "$DEV" = 0 ] || return 0
     "$WASM_OPT" -O3 \
         --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
         --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$@" \
@@ -121,18 +136,18 @@ bindgen_and_opt() { # RAW_WASM OUT_DIR [extra wasm-opt flags]
 }
 
 step "cargo build --target $TARGET"
-RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo build --release --target "$TARGET" --lib
-RAW=target/$TARGET/release/gitcap.wasm
+RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo build "${PROFILE_FLAG[@]}" --target "$TARGET" --lib
+RAW=target/$TARGET/$PROFILE_DIR/gitcap.wasm
 step "wasm-bindgen + wasm-opt -> $OUT"
 bindgen_and_opt "$RAW" "$OUT"
 
 if [ "$THREADS" = 1 ]; then
     step "cargo +$NIGHTLY build --target $TARGET --features threads (build-std)"
     # Its own target dir: different flags and std, so neither build invalidates the other.
-    RUSTFLAGS="$THREADS_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo "+$NIGHTLY" build --release \
+    RUSTFLAGS="$THREADS_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo "+$NIGHTLY" build "${PROFILE_FLAG[@]}" \
         --target "$TARGET" --lib --features threads -Z build-std=panic_abort,std \
         --target-dir target/threads
-    RAW_THREADS=target/threads/$TARGET/release/gitcap.wasm
+    RAW_THREADS=target/threads/$TARGET/$PROFILE_DIR/gitcap.wasm
     step "wasm-bindgen + wasm-opt -> $OUT_THREADS"
     rm -rf "$OUT_THREADS"
     bindgen_and_opt "$RAW_THREADS" "$OUT_THREADS" --enable-threads
@@ -172,7 +187,7 @@ if [ "$RUN_TESTS" = 1 ]; then
     fi
     /usr/bin/chromedriver --version
     step "wasm tests (tests/wasm.rs in headless Chromium)"
-    # Reuses the release build above; the runner and Chromium's flags come from .cargo/config.toml.
+    # Reuses the build above; the runner and Chromium's flags come from .cargo/config.toml.
     RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" CHROMEDRIVER=/usr/bin/chromedriver \
-        cargo test --release --target "$TARGET" --test wasm
+        cargo test "${PROFILE_FLAG[@]}" --target "$TARGET" --test wasm
 fi
