@@ -1,26 +1,49 @@
 #!/usr/bin/env bash
-# Runs every gitcap test on a fresh machine: installs what is missing (Rust wasm target,
-# wasm-bindgen-cli, binaryen, Debian's Chromium and ChromeDriver, npm packages), builds the
-# WebAssembly page, then runs the native tests, the wasm tests in headless Chromium and the
+# Runs every gitcap test on a fresh machine: installs what is missing (Rust wasm target, binaryen,
+# Debian's Chromium and ChromeDriver, npm packages), builds wasm-bindgen (tools/wasm-bindgen) and
+# the WebAssembly page, then runs the native tests, the wasm tests in headless Chromium and the
 # end-to-end browser tests against `gitcap serve`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# Each step says how long the run has taken so far: CI has a time limit, and this shows where
+# the time goes.
+step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+trap 'step "finished (exit status $?)"' EXIT
+
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  echo "== installing Debian's chromium and chromium-driver"
+  step "installing Debian's chromium and chromium-driver"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
-echo "== building the WebAssembly page"
-bash build.sh --wasm-only
+# The pages with the dev profile (build.sh --dev), and the threaded page only with --threads: on
+# CI's two cores the release builds of both pages alone took most of its 90 minutes, and the
+# threaded build (nightly, std rebuilt) costs as much again as the single-threaded one. The release
+# builds are build.sh's default; `./test.sh --threads` also builds and tests the threaded page.
+WITH_THREADS=0
+for arg in "$@"; do
+  case "$arg" in
+    --threads) WITH_THREADS=1 ;;
+    *) echo "test.sh: unknown argument $arg (the only one is --threads)" >&2; exit 2 ;;
+  esac
+done
+if [ "$WITH_THREADS" = 1 ]; then
+  step "building the WebAssembly pages (dev profile, with the threaded page)"
+  bash build.sh --wasm-only --dev
+else
+  step "building the WebAssembly page (dev profile; the threaded page needs ./test.sh --threads)"
+  rm -rf www/pkg-threads # a stale threaded page would be tested against a newer single-threaded one
+  bash build.sh --wasm-only --dev --no-threads
+  export GITCAP_E2E_NO_THREADS=1
+fi
 
-echo "== native tests"
+step "native tests"
 cargo test --features native
 
-echo "== wasm tests in headless Chromium"
-CHROMEDRIVER=/usr/bin/chromedriver cargo test --release --target wasm32-unknown-unknown --test wasm
+step "wasm tests in headless Chromium"
+CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
 
-echo "== end-to-end browser tests"
+step "end-to-end browser tests"
 npm ci --no-audit --no-fund --loglevel=error
 node --test tests/e2e/

@@ -7,24 +7,11 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{ids, max_abs_diff, model_dir, Reference};
-use gitcap::captioner::CaptionOptions;
 use gitcap::checkpoint::load_dir;
 use gitcap::model::matmul;
 use gitcap::{Captioner, Decoding};
 
 const TOL: f32 = 1e-4;
-
-fn caption_ids(c: &Captioner, reference: &Reference, key: &str, decoding: Decoding) -> Vec<u32> {
-    let prefix = c.encode_pixels(&reference.pixels(key)).unwrap();
-    let opts = CaptionOptions {
-        max_new_tokens: 20,
-        decoding,
-        prompt: None,
-    };
-    c.caption_encoded(&prefix, &opts, &mut |_| true)
-        .unwrap()
-        .token_ids
-}
 
 /// Features and logits within 1e-4 of transformers', greedy and 4-beam ids identical.
 fn assert_matches_transformers(
@@ -57,7 +44,7 @@ fn assert_matches_transformers(
         ),
     ] {
         assert_eq!(
-            caption_ids(model, reference, key, decoding),
+            reference.caption_ids(model, key, decoding),
             ids(&case[name]["token_ids"]),
             "{what} {key}: {name} ids"
         );

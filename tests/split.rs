@@ -7,7 +7,6 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{ids, max_abs_diff, model_dir, Reference};
-use gitcap::captioner::CaptionOptions;
 use gitcap::checkpoint::{load_dir, load_gguf};
 use gitcap::gguf::{quantize_checkpoint, QuantType};
 use gitcap::model::{elementwise, matmul, parallel};
@@ -17,18 +16,6 @@ const TOL: f32 = 1e-4;
 
 /// The split settings are process-wide: the tests take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn caption_ids(c: &Captioner, reference: &Reference, key: &str, decoding: Decoding) -> Vec<u32> {
-    let prefix = c.encode_pixels(&reference.pixels(key)).unwrap();
-    let opts = CaptionOptions {
-        max_new_tokens: 20,
-        decoding,
-        prompt: None,
-    };
-    c.caption_encoded(&prefix, &opts, &mut |_| true)
-        .unwrap()
-        .token_ids
-}
 
 const BEAM4: Decoding = Decoding::Beam {
     num_beams: 4,
@@ -63,12 +50,12 @@ fn assert_matches_transformers(
         println!("{what} {key}: logits vs transformers {err:.1e}");
     }
     assert_eq!(
-        caption_ids(model, reference, key, Decoding::Greedy),
+        reference.caption_ids(model, key, Decoding::Greedy),
         ids(&case["greedy"]["token_ids"]),
         "{what} {key}: greedy ids"
     );
     assert_eq!(
-        caption_ids(model, reference, key, BEAM4),
+        reference.caption_ids(model, key, BEAM4),
         ids(&case["beam4"]["token_ids"]),
         "{what} {key}: 4-beam ids"
     );
@@ -126,7 +113,7 @@ fn split_quantized_model_matches_the_whole_one() {
         let key = case["key"].as_str().unwrap();
         parallel::set_parts(1);
         let (f_whole, l_whole) = reference.features_and_logits(model.model(), key);
-        let whole_ids = [Decoding::Greedy, BEAM4].map(|d| caption_ids(&model, &reference, key, d));
+        let whole_ids = [Decoding::Greedy, BEAM4].map(|d| reference.caption_ids(&model, key, d));
         parallel::set_parts(2);
         let before = parallel::splits();
         let (f_split, l_split) = reference.features_and_logits(model.model(), key);
@@ -144,7 +131,7 @@ fn split_quantized_model_matches_the_whole_one() {
         let err = max_abs_diff(&l_split, &l_whole);
         println!("{key}: q8_0 split vs whole logits {err:.1e} (largest logit {scale:.1})");
         assert!(err < 3e-5 * scale, "{key}: logits {err}");
-        let split_ids = [Decoding::Greedy, BEAM4].map(|d| caption_ids(&model, &reference, key, d));
+        let split_ids = [Decoding::Greedy, BEAM4].map(|d| reference.caption_ids(&model, key, d));
         assert_eq!(split_ids, whole_ids, "{key}: ids");
         // The wasm build's own kernels: the blocked one for every product (q8_0 blocks packed in
         // place), then the matrix-vector loop for every product (on the expanded weights);
@@ -164,7 +151,7 @@ fn split_quantized_model_matches_the_whole_one() {
                 println!("{what} vs whole logits {err:.1e}");
                 assert!(err < 3e-5 * scale, "{what}: logits {err}");
                 let ids =
-                    [Decoding::Greedy, BEAM4].map(|d| caption_ids(&model, &reference, key, d));
+                    [Decoding::Greedy, BEAM4].map(|d| reference.caption_ids(&model, key, d));
                 assert_eq!(ids, whole_ids, "{what}: ids");
             }
         }

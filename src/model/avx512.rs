@@ -13,8 +13,9 @@
 //! the 32 zmm registers and adds one broadcast x value times two weight vectors per input and row.
 //! Rows past the last are zero in the packed tiles and never stored; columns past the last are
 //! zero in the panel and masked off when stored.
+//!
+//! Compiled for x86_64 only (`model/mod.rs`).
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Output rows per microkernel tile (broadcast operands).
@@ -26,14 +27,7 @@ const KC: usize = 256;
 
 /// Whether this CPU runs the kernel (AVX-512 F).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::is_x86_feature_detected!("avx512f")
 }
 
 /// Adds x (m × k) · w[j_start..j_end]ᵀ to columns `j_start..j_end` of c (m × n, row-major), with w
@@ -42,7 +36,6 @@ pub fn available() -> bool {
 /// # Safety
 /// The CPU supports AVX-512 F; `c` points to m × n floats of which no other thread touches
 /// columns `j_start..j_end` during the call; x has m × k floats and w has at least j_end × k.
-#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn add_product(
     c: *mut f32,
@@ -125,7 +118,6 @@ fn pack_panel(panel: &mut [f32], w: &[f32], k: usize, k0: usize, kc: usize, j0: 
 /// # Safety
 /// AVX-512 F; `a` holds kc · MR floats and `panel` kc · NR; c's rows and columns as given are
 /// writable.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile(
     a: *const f32,
@@ -164,7 +156,6 @@ unsafe fn tile(
 }
 
 /// A mask of the first min(n, 16) lanes.
-#[cfg(target_arch = "x86_64")]
 fn lanes_below(n: usize) -> __mmask16 {
     if n >= 16 {
         0xffff
@@ -173,7 +164,7 @@ fn lanes_below(n: usize) -> __mmask16 {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

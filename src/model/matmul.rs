@@ -102,11 +102,18 @@ pub fn set_wide_min_rows(rows: Option<usize>) {
 
 /// Whether this process's f32 products of `rows` rows run on the AVX-512 kernel.
 pub fn wide(rows: usize) -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !cfg!(target_arch = "wasm32")
-        && !WIDE_OFF.load(Ordering::Relaxed)
-        && rows >= WIDE_MIN_ROWS.load(Ordering::Relaxed)
-        && *AVAILABLE.get_or_init(super::avx512::available)
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        !WIDE_OFF.load(Ordering::Relaxed)
+            && rows >= WIDE_MIN_ROWS.load(Ordering::Relaxed)
+            && *AVAILABLE.get_or_init(super::avx512::available)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = rows;
+        false
+    }
 }
 
 /// Turns the AVX-512 kernel off for the whole process (`GITCAP_NO_AVX512=1` in the CLI), for

@@ -1,5 +1,6 @@
 //! The GIT architecture: pure tensor code, no I/O, compiled for native targets and wasm32 alike.
 
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod config;
 pub mod elementwise;

@@ -83,6 +83,25 @@ impl Reference {
             .get(key)
             .unwrap_or_else(|| panic!("reference tensor {key} missing"))
     }
+
+    /// The ids `captioner` generates (at most 20 new tokens) for the case's recorded pixels.
+    pub fn caption_ids(
+        &self,
+        captioner: &gitcap::Captioner,
+        key: &str,
+        decoding: gitcap::Decoding,
+    ) -> Vec<u32> {
+        let prefix = captioner.encode_pixels(&self.pixels(key)).unwrap();
+        let opts = gitcap::captioner::CaptionOptions {
+            max_new_tokens: 20,
+            decoding,
+            prompt: None,
+        };
+        captioner
+            .caption_encoded(&prefix, &opts, &mut |_| true)
+            .unwrap()
+            .token_ids
+    }
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
