@@ -45,5 +45,5 @@ step "wasm tests in headless Chromium"
 CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
 
 step "end-to-end browser tests"
-npm ci --no-audit --no-fund --loglevel=error
+npm ci --omit=optional --no-audit --no-fund --loglevel=error # onnxruntime-web (139 MB) is only for bench/peer
 node --test tests/e2e/
