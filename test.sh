@@ -17,22 +17,23 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
-# The pages with the dev profile (build.sh --dev), and the threaded page only with --threads: on
-# CI's two cores the release builds of both pages alone took most of its 90 minutes, and the
-# threaded build (nightly, std rebuilt) costs as much again as the single-threaded one. The release
-# builds are build.sh's default; `./test.sh --threads` also builds and tests the threaded page.
-WITH_THREADS=0
+# The pages with the dev profile (build.sh --dev); the threaded page and the wasm unit tests
+# (tests/wasm.rs) only with --full. On CI's two cores the release builds of both pages alone took
+# most of its 90 minutes, the threaded build (nightly, std rebuilt) costs as much again as the
+# single-threaded one, and the end-to-end tests exercise the same bindings through the page. The
+# release builds are build.sh's default; `./test.sh --full` runs everything.
+FULL=0
 for arg in "$@"; do
   case "$arg" in
-    --threads) WITH_THREADS=1 ;;
-    *) echo "test.sh: unknown argument $arg (the only one is --threads)" >&2; exit 2 ;;
+    --full) FULL=1 ;;
+    *) echo "test.sh: unknown argument $arg (the only one is --full)" >&2; exit 2 ;;
   esac
 done
-if [ "$WITH_THREADS" = 1 ]; then
+if [ "$FULL" = 1 ]; then
   step "building the WebAssembly pages (dev profile, with the threaded page)"
   bash build.sh --wasm-only --dev
 else
-  step "building the WebAssembly page (dev profile; the threaded page needs ./test.sh --threads)"
+  step "building the WebAssembly page (dev profile; the threaded page needs ./test.sh --full)"
   rm -rf www/pkg-threads # a stale threaded page would be tested against a newer single-threaded one
   bash build.sh --wasm-only --dev --no-threads
   export GITCAP_E2E_NO_THREADS=1
@@ -41,9 +42,13 @@ fi
 step "native tests"
 cargo test --features native
 
-step "wasm tests in headless Chromium"
-CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
+if [ "$FULL" = 1 ]; then
+  step "wasm tests in headless Chromium"
+  CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
+fi
 
 step "end-to-end browser tests"
 npm ci --omit=optional --no-audit --no-fund --loglevel=error # onnxruntime-web (139 MB) is only for bench/peer
-node --test tests/e2e/
+# Two files at a time: each starts its own server and browser profile, and much of a test is
+# waiting (browser start, page load, the native CLI's reference caption).
+node --test --test-concurrency=2 tests/e2e/

@@ -88,6 +88,10 @@ export async function launch({ serviceWorkers = 'block' } = {}) {
     serviceWorkers,
     viewport: { width: 1100, height: 900 },
   });
+  // Waits are guards against hangs, not speed limits: test.sh runs two test files at once on CI's
+  // two cores against the dev-profile page, where loading and captioning take several times longer
+  // than with the release page.
+  context.setDefaultTimeout(180_000);
   return {
     context,
     dir,
@@ -118,7 +122,7 @@ export function pageUrl(server, query = {}) {
 }
 
 /** Waits until #caption is finished one way or another and returns its state. */
-export async function captionResult(page, { timeout = 60_000 } = {}) {
+export async function captionResult(page, { timeout = 180_000 } = {}) {
   await page.waitForSelector('#caption[data-done], #caption[data-error], #caption[data-cancelled]', { state: 'attached', timeout });
   return page.$eval('#caption', (c) => ({
     text: c.textContent,

@@ -19,10 +19,10 @@ let isolated;
 let plain;
 let ggufDir;
 
-// test.sh builds the threaded page only with --threads (CI's time limit); it says so here rather
+// test.sh builds the threaded page only with --full (CI's time limit); it says so here rather
 // than letting these tests fail on a page it chose not to build. Anywhere else a missing
 // www/pkg-threads is a failure.
-const skip = process.env.GITCAP_E2E_NO_THREADS === '1' && 'the threaded build was not built (./test.sh without --threads)';
+const skip = process.env.GITCAP_E2E_NO_THREADS === '1' && 'the threaded build was not built (./test.sh without --full)';
 
 before(async () => {
   if (skip) return;
