@@ -389,8 +389,8 @@ mod native {
         let content = read_content(&mut reader, len, &what)?;
         let files = model_files_from_content(&content, &what)?;
         // Tensors are read one at a time from the file, so it is never held in memory whole.
-        let tensors = QuantizedTensors::read(&content, &mut reader, device)
-            .map_err(|e| corrupt(&what, e))?;
+        let tensors =
+            QuantizedTensors::read(&content, &mut reader, device).map_err(|e| corrupt(&what, e))?;
         Captioner::new(&files, &Weights::quantized(tensors))
     }
 

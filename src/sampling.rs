@@ -124,12 +124,17 @@ mod tests {
         let row = logits(&[0.0, (3.0f32).ln()]); // probabilities 1/4, 3/4
         let draw = |seed| {
             let mut s = Sampler::new(seed, 1.0, None, None);
-            (0..4000).map(|_| s.sample(&row).unwrap()).collect::<Vec<_>>()
+            (0..4000)
+                .map(|_| s.sample(&row).unwrap())
+                .collect::<Vec<_>>()
         };
         let a = draw(3);
         assert_eq!(a, draw(3));
         assert_ne!(a, draw(4));
         let ones = a.iter().filter(|&&t| t == 1).count() as f64 / a.len() as f64;
-        assert!((ones - 0.75).abs() < 0.03, "token 1 drawn {ones} of the time");
+        assert!(
+            (ones - 0.75).abs() < 0.03,
+            "token 1 drawn {ones} of the time"
+        );
     }
 }

@@ -150,8 +150,7 @@ fn split_quantized_model_matches_the_whole_one() {
                 let err = max_abs_diff(&l_kernel, &l_whole);
                 println!("{what} vs whole logits {err:.1e}");
                 assert!(err < 3e-5 * scale, "{what}: logits {err}");
-                let ids =
-                    [Decoding::Greedy, BEAM4].map(|d| reference.caption_ids(&model, key, d));
+                let ids = [Decoding::Greedy, BEAM4].map(|d| reference.caption_ids(&model, key, d));
                 assert_eq!(ids, whole_ids, "{what}: ids");
             }
         }
