@@ -38,13 +38,11 @@ impl Sampler {
         let mut probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec1::<f32>()?;
         // A top-p of 1 keeps every token: plain sampling, as in candle's `TopP`.
         let top_p = self.top_p.filter(|&p| p < 1.0).map(|p| p as f32);
-        match (self.top_k, top_p) {
+        // A top-k of the whole vocabulary or more keeps every token.
+        let top_k = self.top_k.filter(|&k| k < probs.len());
+        match (top_k, top_p) {
             (None, None) => self.multinomial(&probs),
             (None, Some(p)) => self.nucleus(&mut probs, p),
-            (Some(k), p) if k >= probs.len() => match p {
-                None => self.multinomial(&probs),
-                Some(p) => self.nucleus(&mut probs, p),
-            },
             (Some(k), p) => {
                 let mut order: Vec<usize> = (0..probs.len()).collect();
                 let (best, _, _) =

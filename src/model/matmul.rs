@@ -92,7 +92,6 @@ pub fn takes(rows: usize) -> bool {
 /// single row is bound by memory, where candle's loop is no slower.
 const DEFAULT_WIDE_MIN_ROWS: usize = 2;
 static WIDE_MIN_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_WIDE_MIN_ROWS);
-static WIDE_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Overrides (or restores, with `None`) the row count from which f32 products take the AVX-512
 /// kernel where the CPU has it; `Some(usize::MAX)` turns it off, so that the tests run both paths.
@@ -105,8 +104,7 @@ pub fn wide(rows: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        !WIDE_OFF.load(Ordering::Relaxed)
-            && rows >= WIDE_MIN_ROWS.load(Ordering::Relaxed)
+        rows >= WIDE_MIN_ROWS.load(Ordering::Relaxed)
             && *AVAILABLE.get_or_init(super::avx512::available)
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -119,7 +117,7 @@ pub fn wide(rows: usize) -> bool {
 /// Turns the AVX-512 kernel off for the whole process (`GITCAP_NO_AVX512=1` in the CLI), for
 /// comparisons and for CPUs whose AVX-512 runs slower than AVX2.
 pub fn disable_wide() {
-    WIDE_OFF.store(true, Ordering::Relaxed);
+    set_wide_min_rows(Some(usize::MAX));
 }
 
 /// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k).
