@@ -10,6 +10,10 @@
 //! weights keep candle's int8 kernels for those rows, which beat an f32 loop over the blocks
 //! (4.4 vs 6.2 ms).
 //!
+//! q8_0 weights with 8 rows or more go to the integer kernel instead (`int8`: activations
+//! quantized per block, exact integer sums) wherever it has a fast form: both wasm builds, and
+//! natively CPUs with AVX-512 VNNI; `linear` hands them over.
+//!
 //! A linear layer's product goes through `linear`, which adds the bias and applies the activation
 //! to each block of output columns as it finishes it; in the threaded build those blocks are handed
 //! out over the threads, all writing into one output.
@@ -159,11 +163,16 @@ pub fn linear(
 ) -> Option<Result<Tensor>> {
     use candle_core::quantized::QMatMul;
     let (rows, k) = x.dims2().ok()?;
+    if x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() {
+        return None;
+    }
+    if let QMatMul::QTensor(q) = weight {
+        if q.dtype() == GgmlDType::Q8_0 && k % Q8_0_BLOCK == 0 && super::int8::takes(rows) {
+            return Some(super::int8::linear(x, q, epilogue, split));
+        }
+    }
     let f32_weight = matches!(weight, QMatMul::Tensor(w) if w.dtype() == candle_core::DType::F32);
-    if !(takes(rows) || (f32_weight && wide(rows)))
-        || x.dtype() != candle_core::DType::F32
-        || !x.device().is_cpu()
-    {
+    if !(takes(rows) || (f32_weight && wide(rows))) {
         return None;
     }
     match weight {
@@ -420,7 +429,7 @@ fn multiply_wide(x: &[f32], w: &DenseRows, m: usize, k: usize, epilogue: Epilogu
 /// An m × n output filled by `block(out, start, end)` over column ranges that cover 0..n once, each
 /// a whole number of `unit` columns (and at least `min_units` of them) but the last; shared out
 /// over the pool when `split` (`parallel::for_each_piece`).
-fn by_column_blocks(
+pub(super) fn by_column_blocks(
     m: usize,
     n: usize,
     unit: usize,
@@ -428,9 +437,22 @@ fn by_column_blocks(
     split: bool,
     block: impl Fn(SharedOut, usize, usize) + Sync,
 ) -> Vec<f32> {
+    let workers = if split { super::parallel::parts() } else { 1 };
+    by_column_blocks_over(workers, m, n, unit, min_units, block)
+}
+
+/// `by_column_blocks` shared out over `workers` threads of the pool.
+pub(super) fn by_column_blocks_over(
+    workers: usize,
+    m: usize,
+    n: usize,
+    unit: usize,
+    min_units: usize,
+    block: impl Fn(SharedOut, usize, usize) + Sync,
+) -> Vec<f32> {
     let mut c = vec![0f32; m * n];
     let out = SharedOut(c.as_mut_ptr());
-    super::parallel::for_each_piece(n, unit, min_units, split, |start, len| {
+    super::parallel::for_each_piece_over(workers, n, unit, min_units, |start, len| {
         block(out, start, start + len)
     });
     // Every block has returned: c is this thread's alone again.
@@ -448,7 +470,7 @@ struct Product<'a> {
 
 /// A product's output shared by the threads that fill disjoint column blocks of it.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(*mut f32);
 
 // SAFETY: every thread writes only its own columns (see `by_column_blocks`).
 unsafe impl Send for SharedOut {}
@@ -460,7 +482,13 @@ impl SharedOut {
     /// # Safety
     /// They lie inside the output and no other thread touches them while the slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, i: usize, n: usize, j_start: usize, j_end: usize) -> &mut [f32] {
+    pub(super) unsafe fn row(
+        &self,
+        i: usize,
+        n: usize,
+        j_start: usize,
+        j_end: usize,
+    ) -> &mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(i * n + j_start), j_end - j_start) }
     }
 

@@ -5,6 +5,7 @@ mod avx512;
 pub mod config;
 pub mod elementwise;
 pub mod git;
+pub mod int8;
 pub mod matmul;
 pub mod nn;
 pub mod parallel;

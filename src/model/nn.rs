@@ -11,7 +11,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Shape, Storage, Tensor};
 
 use super::config::Activation;
-use super::{matmul, parallel};
+use super::{int8, matmul, parallel};
 use crate::{Error, Result};
 
 #[derive(Clone)]
@@ -334,7 +334,7 @@ impl Linear {
     /// take this product (a type other than f32 and q8_0, q8_0 for few rows).
     fn kernel_forward(&self, flat: &Tensor, act: Option<Activation>) -> Option<Result<Tensor>> {
         let (rows, in_dim) = flat.dims2().ok()?;
-        if !(matmul::takes(rows) || matmul::wide(rows)) {
+        if !(matmul::takes(rows) || matmul::wide(rows) || int8::takes(rows)) {
             return None;
         }
         // The bias is read where it is stored, not copied on every call (this runs per token).

@@ -86,9 +86,18 @@ pub fn split(total: usize, rows: usize, macs: usize, align: usize) -> Option<Vec
 /// `total` cut into about `PIECES_PER_THREAD` ranges (start, len) per thread, each starting at a
 /// multiple of `align` and at least `min_units` × `align` long but the last.
 fn pieces(total: usize, align: usize, min_units: usize) -> Vec<(usize, usize)> {
+    pieces_over(parts(), total, align, min_units)
+}
+
+fn pieces_over(
+    workers: usize,
+    total: usize,
+    align: usize,
+    min_units: usize,
+) -> Vec<(usize, usize)> {
     let align = align.max(1);
     let units = total.div_ceil(align);
-    let pieces = (parts() * PIECES_PER_THREAD)
+    let pieces = (workers * PIECES_PER_THREAD)
         .min(units / min_units.max(1))
         .max(1);
     ranges(units, pieces)
@@ -107,13 +116,22 @@ pub fn for_each_piece<F>(total: usize, align: usize, min_units: usize, split: bo
 where
     F: Fn(usize, usize) + Sync,
 {
-    let pieces = if split && parts() > 1 {
-        pieces(total, align, min_units)
+    for_each_piece_over(if split { parts() } else { 1 }, total, align, min_units, f)
+}
+
+/// `for_each_piece` over `workers` threads of the pool: natively, where candle threads its own
+/// kernels and the model runs whole, the integer kernel shares its products out this way.
+pub fn for_each_piece_over<F>(workers: usize, total: usize, align: usize, min_units: usize, f: F)
+where
+    F: Fn(usize, usize) + Sync,
+{
+    let pieces = if workers > 1 {
+        pieces_over(workers, total, align, min_units)
     } else {
         Vec::new()
     };
     if pieces.len() > 1 {
-        for_each_dynamic(pieces.len(), |i| f(pieces[i].0, pieces[i].1));
+        for_each_dynamic(workers, pieces.len(), |i| f(pieces[i].0, pieces[i].1));
     } else {
         f(0, total);
     }
@@ -165,10 +183,10 @@ where
     (0..n).into_par_iter().map(f).collect()
 }
 
-/// `f(i)` for every i in 0..n, shared out over the pool: each of `parts()` workers (the calling
+/// `f(i)` for every i in 0..n, shared out over the pool: each of the `workers` (the calling
 /// thread among them) takes the next i until none is left, so a thread that is slowed down simply
 /// takes fewer. A worker that starts after the others have taken everything does nothing.
-fn for_each_dynamic<F>(n: usize, f: F)
+fn for_each_dynamic<F>(workers: usize, n: usize, f: F)
 where
     F: Fn(usize) + Sync,
 {
@@ -182,7 +200,7 @@ where
         f(i);
     };
     rayon::scope(|s| {
-        for _ in 1..parts().min(n) {
+        for _ in 1..workers.min(n) {
             s.spawn(|_| work());
         }
         work();
@@ -294,7 +312,7 @@ mod tests {
         let _parts = PARTS_LOCK.lock();
         set_parts(3);
         let seen: Vec<AtomicU32> = (0..37).map(|_| AtomicU32::new(0)).collect();
-        for_each_dynamic(seen.len(), |i| {
+        for_each_dynamic(parts(), seen.len(), |i| {
             seen[i].fetch_add(1, Ordering::Relaxed);
         });
         set_parts(1);

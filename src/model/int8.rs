@@ -1,0 +1,1054 @@
+//! x · Wᵀ for q8_0 weights in integers: the activations are quantized on the fly, per row and
+//! block of 32 inputs like GGML's q8_0 (scale = amax / levels, q = round(x / scale)), and every
+//! block's 32 products are summed exactly in i32 before one float step scales them:
+//! `acc += (sw · sx) · Σ qw · qx`. The image encoder is almost all such products.
+//!
+//! The integer sums are exact, and the float steps are the same operations in the same order in
+//! every lane form, so every form gives the same bits (the tests check the AVX-512 form against
+//! the portable one natively; the wasm tests check the SIMD forms against candle in Chromium):
+//!
+//! - portable: plain i32 arithmetic; what native tests check everywhere.
+//! - wasm SIMD128: weights widened to i16 in the panel, `i32x4.dot_i16x8_s` of one broadcast pair
+//!   of x values with four columns × two inputs.
+//! - wasm relaxed SIMD: `i32x4.relaxed_dot_i8x16_i7x16_add_s` of four columns × four inputs with a
+//!   broadcast four x values. The instruction is deterministic only while its second operand's
+//!   top bit is clear, so x is quantized to −63..=63 and offset by 64 into 1..=127; each block's
+//!   sum starts from −64 · Σw (computed at packing), which removes the offset exactly.
+//! - x86-64 AVX-512 VNNI (`vpdpbusd`, u8 × i8): x offset by 128 into u8, sums starting from
+//!   −128 · Σw. Chosen at run time when the CPU has it; natively q8_0 products otherwise stay with
+//!   candle's kernels.
+//!
+//! Layout as in `matmul`: for each `KC` inputs (the same `KC`, so that the float sums are cut in
+//! the same places in every form) and each panel of a form's `NW` columns, the weight's blocks are
+//! packed into the form's integer layout with one f32 scale and one starting sum per block and
+//! column, then every few rows of x accumulate a tile of the output.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use candle_core::quantized::QTensor;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use super::matmul::{by_column_blocks_over, Epilogue, SharedOut};
+use crate::Result;
+
+/// Inputs per q8_0 block, for the weight and the quantized activations alike.
+pub const BLOCK: usize = 32;
+const Q8_0_BYTES: usize = 2 + BLOCK;
+/// Inputs per packed panel: as `matmul`'s kernel.
+const KC: usize = 512;
+/// Column blocks handed to a thread hold at least this many panels: x's quantized rows are read
+/// once per panel.
+const MIN_BLOCK_PANELS: usize = 2;
+
+/// The lane forms of the integer kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Portable,
+    Simd128,
+    RelaxedSimd,
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The fastest form this build and CPU can run.
+    pub fn best() -> Kernel {
+        if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) {
+            return Kernel::RelaxedSimd;
+        }
+        if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
+            return Kernel::Simd128;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_vnni() {
+            return Kernel::Avx512Vnni;
+        }
+        Kernel::Portable
+    }
+
+    /// Whether this form beats the other ways of multiplying q8_0 here: natively the portable
+    /// form does not beat candle's AVX2 int8 kernels, so it runs only when the tests ask.
+    fn fast(self) -> bool {
+        self != Kernel::Portable
+    }
+
+    /// The largest |q| of the quantized activations this form takes.
+    pub fn max_levels(self) -> i32 {
+        match self {
+            Kernel::RelaxedSimd => 63,
+            _ => 127,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable int8",
+            Kernel::Simd128 => "wasm SIMD128 i16 dot",
+            Kernel::RelaxedSimd => "wasm relaxed SIMD int8 dot",
+            Kernel::Avx512Vnni => "AVX-512 VNNI",
+        }
+    }
+}
+
+/// 0: the best form; 1: the portable one (for the tests).
+static FORCE_PORTABLE: AtomicU8 = AtomicU8::new(0);
+
+/// Makes the products run the portable form (`true`) or the best one (`false`), so that the
+/// tests can compare them.
+pub fn set_portable(portable: bool) {
+    FORCE_PORTABLE.store(portable as u8, Ordering::Relaxed);
+}
+
+/// The form products run now.
+pub fn kernel() -> Kernel {
+    if FORCE_PORTABLE.load(Ordering::Relaxed) == 1 {
+        Kernel::Portable
+    } else {
+        Kernel::best()
+    }
+}
+
+/// How the activations are quantized: the levels (|q| ≤ levels; capped by the form) and whether
+/// one scale serves a whole row instead of each block of 32 (for the accuracy measurements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activations {
+    pub levels: i32,
+    pub per_row: bool,
+}
+
+impl Default for Activations {
+    fn default() -> Self {
+        Activations {
+            levels: 127,
+            per_row: false,
+        }
+    }
+}
+
+static LEVELS: AtomicU8 = AtomicU8::new(127);
+static PER_ROW: AtomicU8 = AtomicU8::new(0);
+
+/// Overrides (or restores, with `None`) how the activations are quantized.
+pub fn set_activations(a: Option<Activations>) {
+    let a = a.unwrap_or_default();
+    LEVELS.store(a.levels.clamp(1, 127) as u8, Ordering::Relaxed);
+    PER_ROW.store(a.per_row as u8, Ordering::Relaxed);
+}
+
+/// How the activations of the form `kernel` are quantized now.
+fn activations(kernel: Kernel) -> Activations {
+    Activations {
+        levels: i32::from(LEVELS.load(Ordering::Relaxed)).min(kernel.max_levels()),
+        per_row: PER_ROW.load(Ordering::Relaxed) == 1,
+    }
+}
+
+/// Products of at least this many rows (the encoder, a prompt) go through the integer kernel where
+/// its form is fast; decoding's single rows keep candle's int8 matrix-vector kernels.
+const DEFAULT_MIN_ROWS: usize = 8;
+/// 0: the default (`DEFAULT_MIN_ROWS` where the form is fast, else never).
+static MIN_ROWS: AtomicUsize = AtomicUsize::new(0);
+
+/// Overrides (or restores, with `None`) the row count from which q8_0 products take the integer
+/// kernel in whatever form `kernel()` is, so that the tests can run it anywhere (and a huge value
+/// turns it off, for comparisons).
+pub fn set_min_rows(rows: Option<usize>) {
+    MIN_ROWS.store(rows.map_or(0, |r| r.max(1)), Ordering::Relaxed);
+}
+
+/// Whether a q8_0 product of `rows` rows goes to the integer kernel.
+pub fn takes(rows: usize) -> bool {
+    match MIN_ROWS.load(Ordering::Relaxed) {
+        0 => kernel().fast() && rows >= DEFAULT_MIN_ROWS,
+        min => rows >= min,
+    }
+}
+
+static PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many products the integer kernel has computed (lets the tests check that it ran).
+pub fn products() -> usize {
+    PRODUCTS.load(Ordering::Relaxed)
+}
+
+/// x (m × k, row-major) quantized per row and block: `words` holds each row's values packed four
+/// bytes (or two i16) to a word in the form's encoding, `scales` one f32 per row and block.
+struct QuantizedX {
+    words: Vec<u32>,
+    words_per_row: usize,
+    scales: Vec<f32>,
+}
+
+/// Round half to even by adding and removing 1.5 · 2²³ (exact for |a| < 2²²): no libm call, so
+/// the quantizing loop vectorises in every build.
+#[inline(always)]
+fn round_even(a: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (a + MAGIC) - MAGIC
+}
+
+fn quantize_x(x: &[f32], m: usize, k: usize, kernel: Kernel, a: Activations) -> QuantizedX {
+    let blocks = k / BLOCK;
+    let levels = a.levels as f32;
+    let mut q = vec![0i8; m * k];
+    let mut scales = vec![0f32; m * blocks];
+    for (i, (row, qrow)) in x.chunks_exact(k).zip(q.chunks_exact_mut(k)).enumerate() {
+        let amax_of = |v: &[f32]| v.iter().fold(0f32, |m, &x| m.max(x.abs()));
+        let row_amax = if a.per_row { amax_of(row) } else { 0.0 };
+        for (b, (xs, qs)) in row
+            .chunks_exact(BLOCK)
+            .zip(qrow.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let amax = if a.per_row { row_amax } else { amax_of(xs) };
+            let (scale, inverse) = if amax > 0.0 {
+                (amax / levels, levels / amax)
+            } else {
+                (0.0, 0.0)
+            };
+            scales[i * blocks + b] = scale;
+            for (q, &x) in qs.iter_mut().zip(xs) {
+                *q = round_even(x * inverse) as i8;
+            }
+        }
+    }
+    let words: Vec<u32> = match kernel {
+        Kernel::Simd128 => q
+            .chunks_exact(2)
+            .map(|p| u32::from(p[0] as i16 as u16) | u32::from(p[1] as i16 as u16) << 16)
+            .collect(),
+        _ => {
+            let offset = offset(kernel) as i8;
+            q.chunks_exact(4)
+                .map(|p| {
+                    u32::from_le_bytes(std::array::from_fn(|l| p[l].wrapping_add(offset) as u8))
+                })
+                .collect()
+        }
+    };
+    QuantizedX {
+        words_per_row: words.len() / m.max(1),
+        words,
+        scales,
+    }
+}
+
+/// What the form adds to each quantized x value to make it an operand its instruction takes.
+fn offset(kernel: Kernel) -> i32 {
+    match kernel {
+        Kernel::RelaxedSimd => 64,
+        Kernel::Avx512Vnni => 128,
+        Kernel::Portable | Kernel::Simd128 => 0,
+    }
+}
+
+/// A q8_0 weight (n rows of k / 32 blocks: an f16 scale and 32 signed bytes).
+#[derive(Clone, Copy)]
+pub struct Q8_0Weight<'a> {
+    pub blocks: &'a [u8],
+    pub k: usize,
+}
+
+impl Q8_0Weight<'_> {
+    pub fn rows(&self) -> usize {
+        self.blocks.len() / self.row_bytes()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.k / BLOCK * Q8_0_BYTES
+    }
+}
+
+/// One panel of `nw_max` columns × `kc` inputs: integer values in the form's layout (`E`: i8 or
+/// i16), and per block and column the weight's scale and the sum each block's accumulation starts
+/// from (−offset · Σw).
+struct Panel<E> {
+    values: Vec<E>,
+    scales: Vec<f32>,
+    starts: Vec<i32>,
+}
+
+impl<E: Copy + Default + From<i8>> Panel<E> {
+    fn new(nw_max: usize) -> Self {
+        Panel {
+            values: vec![E::default(); KC * nw_max],
+            scales: vec![0.0; KC / BLOCK * nw_max],
+            starts: vec![0; KC / BLOCK * nw_max],
+        }
+    }
+
+    /// Packs columns j0..j0 + nw (zero past them, up to `nw_max`), inputs k0..k0 + kc, of w;
+    /// inputs go `per` to a group (4 for the byte layouts, 2 for i16): value (p, b) lies at
+    /// (p / per · nw_max + b) · per + p % per.
+    #[allow(clippy::too_many_arguments)]
+    fn pack(
+        &mut self,
+        w: &Q8_0Weight,
+        k0: usize,
+        kc: usize,
+        j0: usize,
+        nw: usize,
+        nw_max: usize,
+        per: usize,
+        offset: i32,
+    ) {
+        if nw < nw_max {
+            self.values.fill(E::default());
+            self.scales.fill(0.0);
+            self.starts.fill(0);
+        }
+        let row_bytes = w.row_bytes();
+        for b in 0..nw {
+            let row = &w.blocks[(j0 + b) * row_bytes..][..row_bytes];
+            for (bi, block) in row[k0 / BLOCK * Q8_0_BYTES..][..kc / BLOCK * Q8_0_BYTES]
+                .chunks_exact(Q8_0_BYTES)
+                .enumerate()
+            {
+                self.scales[bi * nw_max + b] =
+                    half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                let mut sum = 0i32;
+                for (q, &byte) in block[2..].iter().enumerate() {
+                    let p = bi * BLOCK + q;
+                    self.values[(p / per * nw_max + b) * per + p % per] = E::from(byte as i8);
+                    sum += i32::from(byte as i8);
+                }
+                self.starts[bi * nw_max + b] = -offset * sum;
+            }
+        }
+    }
+}
+
+/// One float step of the kernel, the same in every form: a block's exact integer sum, scaled by
+/// the weight's and the activation's scales, added to the running sum.
+#[inline(always)]
+fn step(acc: f32, sw: f32, sx: f32, sum: i32) -> f32 {
+    acc + (sw * sx) * sum as f32
+}
+
+/// Natively (where the model runs whole and candle threads its own kernels) products of at least
+/// this many multiply-adds are shared out over the rayon pool.
+const NATIVE_MIN_SPLIT_MACS: usize = 1 << 21;
+
+/// `activation(x · wᵀ + bias)` for a q8_0 weight through the integer kernel (`matmul::linear`
+/// sends it here when `takes`); `split` as there (the threaded wasm build's decision).
+pub fn linear(x: &Tensor, q: &QTensor, epilogue: Epilogue<'_>, split: bool) -> Result<Tensor> {
+    let (_, k) = x.dims2()?;
+    let data = q.data()?;
+    let w = Q8_0Weight { blocks: &data, k };
+    if q.shape().dims() != [w.rows(), k] {
+        return Err(crate::Error::invalid(format!(
+            "int8 linear: weight {:?} does not take {k} inputs",
+            q.shape()
+        )));
+    }
+    Ok(x.contiguous()?
+        .apply_op1_no_bwd(&LinearOp { w, epilogue, split })?)
+}
+
+struct LinearOp<'a> {
+    w: Q8_0Weight<'a>,
+    epilogue: Epilogue<'a>,
+    split: bool,
+}
+
+impl CustomOp1 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "gitcap-int8-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (&[m, k], CpuStorage::F32(xd), Some((x0, x1))) =
+            (layout.dims(), xs, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("int8 linear takes a contiguous f32 matrix")
+        };
+        let n = self.w.rows();
+        if k != self.w.k || k % BLOCK != 0 {
+            candle_core::bail!("int8 linear: x has {k} columns, w has {}", self.w.k)
+        }
+        if self.epilogue.bias.is_some_and(|b| b.len() != n) {
+            candle_core::bail!("int8 linear: bias does not match the {n} columns")
+        }
+        let out = multiply(&xd[x0..x1], &self.w, m, self.epilogue, self.split);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// c (m × n) = epilogue(x (m × k) · wᵀ) through the integer kernel in form `kernel()`, for a
+/// q8_0 weight (k a multiple of 32); when `split`, its column blocks are shared out over the
+/// threads like `matmul`'s kernel's.
+pub fn multiply(
+    x: &[f32],
+    w: &Q8_0Weight,
+    m: usize,
+    epilogue: Epilogue<'_>,
+    split: bool,
+) -> Vec<f32> {
+    PRODUCTS.fetch_add(1, Ordering::Relaxed);
+    let workers = if cfg!(target_arch = "wasm32") {
+        if split {
+            super::parallel::parts()
+        } else {
+            1
+        }
+    } else if m * w.k * w.rows() >= NATIVE_MIN_SPLIT_MACS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let kernel = kernel();
+    multiply_with(x, w, m, kernel, activations(kernel), epilogue, workers)
+}
+
+/// `multiply` in form `kernel`, activations quantized as `a`, over `workers` threads.
+fn multiply_with(
+    x: &[f32],
+    w: &Q8_0Weight,
+    m: usize,
+    kernel: Kernel,
+    a: Activations,
+    epilogue: Epilogue<'_>,
+    workers: usize,
+) -> Vec<f32> {
+    let k = w.k;
+    assert!(k % BLOCK == 0 && x.len() == m * k);
+    assert!(a.levels >= 1 && a.levels <= kernel.max_levels());
+    let xq = quantize_x(x, m, k, kernel, a);
+    let n = w.rows();
+    let nw = match kernel {
+        Kernel::Portable => portable::NW,
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Kernel::Simd128 | Kernel::RelaxedSimd => wasm::NW,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => x86::NW,
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("{kernel:?} is not built here"),
+    };
+    let block = |out: SharedOut, j_start: usize, j_end: usize| {
+        // SAFETY: by_column_blocks_over hands each column range to one call only.
+        unsafe { multiply_block(out, &xq, w, m, n, kernel, j_start, j_end, epilogue) }
+    };
+    by_column_blocks_over(workers, m, n, nw, MIN_BLOCK_PANELS, block)
+}
+
+/// Columns j_start..j_end of c (m × n): the bias, then every `KC` inputs' contribution, then the
+/// activation.
+///
+/// # Safety
+/// `out` points to m × n floats of which no other thread touches columns `j_start..j_end` during
+/// the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_block(
+    out: SharedOut,
+    xq: &QuantizedX,
+    w: &Q8_0Weight,
+    m: usize,
+    n: usize,
+    kernel: Kernel,
+    j_start: usize,
+    j_end: usize,
+    epilogue: Epilogue<'_>,
+) {
+    // SAFETY: row i's columns j_start..j_end lie inside the m × n output and are this call's.
+    let row = |i: usize| unsafe { out.row(i, n, j_start, j_end) };
+    if let Some(bias) = epilogue.bias {
+        for i in 0..m {
+            row(i).copy_from_slice(&bias[j_start..j_end]);
+        }
+    }
+    let tiles = Tiles {
+        c: out,
+        xq,
+        m,
+        n,
+        k: w.k,
+    };
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match kernel {
+            Kernel::Portable => portable::block(&tiles, w, j_start, j_end),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Kernel::Simd128 => wasm::block_i16(&tiles, w, j_start, j_end),
+            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            Kernel::RelaxedSimd => wasm::block_relaxed(&tiles, w, j_start, j_end),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::block(&tiles, w, j_start, j_end),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!(),
+        }
+    }
+    if let Some(activation) = epilogue.activation {
+        for i in 0..m {
+            activation(row(i));
+        }
+    }
+}
+
+/// What every form's tiles read and write.
+struct Tiles<'a> {
+    c: SharedOut,
+    xq: &'a QuantizedX,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+impl Tiles<'_> {
+    /// Row i's words for inputs k0.. (`per` inputs to a word).
+    fn x_words(&self, i: usize, k0: usize, per: usize) -> &[u32] {
+        &self.xq.words[i * self.xq.words_per_row + k0 / per..(i + 1) * self.xq.words_per_row]
+    }
+
+    /// Row i's activation scales for blocks from input k0 on.
+    fn x_scales(&self, i: usize, k0: usize) -> &[f32] {
+        let blocks = self.k / BLOCK;
+        &self.xq.scales[i * blocks + k0 / BLOCK..(i + 1) * blocks]
+    }
+
+    /// Adds `sums` (one value per column j0..j0 + sums.len()) to row i of c.
+    ///
+    /// # Safety
+    /// Those columns of row i are the caller's alone.
+    unsafe fn add_to_row(&self, i: usize, j0: usize, sums: &[f32]) {
+        // SAFETY: the caller's contract.
+        let out = unsafe { self.c.row(i, self.n, j0, j0 + sums.len()) };
+        for (o, s) in out.iter_mut().zip(sums) {
+            *o += s;
+        }
+    }
+}
+
+/// Plain i32 arithmetic over the byte layout; the reference every other form must equal.
+mod portable {
+    use super::*;
+
+    pub const NW: usize = 16;
+
+    /// # Safety
+    /// As `multiply_block`.
+    pub unsafe fn block(t: &Tiles, w: &Q8_0Weight, j_start: usize, j_end: usize) {
+        let mut panel = Panel::<i8>::new(NW);
+        for k0 in (0..t.k).step_by(KC) {
+            let kc = KC.min(t.k - k0);
+            for j0 in (j_start..j_end).step_by(NW) {
+                let nw = NW.min(j_end - j0);
+                panel.pack(w, k0, kc, j0, nw, NW, 4, 0);
+                for i in 0..t.m {
+                    let words = t.x_words(i, k0, 4);
+                    let sx = t.x_scales(i, k0);
+                    let mut acc = [0f32; NW];
+                    for bi in 0..kc / BLOCK {
+                        for (b, acc) in acc.iter_mut().enumerate() {
+                            let mut sum = panel.starts[bi * NW + b];
+                            for g in 0..BLOCK / 4 {
+                                let word = words[bi * BLOCK / 4 + g].to_le_bytes();
+                                let ws = &panel.values[((bi * BLOCK / 4 + g) * NW + b) * 4..][..4];
+                                for l in 0..4 {
+                                    sum += i32::from(word[l] as i8) * i32::from(ws[l]);
+                                }
+                            }
+                            *acc = step(*acc, panel.scales[bi * NW + b], sx[bi], sum);
+                        }
+                    }
+                    // SAFETY: row i, columns j0..j0 + nw: this call's.
+                    unsafe { t.add_to_row(i, j0, &acc[..nw]) };
+                }
+            }
+        }
+    }
+}
+
+/// x86-64 with AVX-512 VNNI: `vpdpbusd` sums four u8 × i8 products into each of 16 i32 lanes (16
+/// columns); a tile of `MR` rows × 32 columns keeps 8 integer and 8 float accumulators.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    const NV: usize = 2;
+    pub const NW: usize = 16 * NV;
+    const MR: usize = 4;
+
+    pub fn has_vnni() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// # Safety
+    /// As `multiply_block`, and the CPU has AVX-512 F, BW and VNNI (`has_vnni`).
+    pub unsafe fn block(t: &Tiles, w: &Q8_0Weight, j_start: usize, j_end: usize) {
+        let mut panel = Panel::<i8>::new(NW);
+        for k0 in (0..t.k).step_by(KC) {
+            let kc = KC.min(t.k - k0);
+            for j0 in (j_start..j_end).step_by(NW) {
+                let nw = NW.min(j_end - j0);
+                panel.pack(w, k0, kc, j0, nw, NW, 4, 128);
+                let mut i = 0;
+                while i + MR <= t.m {
+                    // SAFETY: the caller's contract; rows i..i + MR.
+                    unsafe { tile::<MR>(t, &panel, i, j0, nw, k0, kc) };
+                    i += MR;
+                }
+                while i < t.m {
+                    // SAFETY: as above, one row.
+                    unsafe { tile::<1>(t, &panel, i, j0, nw, k0, kc) };
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const R: usize>(
+        t: &Tiles,
+        panel: &Panel<i8>,
+        i: usize,
+        j0: usize,
+        nw: usize,
+        k0: usize,
+        kc: usize,
+    ) {
+        let words: [&[u32]; R] = std::array::from_fn(|a| &t.x_words(i + a, k0, 4)[..kc / 4]);
+        let sx: [&[f32]; R] = std::array::from_fn(|a| &t.x_scales(i + a, k0)[..kc / BLOCK]);
+        let values = &panel.values[..kc * NW];
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        let vp = values.as_ptr();
+        // No closures here: they would not inherit the target features.
+        for bi in 0..kc / BLOCK {
+            // SAFETY: bi < kc / BLOCK, so every read below lies in the panel's first kc inputs
+            // and the rows' first kc / 4 words, both checked by the slicings above.
+            unsafe {
+                let mut starts = [_mm512_setzero_si512(); NV];
+                let mut sw = [_mm512_setzero_ps(); NV];
+                for v in 0..NV {
+                    let at = bi * NW + 16 * v;
+                    starts[v] = _mm512_loadu_si512(panel.starts.as_ptr().add(at) as *const _);
+                    sw[v] = _mm512_loadu_ps(panel.scales.as_ptr().add(at));
+                }
+                let mut sums = [starts; R];
+                for g in 0..BLOCK / 4 {
+                    let q = bi * BLOCK / 4 + g;
+                    let mut ws = [_mm512_setzero_si512(); NV];
+                    for (v, ws) in ws.iter_mut().enumerate() {
+                        *ws = _mm512_loadu_si512(vp.add((q * NW + 16 * v) * 4) as *const _);
+                    }
+                    for a in 0..R {
+                        let xs = _mm512_set1_epi32(*words[a].get_unchecked(q) as i32);
+                        for v in 0..NV {
+                            sums[a][v] = _mm512_dpbusd_epi32(sums[a][v], xs, ws[v]);
+                        }
+                    }
+                }
+                for a in 0..R {
+                    let sx = _mm512_set1_ps(*sx[a].get_unchecked(bi));
+                    for v in 0..NV {
+                        // step(): acc + (sw · sx) · sum, unfused as in every form.
+                        let scale = _mm512_mul_ps(sw[v], sx);
+                        let term = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(sums[a][v]));
+                        acc[a][v] = _mm512_add_ps(acc[a][v], term);
+                    }
+                }
+            }
+        }
+        for (a, acc) in acc.iter().enumerate() {
+            let mut out = [0f32; NW];
+            for (v, &lanes) in acc.iter().enumerate() {
+                // SAFETY: 16 · v + 15 < NW.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * v), lanes) };
+            }
+            // SAFETY: the caller's contract.
+            unsafe { t.add_to_row(i + a, j0, &out[..nw]) };
+        }
+    }
+}
+
+/// The browser's forms: `MR` rows × `NV` four-column vectors per tile.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use super::*;
+    use core::arch::wasm32::*;
+
+    const NV: usize = 3;
+    pub const NW: usize = 4 * NV;
+    const MR: usize = 3;
+
+    /// SIMD128: weights as i16 pairs, `i32x4.dot_i16x8_s` with a broadcast pair of x.
+    ///
+    /// # Safety
+    /// As `multiply_block`.
+    pub unsafe fn block_i16(t: &Tiles, w: &Q8_0Weight, j_start: usize, j_end: usize) {
+        let mut panel = Panel::<i16>::new(NW);
+        for k0 in (0..t.k).step_by(KC) {
+            let kc = KC.min(t.k - k0);
+            for j0 in (j_start..j_end).step_by(NW) {
+                let nw = NW.min(j_end - j0);
+                panel.pack(w, k0, kc, j0, nw, NW, 2, 0);
+                let mut i = 0;
+                while i + MR <= t.m {
+                    // SAFETY: the caller's contract; rows i..i + MR.
+                    unsafe { tile_i16::<MR>(t, &panel, i, j0, nw, k0, kc) };
+                    i += MR;
+                }
+                while i < t.m {
+                    // SAFETY: as above, one row.
+                    unsafe { tile_i16::<1>(t, &panel, i, j0, nw, k0, kc) };
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile_i16<const R: usize>(
+        t: &Tiles,
+        panel: &Panel<i16>,
+        i: usize,
+        j0: usize,
+        nw: usize,
+        k0: usize,
+        kc: usize,
+    ) {
+        let words: [&[u32]; R] = std::array::from_fn(|a| &t.x_words(i + a, k0, 2)[..kc / 2]);
+        let sx: [&[f32]; R] = std::array::from_fn(|a| &t.x_scales(i + a, k0)[..kc / BLOCK]);
+        let vp = panel.values[..kc * NW].as_ptr();
+        let mut acc = [[f32x4_splat(0.0); NV]; R];
+        for bi in 0..kc / BLOCK {
+            // SAFETY: bi < kc / BLOCK: every read lies within the slices checked above.
+            unsafe {
+                let starts: [v128; NV] = std::array::from_fn(|v| {
+                    v128_load(panel.starts.as_ptr().add(bi * NW + 4 * v) as *const v128)
+                });
+                let mut sums = [starts; R];
+                for g in 0..BLOCK / 2 {
+                    let q = bi * BLOCK / 2 + g;
+                    let ws: [v128; NV] = std::array::from_fn(|v| {
+                        v128_load(vp.add((q * NW + 4 * v) * 2) as *const v128)
+                    });
+                    for a in 0..R {
+                        let xs = u32x4_splat(*words[a].get_unchecked(q));
+                        for v in 0..NV {
+                            sums[a][v] = i32x4_add(sums[a][v], i32x4_dot_i16x8(xs, ws[v]));
+                        }
+                    }
+                }
+                finish_block(&mut acc, &sums, panel, &sx, bi);
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe { store(t, &acc, i, j0, nw) };
+    }
+
+    /// step() for one block of every accumulator.
+    ///
+    /// # Safety
+    /// bi indexes a packed block of the panel and of every row's scales.
+    #[inline(always)]
+    unsafe fn finish_block<E, const R: usize>(
+        acc: &mut [[v128; NV]; R],
+        sums: &[[v128; NV]; R],
+        panel: &Panel<E>,
+        sx: &[&[f32]; R],
+        bi: usize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let sw: [v128; NV] = std::array::from_fn(|v| {
+                v128_load(panel.scales.as_ptr().add(bi * NW + 4 * v) as *const v128)
+            });
+            for a in 0..R {
+                let sx = f32x4_splat(*sx[a].get_unchecked(bi));
+                for v in 0..NV {
+                    let scale = f32x4_mul(sw[v], sx);
+                    let term = f32x4_mul(scale, f32x4_convert_i32x4(sums[a][v]));
+                    acc[a][v] = f32x4_add(acc[a][v], term);
+                }
+            }
+        }
+    }
+
+    /// Adds the tile's sums to c.
+    ///
+    /// # Safety
+    /// As the tiles'.
+    #[inline(always)]
+    unsafe fn store<const R: usize>(
+        t: &Tiles,
+        acc: &[[v128; NV]; R],
+        i: usize,
+        j0: usize,
+        nw: usize,
+    ) {
+        for (a, acc) in acc.iter().enumerate() {
+            let mut out = [0f32; NW];
+            for (v, &lanes) in acc.iter().enumerate() {
+                // SAFETY: 4 · v + 3 < NW.
+                unsafe { v128_store(out.as_mut_ptr().add(4 * v) as *mut v128, lanes) };
+            }
+            // SAFETY: the caller's contract.
+            unsafe { t.add_to_row(i + a, j0, &out[..nw]) };
+        }
+    }
+
+    /// Relaxed SIMD: weights as bytes, `i32x4.relaxed_dot_i8x16_i7x16_add_s` with four broadcast
+    /// x values offset into 1..=127.
+    ///
+    /// # Safety
+    /// As `multiply_block`.
+    #[cfg(target_feature = "relaxed-simd")]
+    pub unsafe fn block_relaxed(t: &Tiles, w: &Q8_0Weight, j_start: usize, j_end: usize) {
+        let mut panel = Panel::<i8>::new(NW);
+        for k0 in (0..t.k).step_by(KC) {
+            let kc = KC.min(t.k - k0);
+            for j0 in (j_start..j_end).step_by(NW) {
+                let nw = NW.min(j_end - j0);
+                panel.pack(w, k0, kc, j0, nw, NW, 4, 64);
+                let mut i = 0;
+                while i + MR <= t.m {
+                    // SAFETY: the caller's contract; rows i..i + MR.
+                    unsafe { tile_relaxed::<MR>(t, &panel, i, j0, nw, k0, kc) };
+                    i += MR;
+                }
+                while i < t.m {
+                    // SAFETY: as above, one row.
+                    unsafe { tile_relaxed::<1>(t, &panel, i, j0, nw, k0, kc) };
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn tile_relaxed<const R: usize>(
+        t: &Tiles,
+        panel: &Panel<i8>,
+        i: usize,
+        j0: usize,
+        nw: usize,
+        k0: usize,
+        kc: usize,
+    ) {
+        let words: [&[u32]; R] = std::array::from_fn(|a| &t.x_words(i + a, k0, 4)[..kc / 4]);
+        let sx: [&[f32]; R] = std::array::from_fn(|a| &t.x_scales(i + a, k0)[..kc / BLOCK]);
+        let vp = panel.values[..kc * NW].as_ptr();
+        let mut acc = [[f32x4_splat(0.0); NV]; R];
+        for bi in 0..kc / BLOCK {
+            // SAFETY: bi < kc / BLOCK: every read lies within the slices checked above.
+            unsafe {
+                let starts: [v128; NV] = std::array::from_fn(|v| {
+                    v128_load(panel.starts.as_ptr().add(bi * NW + 4 * v) as *const v128)
+                });
+                let mut sums = [starts; R];
+                for g in 0..BLOCK / 4 {
+                    let q = bi * BLOCK / 4 + g;
+                    let ws: [v128; NV] = std::array::from_fn(|v| {
+                        v128_load(vp.add((q * NW + 4 * v) * 4) as *const v128)
+                    });
+                    for a in 0..R {
+                        let xs = u32x4_splat(*words[a].get_unchecked(q));
+                        for v in 0..NV {
+                            sums[a][v] = i32x4_relaxed_dot_i8x16_i7x16_add(ws[v], xs, sums[a][v]);
+                        }
+                    }
+                }
+                finish_block(&mut acc, &sums, panel, &sx, bi);
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe { store(t, &acc, i, j0, nw) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::Device;
+
+    /// A q8_0 weight (n × k) of values of both signs, its blocks and its expansion.
+    fn weight(n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104_729) % 197) as f32 / 40.0 - 2.5 + (i % 7) as f32 * 0.013)
+            .collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let expanded = q.dequantize(&Device::Cpu).unwrap();
+        let expanded = expanded.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (q.data().unwrap().into_owned(), expanded)
+    }
+
+    /// Activations with blocks of very different sizes, a zero block and exact ties.
+    fn activations_for(m: usize, k: usize) -> Vec<f32> {
+        (0..m * k)
+            .map(|i| {
+                let block = i / BLOCK;
+                let size = [1.0, 0.01, 7.5, 0.0, 0.3][block % 5];
+                (((i * 7919) % 211) as f32 / 50.0 - 2.0) * size
+            })
+            .collect()
+    }
+
+    /// x quantized and expanded again, by the definition: per block (or row) of 32,
+    /// scale = amax / levels and q = x · (levels / amax) rounded half to even.
+    fn expand_quantized(x: &[f32], k: usize, a: Activations) -> Vec<f64> {
+        let levels = a.levels as f32;
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks(k) {
+            let row_amax = row.iter().map(|v| v.abs()).fold(0.0, f32::max);
+            for block in row.chunks(BLOCK) {
+                let amax = if a.per_row {
+                    row_amax
+                } else {
+                    block.iter().map(|v| v.abs()).fold(0.0, f32::max)
+                };
+                for &v in block {
+                    out.push(if amax == 0.0 {
+                        0.0
+                    } else {
+                        (v * (levels / amax)).round_ties_even() as f64 * (amax / levels) as f64
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Asserts c (m × n) = act(x̂ · ŵᵀ + bias) to float rounding, x̂ and ŵ the quantized values
+    /// expanded, summed in f64.
+    fn assert_product(c: &[f32], xhat: &[f64], w: &[f32], bias: &[f32], m: usize, k: usize) {
+        let n = w.len() / k;
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|p| xhat[i * k + p] * w[j * k + p] as f64);
+                let (sum, size) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                let want = sum + bias.get(j).copied().unwrap_or(0.0) as f64;
+                let got = c[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 2e-6 * (size + want.abs()) + 1e-30,
+                    "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    fn shapes() -> Vec<(usize, usize, usize)> {
+        vec![
+            (1, 1, 32),
+            (2, 13, 64),
+            (7, 25, KC + 3 * BLOCK),
+            (3, 33, 2 * KC),
+            (10, 40, 96),
+            (9, 17, 2 * KC + BLOCK),
+            (13, 70, 160),
+        ]
+    }
+
+    /// Every edge (rows not a multiple of any tile's, columns not a multiple of any panel's,
+    /// inputs spanning several KC with a remainder), per block and per row, at 127 and 63 levels:
+    /// the portable form against the definition.
+    #[test]
+    fn portable_form_matches_the_quantized_product() {
+        for (m, n, k) in shapes() {
+            let (blocks, expanded) = weight(n, k);
+            let w = Q8_0Weight { blocks: &blocks, k };
+            let x = activations_for(m, k);
+            for a in [
+                Activations::default(),
+                Activations {
+                    levels: 63,
+                    per_row: false,
+                },
+                Activations {
+                    levels: 127,
+                    per_row: true,
+                },
+            ] {
+                let c = multiply_with(&x, &w, m, Kernel::Portable, a, Epilogue::default(), 1);
+                assert_product(&c, &expand_quantized(&x, k, a), &expanded, &[], m, k);
+            }
+        }
+    }
+
+    /// The best form here (AVX-512 VNNI on CPUs that have it), with a bias and an activation
+    /// applied per column block, whole and over 3 threads: bit for bit the portable form.
+    #[test]
+    fn best_form_equals_the_portable_one() {
+        let best = Kernel::best();
+        if best == Kernel::Portable {
+            eprintln!("note: no faster integer form on this CPU; only the portable one is tested");
+        }
+        let relu: crate::model::matmul::InPlace = &|xs: &mut [f32]| {
+            xs.iter_mut().for_each(|x| *x = x.max(0.0));
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (m, n, k) in shapes().into_iter().chain([(37, 100, 1088)]) {
+            let (blocks, expanded) = weight(n, k);
+            let w = Q8_0Weight { blocks: &blocks, k };
+            let x = activations_for(m, k);
+            let bias: Vec<f32> = (0..n).map(|j| (j % 17) as f32 - 8.0).collect();
+            let epilogue = Epilogue {
+                bias: Some(&bias),
+                activation: Some(relu),
+            };
+            let a = Activations::default();
+            let want = multiply_with(&x, &w, m, Kernel::Portable, a, epilogue, 1);
+            let got = multiply_with(&x, &w, m, best, a, epilogue, 1);
+            assert!(got == want, "({m},{n},{k}): {best:?} differs from portable");
+            let shared = pool.install(|| multiply_with(&x, &w, m, best, a, epilogue, 3));
+            assert!(
+                shared == want,
+                "({m},{n},{k}): {best:?} over 3 threads differs"
+            );
+            let xhat = expand_quantized(&x, k, a);
+            let plain = multiply_with(&x, &w, m, best, a, Epilogue::default(), 1);
+            assert_product(&plain, &xhat, &expanded, &[], m, k);
+        }
+    }
+
+    /// Through `linear` (the model's entry), with a bias: within the quantization bound of the
+    /// f32 product with the expanded weight, for both forms.
+    #[test]
+    fn linear_is_close_to_the_f32_product() {
+        let (m, n, k) = (20, 45, 2 * KC + 64);
+        let wf = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&wf, GgmlDType::Q8_0).unwrap();
+        let expanded = q.dequantize(&Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
+        let want = x
+            .matmul(&expanded.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let bias = bias.to_vec1::<f32>().unwrap();
+        let epilogue = Epilogue {
+            bias: Some(&bias),
+            activation: None,
+        };
+        let got = linear(&x, &q, epilogue, false).unwrap();
+        // Per element: |Σ (x̂ − x) w| ≤ Σ |x| / 254 · |w|, about k / 254 · E|x||w| ≈ 2.6 for
+        // k = 1088 at worst; random rounding errors give about √k / 254 · 1.4 ≈ 0.2.
+        let err = crate::model::max_abs_diff(&got, &want);
+        assert!(err < 0.5, "differs by {err}");
+        let norm = want.sqr().unwrap().mean_all().unwrap().sqrt().unwrap();
+        let rel = (&got - &want)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            / norm.to_scalar::<f32>().unwrap();
+        assert!(rel < 5e-3, "relative error {rel}");
+    }
+}
