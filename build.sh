@@ -5,7 +5,8 @@
 #
 #   ./build.sh              # wasm (both builds) + native CLI
 #   ./build.sh --wasm-only  # wasm only
-#   ./build.sh --no-threads # skip the threaded wasm build (it needs a nightly toolchain)
+#   ./build.sh --no-threads # skip the threaded wasm builds (they need a nightly toolchain)
+#   ./build.sh --no-relaxed # skip the threaded relaxed SIMD build (www/pkg-threads-relaxed)
 #   ./build.sh --tools-only # only install the tools (wasm target, nightly + rust-src,
 #                           # wasm-bindgen from tools/wasm-bindgen, binaryen)
 #   ./build.sh --test       # also run the wasm tests in headless Chromium (installs Debian's
@@ -19,6 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 WASM_ONLY=0
 THREADS=1
+RELAXED=1
 TOOLS_ONLY=0
 RUN_TESTS=0
 DEV=0
@@ -26,6 +28,7 @@ for arg in "$@"; do
     case "$arg" in
         --wasm-only) WASM_ONLY=1 ;;
         --no-threads) THREADS=0 ;;
+        --no-relaxed) RELAXED=0 ;;
         --tools-only) TOOLS_ONLY=1 ;;
         --test) RUN_TESTS=1 ;;
         --dev) DEV=1 ;;
@@ -59,6 +62,13 @@ for arg in --shared-memory --import-memory --max-memory=4294967296 \
     --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
     THREADS_RUSTFLAGS="$THREADS_RUSTFLAGS -C link-arg=$arg"
 done
+
+# The threaded build again with relaxed SIMD (Chrome 114+, Firefox 145+; worker.js picks it where
+# the engine validates a relaxed SIMD instruction): the integer kernel's relaxed dot product and
+# fused multiply-adds in the f32 kernel. Only the threaded variant, to keep CI's build time down;
+# one thread takes www/pkg.
+OUT_RELAXED=www/pkg-threads-relaxed
+RELAXED_RUSTFLAGS=${THREADS_RUSTFLAGS/+simd128/+simd128,+relaxed-simd}
 
 step() { printf '\n== [build.sh %dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
@@ -158,6 +168,20 @@ if [ "$THREADS" = 1 ]; then
     cat "$OUT_THREADS/files.json"
 fi
 
+if [ "$THREADS" = 1 ] && [ "$RELAXED" = 1 ]; then
+    step "cargo +$NIGHTLY build --target $TARGET --features threads, relaxed SIMD (build-std)"
+    RUSTFLAGS="$RELAXED_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo "+$NIGHTLY" build "${PROFILE_FLAG[@]}" \
+        --target "$TARGET" --lib --features threads -Z build-std=panic_abort,std \
+        --target-dir target/threads-relaxed
+    step "wasm-bindgen + wasm-opt -> $OUT_RELAXED"
+    rm -rf "$OUT_RELAXED"
+    bindgen_and_opt "target/threads-relaxed/$TARGET/$PROFILE_DIR/gitcap.wasm" "$OUT_RELAXED" \
+        --enable-threads --enable-relaxed-simd
+    (cd "$OUT_RELAXED" && find . -type f ! -name '*.d.ts' ! -name files.json | sed 's|^\./||' | sort \
+        | node -e 'const l=require("fs").readFileSync(0,"utf8").trim().split("\n");process.stdout.write(JSON.stringify(l)+"\n")' \
+        >files.json)
+fi
+
 size() { wc -c <"$1" | tr -d ' '; }
 gz() { gzip -9 -c "$1" | wc -c | tr -d ' '; }
 step "sizes"
@@ -165,6 +189,9 @@ printf '%-36s %10s bytes  (gzip -9: %s)\n' "cargo output ($RAW)" "$(size "$RAW")
 printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT/gitcap_bg.wasm" "$(size "$OUT/gitcap_bg.wasm")" "$(gz "$OUT/gitcap_bg.wasm")"
 if [ "$THREADS" = 1 ]; then
     printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT_THREADS/gitcap_bg.wasm" "$(size "$OUT_THREADS/gitcap_bg.wasm")" "$(gz "$OUT_THREADS/gitcap_bg.wasm")"
+fi
+if [ "$THREADS" = 1 ] && [ "$RELAXED" = 1 ]; then
+    printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT_RELAXED/gitcap_bg.wasm" "$(size "$OUT_RELAXED/gitcap_bg.wasm")" "$(gz "$OUT_RELAXED/gitcap_bg.wasm")"
 fi
 
 # --- native ---------------------------------------------------------------------------------------

@@ -15,9 +15,11 @@
 //! // or startCaptionFrames([bytes, ...], options) for video checkpoints
 //! job.free(); model.free();
 //! const h = new Sha256(); h.update(chunk); h.hex();
-//! buildInfo();                                 // {simd, threaded, threads, splits, version}
+//! buildInfo();                                 // {simd, threaded, threads, splits, version,
+//!                                              //  relaxed, int8}
 //! setMinSplitMacs(n);                          // threaded: split products from n multiply-adds
 //! setKernelMinRows(n);                         // own SIMD kernel for products of >= n rows
+//! setInt8MinRows(n);                           // integer kernel for q8_0 products of >= n rows
 //! ```
 //!
 //! The threaded build (`--features threads`, see build.sh) also exports `startThreads(n)`: await it
@@ -79,6 +81,10 @@ export interface BuildInfo {
     /** Products split across threads so far. */
     splits: number;
     version: string;
+    /** Built with relaxed SIMD. */
+    relaxed: boolean;
+    /** The integer kernel of q8_0 products (e.g. "wasm relaxed SIMD int8 dot"). */
+    int8: string;
 }
 "#;
 
@@ -668,6 +674,10 @@ struct BuildInfo {
     /// How many products have been split across threads so far.
     splits: u32,
     version: &'static str,
+    /// Built with relaxed SIMD.
+    relaxed: bool,
+    /// The integer kernel's form for q8_0 products.
+    int8: &'static str,
 }
 
 /// Products smaller than `macs` multiply-adds run on one thread (default 2^21; 0 splits every
@@ -692,7 +702,15 @@ pub fn set_kernel_min_rows(rows: f64) {
     crate::model::matmul::set_min_rows(Some(rows.max(0.0) as usize));
 }
 
-/// {simd, threaded, threads, splits, version}: how this build was compiled and how many threads
+/// Products of q8_0 weights with fewer than `rows` input rows do not take the integer kernel
+/// (src/model/int8.rs; default 8): they go to the f32 kernel (expanding the weight) or candle's
+/// int8 kernels. A tuning knob: a huge value turns the integer kernel off, for comparisons.
+#[wasm_bindgen(js_name = setInt8MinRows)]
+pub fn set_int8_min_rows(rows: f64) {
+    crate::model::int8::set_min_rows(Some(rows.max(0.0) as usize));
+}
+
+/// {simd, threaded, threads, splits, version, relaxed, int8}: how this build was compiled and how many threads
 /// it uses.
 #[wasm_bindgen(js_name = buildInfo, unchecked_return_type = "BuildInfo")]
 pub fn build_info() -> Result<JsValue, JsError> {
@@ -703,5 +721,7 @@ pub fn build_info() -> Result<JsValue, JsError> {
         threads: crate::model::parallel::parts() as u32,
         splits: crate::model::parallel::splits() as u32,
         version: env!("CARGO_PKG_VERSION"),
+        relaxed: cfg!(target_feature = "relaxed-simd"),
+        int8: crate::model::int8::Kernel::best().describe(),
     })
 }

@@ -230,7 +230,8 @@ function onWorkerMessage(e) {
       const threads = Number(b.threads) || 1;
       const why = m.threadNote || (threads === 1 ? plan.why : null);
       el.backend.textContent =
-        `Backend: WebAssembly${b.simd ? ' SIMD' : ''} (candle, CPU) · ${threads} thread${threads === 1 ? '' : 's'}` +
+        `Backend: WebAssembly${b.simd ? ' SIMD128' : ''}${b.relaxed ? ' + relaxed SIMD' : ''}` +
+        `${b.int8 ? ` (q8_0: ${b.int8})` : ''} (candle, CPU) · ${threads} thread${threads === 1 ? '' : 's'}` +
         (why ? ` (single-threaded: ${why})` : '') +
         (crossOriginIsolated ? ' · cross-origin isolated' : why ? '' : ' · not cross-origin isolated') +
         (b.version ? ` · gitcap ${b.version}` : '');

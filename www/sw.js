@@ -3,7 +3,7 @@
 // model worker in OPFS, not here. Strategy: network first (so updates show at once), the cache
 // when the network fails or is slow. Model files and ranged requests pass straight through.
 
-const CACHE = 'gitcap-shell-v2';
+const CACHE = 'gitcap-shell-v3';
 const SHELL = [
   './',
   'index.html',
@@ -16,19 +16,22 @@ const SHELL = [
   'pkg/gitcap.js',
   'pkg/gitcap_bg.wasm',
 ];
-// The threaded build's files (its helper script's folder is named by a hash): build.sh lists them.
-const THREADED_LIST = 'pkg-threads/files.json';
+// The threaded builds' files (their helper script's folder is named by a hash): build.sh lists
+// them; the relaxed SIMD one is taken by engines that have relaxed SIMD.
+const THREADED_DIRS = ['pkg-threads', 'pkg-threads-relaxed'];
 const NETWORK_TIMEOUT_MS = 4000;
 
 self.addEventListener('install', (event) => {
   event.waitUntil(
     (async () => {
       const cache = await caches.open(CACHE);
-      let threaded = [];
-      try {
-        const res = await fetch(new Request(THREADED_LIST, { cache: 'no-cache' }));
-        if (res.ok) threaded = (await res.json()).map((f) => `pkg-threads/${f}`);
-      } catch {}
+      const threaded = [];
+      for (const dir of THREADED_DIRS) {
+        try {
+          const res = await fetch(new Request(`${dir}/files.json`, { cache: 'no-cache' }));
+          if (res.ok) threaded.push(...(await res.json()).map((f) => `${dir}/${f}`));
+        } catch {}
+      }
       // One by one: a missing optional file must not leave the whole shell uncached.
       await Promise.all(
         [...SHELL, ...threaded].map(async (path) => {
@@ -58,7 +61,7 @@ function isShell(url) {
   if (!url.pathname.startsWith(scope.pathname)) return false;
   const rel = url.pathname.slice(scope.pathname.length);
   if (rel.startsWith('models/')) return false;
-  return rel === '' || SHELL.includes(rel) || rel.startsWith('pkg/') || rel.startsWith('pkg-threads/');
+  return rel === '' || SHELL.includes(rel) || rel.startsWith('pkg/') || THREADED_DIRS.some((d) => rel.startsWith(`${d}/`));
 }
 
 self.addEventListener('fetch', (event) => {

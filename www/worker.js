@@ -76,8 +76,30 @@ const minSplitRows = workerParams.get('split_rows');
 // Products of this many rows or more use the model's own SIMD kernel (the page's ?kernel_min=N).
 const kernelMinRows = workerParams.get('kernel_min');
 
-/** The threaded build with its pool started, or an Error saying why not. */
+// Products of q8_0 weights with this many rows or more use the integer kernel (?int8_min=N).
+const int8MinRows = workerParams.get('int8_min');
+
+// A function of one relaxed SIMD instruction (i8x16.relaxed_swizzle): engines without relaxed SIMD
+// (Chrome before 114, Firefox before 145, Safari) reject it. ?relaxed=0 turns the build off.
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 15, 1, 13, 0, 65, 1, 253, 15,
+  65, 2, 253, 15, 253, 128, 2, 11,
+]);
+const relaxedSimd = workerParams.get('relaxed') !== '0' && WebAssembly.validate(RELAXED_SIMD_PROBE);
+
+/** The threaded build with its pool started, or an Error saying why not: the relaxed SIMD one
+ *  where the engine takes it (its integer kernel is faster), else plain SIMD128. */
 async function startThreaded(threads) {
+  if (relaxedSimd) {
+    try {
+      const threaded = await import('./pkg-threads-relaxed/gitcap.js');
+      const exports = await threaded.default();
+      await threaded.startThreads(threads);
+      return { module: threaded, exports };
+    } catch (e) {
+      console.warn(`gitcap: the relaxed SIMD build could not start (${errorMessage(e)}); trying SIMD128`);
+    }
+  }
   try {
     const threaded = await import('./pkg-threads/gitcap.js');
     const exports = await threaded.default();
@@ -117,6 +139,7 @@ function initWasm() {
       if (minSplitMacs != null && Number.isFinite(Number(minSplitMacs))) gitcap.setMinSplitMacs(Number(minSplitMacs));
       if (minSplitRows != null && Number.isFinite(Number(minSplitRows))) gitcap.setMinSplitRows(Number(minSplitRows));
       if (kernelMinRows != null && Number.isFinite(Number(kernelMinRows))) gitcap.setKernelMinRows(Number(kernelMinRows));
+      if (int8MinRows != null && Number.isFinite(Number(int8MinRows))) gitcap.setInt8MinRows(Number(int8MinRows));
       const build = gitcap.buildInfo();
       post({ type: 'wasm-ready', build: plain(build), threadNote, wasmBytes: wasmBytes() });
       return gitcap;
