@@ -12,6 +12,12 @@
 //! of the final-step logits (the f32 model's 20-token greedy caption fed to both models), one JSON
 //! object per model and image, then a summary line per model.
 //!
+//! `--paths a,b,...` (after `errors`) measures each model through each product path: `default`
+//! (what the build does here), `candle` (candle's q8_0 kernels), `f32` (q8_0 weights expanded
+//! into the f32 kernel: exact activations), `int8` (the integer kernel, activations per block of
+//! 32 at ±127), `int8-row` (one activation scale per row), `int8-63` (±63: the relaxed SIMD
+//! build's).
+//!
 //! `time`: loads the model, then per image encodes it and generates exactly TOKENS (default 20)
 //! greedy tokens (EOS ignored, so every type does the same work); prints one JSON line with the
 //! load time, the median encode and decode times and the peak resident memory.
@@ -94,7 +100,35 @@ fn final_logits(c: &Captioner, features: &Tensor, ids: &[u32]) -> Result<Tensor>
     Ok(model.next_logits(&t, &prefix, &mut TextCache::new())?)
 }
 
-fn errors(checkpoint: &Path, image_dir: &Path, ggufs: &[PathBuf]) -> Result<()> {
+/// Sets the product knobs for one of `--paths`' names.
+fn use_path(path: &str) -> Result<()> {
+    use gitcap::model::{int8, matmul, parallel};
+    let int8_rows = |rows| int8::set_min_rows(Some(rows));
+    int8::set_activations(None);
+    matmul::set_min_rows(None);
+    parallel::set_dequantize_min_rows(None);
+    int8::set_min_rows(None);
+    match path {
+        "default" => {}
+        "candle" => int8_rows(usize::MAX),
+        "f32" => {
+            int8_rows(usize::MAX);
+            matmul::set_min_rows(Some(8));
+            parallel::set_dequantize_min_rows(Some(8));
+        }
+        "int8" | "int8-row" | "int8-63" => {
+            int8_rows(8);
+            int8::set_activations(Some(int8::Activations {
+                levels: if path == "int8-63" { 63 } else { 127 },
+                per_row: path == "int8-row",
+            }));
+        }
+        _ => return Err(format!("unknown path {path}").into()),
+    }
+    Ok(())
+}
+
+fn errors(checkpoint: &Path, image_dir: &Path, ggufs: &[PathBuf], paths: &[String]) -> Result<()> {
     let imgs = images(image_dir)?;
     let reference = load(checkpoint)?;
     let mut want = Vec::new();
@@ -109,35 +143,40 @@ fn errors(checkpoint: &Path, image_dir: &Path, ggufs: &[PathBuf]) -> Result<()> 
     drop(reference);
     for gguf in ggufs {
         let model = load(gguf)?;
-        let (mut fe_max, mut le_max, mut fe_sum, mut le_sum) = (0f64, 0f64, 0f64, 0f64);
-        let mut same_argmax = 0;
-        for ((name, _), (px, features, ids, logits)) in imgs.iter().zip(&want) {
-            let f = model.model().encode_image(px)?;
-            let l = final_logits(&model, &f, ids)?;
-            let fe = rel_err(&f, features)?;
-            let le = rel_err(&l, logits)?;
-            let argmax_same = l.argmax(D::Minus1)?.to_vec1::<u32>()?
-                == logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            same_argmax += argmax_same as usize;
+        for path in paths {
+            use_path(path)?;
+            let (mut fe_max, mut le_max, mut fe_sum, mut le_sum) = (0f64, 0f64, 0f64, 0f64);
+            let mut same_argmax = 0;
+            for ((name, _), (px, features, ids, logits)) in imgs.iter().zip(&want) {
+                let f = model.model().encode_image(px)?;
+                let l = final_logits(&model, &f, ids)?;
+                let greedy_same = greedy(&model, &f, ids.len() - 1)? == *ids;
+                let fe = rel_err(&f, features)?;
+                let le = rel_err(&l, logits)?;
+                let argmax_same = l.argmax(D::Minus1)?.to_vec1::<u32>()?
+                    == logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                same_argmax += argmax_same as usize;
+                println!(
+                    "{}",
+                    serde_json::json!({"model": gguf.display().to_string(), "path": path,
+                    "image": name, "features_rel_err": fe, "logits_rel_err": le,
+                    "same_argmax": argmax_same, "same_greedy_ids": greedy_same})
+                );
+                fe_max = fe_max.max(fe);
+                le_max = le_max.max(le);
+                fe_sum += fe;
+                le_sum += le;
+            }
+            let n = imgs.len() as f64;
             println!(
                 "{}",
-                serde_json::json!({"model": gguf.display().to_string(), "image": name,
-                    "features_rel_err": fe, "logits_rel_err": le, "same_argmax": argmax_same})
-            );
-            fe_max = fe_max.max(fe);
-            le_max = le_max.max(le);
-            fe_sum += fe;
-            le_sum += le;
-        }
-        let n = imgs.len() as f64;
-        println!(
-            "{}",
-            serde_json::json!({"model": gguf.display().to_string(), "summary": true,
+                serde_json::json!({"model": gguf.display().to_string(), "path": path, "summary": true,
                 "images": imgs.len(),
                 "features_rel_err_mean": fe_sum / n, "features_rel_err_max": fe_max,
                 "logits_rel_err_mean": le_sum / n, "logits_rel_err_max": le_max,
                 "same_final_argmax": same_argmax})
-        );
+            );
+        }
     }
     Ok(())
 }
@@ -190,12 +229,19 @@ fn time(model: &Path, image_dir: &Path, tokens: usize) -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: quant_error errors CHECKPOINT_DIR IMAGE_DIR a.gguf [b.gguf ...]\n       \
+    let usage =
+        "usage: quant_error errors [--paths a,b] CHECKPOINT_DIR IMAGE_DIR a.gguf [...]\n       \
                  quant_error time MODEL IMAGE_DIR [TOKENS]";
     match args.first().map(String::as_str) {
         Some("errors") if args.len() >= 4 => {
-            let ggufs: Vec<PathBuf> = args[3..].iter().map(PathBuf::from).collect();
-            errors(Path::new(&args[1]), Path::new(&args[2]), &ggufs)
+            let (paths, rest) = match args.get(1).map(String::as_str) {
+                Some("--paths") if args.len() >= 6 => {
+                    (args[2].split(',').map(str::to_owned).collect(), &args[3..])
+                }
+                _ => (vec!["default".to_owned()], &args[1..]),
+            };
+            let ggufs: Vec<PathBuf> = rest[2..].iter().map(PathBuf::from).collect();
+            errors(Path::new(&rest[0]), Path::new(&rest[1]), &ggufs, &paths)
         }
         Some("time") if args.len() >= 3 => {
             let tokens = match args.get(3) {

@@ -400,6 +400,8 @@ fn simd_kernel_matches_candle() {
     use candle_core::{Device, Tensor};
     use gitcap::model::matmul;
     let before = matmul::products();
+    // q8_0 weights here check the f32 kernel's packing, not the integer kernel (tested below).
+    gitcap::model::int8::set_min_rows(Some(usize::MAX));
     // The blocked kernel (8 rows or more), then the few-rows loop (decoding).
     let shapes = [(8, 12, 4), (10, 25, 517), (257, 64, 1100), (9, 1, 3)];
     let few = [(1, 30, 1024), (4, 7, 37), (3, 5, 3)];
@@ -459,7 +461,96 @@ fn simd_kernel_matches_candle() {
             "linear ({m}, {n}, {k}, q8_0 {quantized}): differs by {err}"
         );
     }
+    gitcap::model::int8::set_min_rows(None);
     assert_eq!(matmul::products(), before + 10, "the kernel did not run");
+}
+
+/// The integer kernel's SIMD form (i16 dot, or relaxed SIMD's i8 dot in a relaxed build) through
+/// `linear`, with bias and quick_gelu, at edges of its tiles and panels: within the bound its
+/// quantized activations allow of candle's product with the expanded weight (each input off by at
+/// most half its block's step, amax / levels), and within 2% in RMS.
+#[wasm_bindgen_test]
+fn int8_kernel_matches_candle() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Tensor};
+    use gitcap::model::{int8, matmul};
+    let kernel = int8::Kernel::best();
+    assert!(
+        matches!(kernel, int8::Kernel::Simd128 | int8::Kernel::RelaxedSimd),
+        "{kernel:?}"
+    );
+    let levels = kernel.max_levels() as f32;
+    let before = int8::products();
+    let shapes = [
+        (8, 12, 32),
+        (10, 25, 544),
+        (257, 64, 1088),
+        (9, 1, 64),
+        (33, 19, 1024),
+    ];
+    for (m, n, k) in shapes {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let expanded = q.dequantize(&Device::Cpu).unwrap();
+        let weight = QMatMul::from_qtensor(q).unwrap();
+        let want = x
+            .matmul(&expanded.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let bias = bias.to_vec1::<f32>().unwrap();
+        let epilogue = matmul::Epilogue {
+            bias: Some(&bias),
+            activation: None,
+        };
+        let got = matmul::linear(&x, &weight, epilogue, false)
+            .expect("the integer kernel takes q8_0 products of 8 rows or more")
+            .unwrap();
+        let (got, want) = (
+            got.to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap(),
+        );
+        let (xs, ws) = (
+            x.to_vec2::<f32>().unwrap(),
+            expanded.to_vec2::<f32>().unwrap(),
+        );
+        let (mut err2, mut norm2) = (0f64, 0f64);
+        for i in 0..m {
+            // Half a quantization step per input, by block.
+            let half_steps: Vec<f32> = xs[i]
+                .chunks(32)
+                .flat_map(|b| {
+                    let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    std::iter::repeat_n(amax / levels / 2.0, b.len())
+                })
+                .collect();
+            for j in 0..n {
+                let bound: f32 = half_steps
+                    .iter()
+                    .zip(&ws[j])
+                    .map(|(h, w)| h * w.abs())
+                    .sum();
+                let err = (got[i][j] - want[i][j]).abs();
+                assert!(
+                    err <= bound * 1.001 + 1e-3 * (1.0 + want[i][j].abs()),
+                    "({m}, {n}, {k}) [{i}, {j}]: {} vs {}, bound {bound}",
+                    got[i][j],
+                    want[i][j]
+                );
+                err2 += f64::from(err).powi(2);
+                norm2 += f64::from(want[i][j]).powi(2);
+            }
+        }
+        let rel = (err2 / norm2).sqrt();
+        assert!(rel < 2e-2, "({m}, {n}, {k}): relative RMS error {rel}");
+    }
+    assert_eq!(
+        int8::products(),
+        before + shapes.len(),
+        "the kernel did not run"
+    );
 }
 
 /// The SIMD softmax and quick_gelu (src/model/elementwise.rs, on by default in wasm) against
