@@ -6,7 +6,7 @@
 #   ./build.sh              # wasm (both builds) + native CLI
 #   ./build.sh --wasm-only  # wasm only
 #   ./build.sh --no-threads # skip the threaded wasm builds (they need a nightly toolchain)
-#   ./build.sh --no-relaxed # skip the threaded relaxed SIMD build (www/pkg-threads-relaxed)
+#   ./build.sh --no-relaxed # skip the relaxed SIMD builds (www/pkg-relaxed, www/pkg-threads-relaxed)
 #   ./build.sh --tools-only # only install the tools (wasm target, nightly + rust-src,
 #                           # wasm-bindgen from tools/wasm-bindgen, binaryen)
 #   ./build.sh --test       # also run the wasm tests in headless Chromium (installs Debian's
@@ -63,10 +63,11 @@ for arg in --shared-memory --import-memory --max-memory=4294967296 \
     THREADS_RUSTFLAGS="$THREADS_RUSTFLAGS -C link-arg=$arg"
 done
 
-# The threaded build again with relaxed SIMD (Chrome 114+, Firefox 145+; worker.js picks it where
-# the engine validates a relaxed SIMD instruction): the integer kernel's relaxed dot product and
-# fused multiply-adds in the f32 kernel. Only the threaded variant, to keep CI's build time down;
-# one thread takes www/pkg.
+# Both builds again with relaxed SIMD (Chrome 114+, Firefox 145+; worker.js picks them where the
+# engine validates a relaxed SIMD instruction): the integer kernel's relaxed dot product and fused
+# multiply-adds in the f32 kernel. Each in its own target dir (other flags).
+OUT_SINGLE_RELAXED=www/pkg-relaxed
+SINGLE_RELAXED_RUSTFLAGS=${WASM_RUSTFLAGS/+simd128/+simd128,+relaxed-simd}
 OUT_RELAXED=www/pkg-threads-relaxed
 RELAXED_RUSTFLAGS=${THREADS_RUSTFLAGS/+simd128/+simd128,+relaxed-simd}
 
@@ -151,6 +152,17 @@ RAW=target/$TARGET/$PROFILE_DIR/gitcap.wasm
 step "wasm-bindgen + wasm-opt -> $OUT"
 bindgen_and_opt "$RAW" "$OUT"
 
+if [ "$RELAXED" = 1 ]; then
+    step "cargo build --target $TARGET, relaxed SIMD"
+    RUSTFLAGS="$SINGLE_RELAXED_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo build "${PROFILE_FLAG[@]}" \
+        --target "$TARGET" --lib --target-dir target/relaxed
+    step "wasm-bindgen + wasm-opt -> $OUT_SINGLE_RELAXED"
+    rm -rf "$OUT_SINGLE_RELAXED"
+    bindgen_and_opt "target/relaxed/$TARGET/$PROFILE_DIR/gitcap.wasm" "$OUT_SINGLE_RELAXED" --enable-relaxed-simd
+else
+    rm -rf "$OUT_SINGLE_RELAXED"
+fi
+
 if [ "$THREADS" = 1 ]; then
     step "cargo +$NIGHTLY build --target $TARGET --features threads (build-std)"
     # Its own target dir: different flags and std, so neither build invalidates the other.
@@ -189,6 +201,9 @@ printf '%-36s %10s bytes  (gzip -9: %s)\n' "cargo output ($RAW)" "$(size "$RAW")
 printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT/gitcap_bg.wasm" "$(size "$OUT/gitcap_bg.wasm")" "$(gz "$OUT/gitcap_bg.wasm")"
 if [ "$THREADS" = 1 ]; then
     printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT_THREADS/gitcap_bg.wasm" "$(size "$OUT_THREADS/gitcap_bg.wasm")" "$(gz "$OUT_THREADS/gitcap_bg.wasm")"
+fi
+if [ "$RELAXED" = 1 ]; then
+    printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT_SINGLE_RELAXED/gitcap_bg.wasm" "$(size "$OUT_SINGLE_RELAXED/gitcap_bg.wasm")" "$(gz "$OUT_SINGLE_RELAXED/gitcap_bg.wasm")"
 fi
 if [ "$THREADS" = 1 ] && [ "$RELAXED" = 1 ]; then
     printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT_RELAXED/gitcap_bg.wasm" "$(size "$OUT_RELAXED/gitcap_bg.wasm")" "$(gz "$OUT_RELAXED/gitcap_bg.wasm")"

@@ -33,9 +33,11 @@ if [ "$FULL" = 1 ]; then
   step "building the WebAssembly pages (dev profile, with the threaded page)"
   bash build.sh --wasm-only --dev
 else
-  step "building the WebAssembly page (dev profile; the threaded page needs ./test.sh --full)"
-  rm -rf www/pkg-threads # a stale threaded page would be tested against a newer single-threaded one
-  bash build.sh --wasm-only --dev --no-threads
+  step "building the WebAssembly page (dev profile; the threaded and relaxed SIMD pages need ./test.sh --full)"
+  # Stale threaded or relaxed SIMD pages would be tested (the worker prefers them) against a
+  # newer plain one.
+  rm -rf www/pkg-threads www/pkg-threads-relaxed www/pkg-relaxed
+  bash build.sh --wasm-only --dev --no-threads --no-relaxed
   export GITCAP_E2E_NO_THREADS=1
 fi
 

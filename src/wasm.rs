@@ -16,7 +16,7 @@
 //! job.free(); model.free();
 //! const h = new Sha256(); h.update(chunk); h.hex();
 //! buildInfo();                                 // {simd, threaded, threads, splits, version,
-//!                                              //  relaxed, int8}
+//!                                              //  relaxed, int8, int8Products}
 //! setMinSplitMacs(n);                          // threaded: split products from n multiply-adds
 //! setKernelMinRows(n);                         // own SIMD kernel for products of >= n rows
 //! setInt8MinRows(n);                           // integer kernel for q8_0 products of >= n rows
@@ -85,6 +85,8 @@ export interface BuildInfo {
     relaxed: boolean;
     /** The integer kernel of q8_0 products (e.g. "wasm relaxed SIMD int8 dot"). */
     int8: string;
+    /** Products the integer kernel has computed so far. */
+    int8Products: number;
 }
 "#;
 
@@ -678,6 +680,9 @@ struct BuildInfo {
     relaxed: bool,
     /// The integer kernel's form for q8_0 products.
     int8: &'static str,
+    /// How many products the integer kernel has computed so far.
+    #[serde(rename = "int8Products")]
+    int8_products: u32,
 }
 
 /// Products smaller than `macs` multiply-adds run on one thread (default 2^21; 0 splits every
@@ -710,7 +715,7 @@ pub fn set_int8_min_rows(rows: f64) {
     crate::model::int8::set_min_rows(Some(rows.max(0.0) as usize));
 }
 
-/// {simd, threaded, threads, splits, version, relaxed, int8}: how this build was compiled and how many threads
+/// {simd, threaded, threads, splits, version, relaxed, int8, int8Products}: how this build was compiled and how many threads
 /// it uses.
 #[wasm_bindgen(js_name = buildInfo, unchecked_return_type = "BuildInfo")]
 pub fn build_info() -> Result<JsValue, JsError> {
@@ -723,5 +728,6 @@ pub fn build_info() -> Result<JsValue, JsError> {
         version: env!("CARGO_PKG_VERSION"),
         relaxed: cfg!(target_feature = "relaxed-simd"),
         int8: crate::model::int8::Kernel::best().describe(),
+        int8_products: crate::model::int8::products() as u32,
     })
 }

@@ -588,6 +588,7 @@ function onCaptionDone(m) {
     wasmBytes: t.wasmBytes,
     peakWasmBytes: t.peakWasmBytes,
     splits: t.splits,
+    int8Products: t.int8Products,
   });
   el.caption.setAttribute('aria-busy', 'false');
   el.caption.dataset.done = '';

@@ -3,7 +3,7 @@
 // model worker in OPFS, not here. Strategy: network first (so updates show at once), the cache
 // when the network fails or is slow. Model files and ranged requests pass straight through.
 
-const CACHE = 'gitcap-shell-v3';
+const CACHE = 'gitcap-shell-v4';
 const SHELL = [
   './',
   'index.html',
@@ -15,6 +15,9 @@ const SHELL = [
   'manifest.webmanifest',
   'pkg/gitcap.js',
   'pkg/gitcap_bg.wasm',
+  // Taken instead of pkg/ by engines with relaxed SIMD; absent from builds without it.
+  'pkg-relaxed/gitcap.js',
+  'pkg-relaxed/gitcap_bg.wasm',
 ];
 // The threaded builds' files (their helper script's folder is named by a hash): build.sh lists
 // them; the relaxed SIMD one is taken by engines that have relaxed SIMD.
@@ -61,7 +64,7 @@ function isShell(url) {
   if (!url.pathname.startsWith(scope.pathname)) return false;
   const rel = url.pathname.slice(scope.pathname.length);
   if (rel.startsWith('models/')) return false;
-  return rel === '' || SHELL.includes(rel) || rel.startsWith('pkg/') || THREADED_DIRS.some((d) => rel.startsWith(`${d}/`));
+  return rel === '' || SHELL.includes(rel) || rel.startsWith('pkg/') || rel.startsWith('pkg-relaxed/') || THREADED_DIRS.some((d) => rel.startsWith(`${d}/`));
 }
 
 self.addEventListener('fetch', (event) => {

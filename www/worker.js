@@ -88,7 +88,8 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
 const relaxedSimd = workerParams.get('relaxed') !== '0' && WebAssembly.validate(RELAXED_SIMD_PROBE);
 
 /** The threaded build with its pool started, or an Error saying why not: the relaxed SIMD one
- *  where the engine takes it (its integer kernel is faster), else plain SIMD128. */
+ *  where the engine takes it (its integer kernel is faster), else plain SIMD128. One thread takes
+ *  pkg-relaxed or pkg, chosen the same way. */
 async function startThreaded(threads) {
   if (relaxedSimd) {
     try {
@@ -123,6 +124,15 @@ function initWasm() {
         } else {
           gitcap = started.module;
           wasmExports = started.exports;
+        }
+      }
+      if (!gitcap && relaxedSimd) {
+        try {
+          const relaxed = await import('./pkg-relaxed/gitcap.js');
+          wasmExports = await relaxed.default();
+          gitcap = relaxed;
+        } catch (e) {
+          console.warn(`gitcap: the relaxed SIMD build could not start (${errorMessage(e)}); using SIMD128`);
         }
       }
       if (!gitcap) {
@@ -929,6 +939,7 @@ async function runCaption(job) {
             wasmBytes: wasmBytes(),
             peakWasmBytes,
             splits: plain(gitcap.buildInfo()).splits,
+            int8Products: plain(gitcap.buildInfo()).int8Products,
           },
         });
       }

@@ -20,13 +20,17 @@ import { fileURLToPath } from 'node:url';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const args = process.argv.slice(2);
 const binAt = args.indexOf('--bin');
-const bin = path.resolve(binAt >= 0 ? args.splice(binAt, 2)[1] : path.join(ROOT, 'target/release/gitcap'));
+// Extra query parameters for the page (--query 'relaxed=0&int8_min=9999'), after --bin's removal.
+const queryAt = () => args.indexOf('--query');
+// The CLI to time and serve the page with: --bin, else GITCAP_BIN, else the release build.
+const bin = path.resolve(binAt >= 0 ? args.splice(binAt, 2)[1] : process.env.GITCAP_BIN || path.join(ROOT, 'target/release/gitcap'));
+const extraQuery = queryAt() >= 0 ? args.splice(queryAt(), 2)[1] : '';
 // The page's files: www/ (build.sh writes www/pkg and www/pkg-threads), or GITCAP_WWW.
 const www = path.resolve(ROOT, process.env.GITCAP_WWW || 'www');
 const [mode, modelArg, imageArg, threadsArg] = args;
 const threads = Number(threadsArg);
 if (!['cli', 'page'].includes(mode) || !modelArg || !imageArg || !(threads > 0)) {
-  console.error('usage: node bench/peer/gitcap_worker.mjs cli|page MODEL IMAGE THREADS [--bin gitcap]');
+  console.error('usage: node bench/peer/gitcap_worker.mjs cli|page MODEL IMAGE THREADS [--bin gitcap] [--query k=v&...]');
   process.exit(2);
 }
 const model = path.resolve(modelArg);
@@ -84,7 +88,7 @@ async function pageWorker() {
   try {
     const page = context.pages()[0] ?? (await context.newPage());
     page.on('pageerror', (e) => log('page error:', e.message));
-    const q = new URLSearchParams({ model: modelUrl, max_new_tokens: '1', beams: '1', threads: String(threads) });
+    const q = new URLSearchParams({ model: modelUrl, max_new_tokens: '1', beams: '1', threads: String(threads), ...Object.fromEntries(new URLSearchParams(extraQuery)) });
     const t0 = Date.now();
     await page.goto(`${url}?${q}`);
     await page.waitForSelector('#model-status[data-state=ready], #model-status[data-state=error]', { timeout: 30 * 60_000 });

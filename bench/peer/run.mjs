@@ -45,6 +45,9 @@ const ENGINES = [
   { id: 'gitcap-cli-q8_0', name: 'gitcap native CLI', weights: 'q8_0', cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'cli', gguf, image, n] },
   { id: 'gitcap-page-f32', name: 'gitcap page (wasm, Chromium)', weights: 'f32', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', checkpoint, image, n] },
   { id: 'gitcap-page-q8_0', name: 'gitcap page (wasm, Chromium)', weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n] },
+  // The same page kept off its relaxed SIMD builds (?relaxed=0): the SIMD128 integer kernel that
+  // engines without relaxed SIMD run.
+  { id: 'gitcap-page-q8_0-simd128', name: 'gitcap page, SIMD128 only (wasm, Chromium)', weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n, '--query', 'relaxed=0'] },
 ].filter((e) => !only || only.split(',').includes(e.id));
 if (!ENGINES.length) throw new Error(`no engine matches --engines ${only}`);
 

@@ -3,11 +3,13 @@
 // bad files are reported, alt text a person wrote is kept, and nothing leaves the origin.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import {
   startServer, launch, recordRequests, nativeCaption, pageUrl, captionResult, chooseFile,
-  ensureWasm, IMAGES, ROOT, TINY,
+  ensureWasm, gitcapBin, IMAGES, ROOT, TINY,
 } from './helpers.mjs';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
@@ -97,6 +99,40 @@ test('options from the query: beam search and a prompt match the reference', asy
   await chooseFile(page, CHELSEA);
   r = await captionResult(page);
   assert.equal(r.text, pr.text);
+});
+
+test('a q8_0 GGUF model: the integer kernel runs in the page and gives the CLI\'s ids', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-caption-q8_0-'));
+  const file = path.join(dir, 'tiny-q8_0.gguf');
+  const q8Server = await (async () => {
+    const q = spawnSync(gitcapBin(), ['quantize', '--model', TINY, '--out', file, '--type', 'q8_0'], { cwd: ROOT, encoding: 'utf8' });
+    assert.equal(q.status, 0, q.stderr);
+    return startServer({ modelDirs: [dir] });
+  })();
+  try {
+    // tiny-coco's vision products have 17 rows: the integer kernel's (8 or more), in q8_0.
+    await page.goto(pageUrl(q8Server, { model: `/models/${path.basename(dir)}/tiny-q8_0.gguf`, nosave: '1', threads: '1' }));
+    await chooseFile(page, CHELSEA);
+    const r = await captionResult(page);
+    assert.equal(r.error, null);
+    const backend = await page.textContent('#backend');
+    assert.match(backend, /q8_0: wasm (SIMD128 i16 dot|relaxed SIMD int8 dot)/);
+    assert.ok(Number(r.data.int8Products) > 0, `the integer kernel did not run: ${r.data.int8Products}`);
+    // Every form of the kernel gives the bits of the CLI's portable one (at ±63 with relaxed SIMD).
+    const int8 = /relaxed SIMD/.test(backend) ? 'relaxed' : 'portable';
+    const n = spawnSync(gitcapBin(), ['caption', '--json', '--model', file, CHELSEA], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, GITCAP_INT8: int8 },
+    });
+    assert.equal(n.status, 0, n.stderr);
+    const native = JSON.parse(n.stdout.trim().split('\n').pop());
+    assert.equal(r.data.tokenIds, native.token_ids.join(','), `page (${int8}) vs CLI`);
+    assert.equal(r.text, native.text);
+  } finally {
+    await q8Server.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('cancel stops a caption between tokens', async () => {
