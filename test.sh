@@ -47,6 +47,9 @@ cargo test --features native
 if [ "$FULL" = 1 ]; then
   step "wasm tests in headless Chromium"
   CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
+  step "wasm tests of the integer kernel's relaxed SIMD form"
+  CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm \
+    --features relaxed-simd int8
 fi
 
 step "end-to-end browser tests"

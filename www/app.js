@@ -9,7 +9,8 @@
 // a tuning knob, 0 in the tests so that the tiny model splits), ?split_rows=N (threaded: split
 // products of N or more rows, default 8, so decoding's are not), ?kernel_min=N (products of N or more
 // rows use the model's own blocked SIMD kernel, default 8; a huge N compares the encoder against
-// candle's matmul).
+// candle's matmul), ?int8_min=N (q8_0 products of N or more rows use the integer kernel, default
+// 8), ?relaxed=0 (never the relaxed SIMD builds: what engines without relaxed SIMD run).
 
 import { MODELS, DEFAULT_MODEL, parseModelParam, formatBytes } from './models.js';
 
@@ -808,7 +809,7 @@ function main() {
   }
   const workerUrl = new URL('./worker.js', import.meta.url);
   workerUrl.searchParams.set('threads', String(plan.threads));
-  for (const knob of ['split_min', 'split_rows', 'kernel_min']) {
+  for (const knob of ['split_min', 'split_rows', 'kernel_min', 'int8_min', 'relaxed']) {
     if (params.has(knob)) workerUrl.searchParams.set(knob, params.get(knob));
   }
   worker = new Worker(workerUrl, { type: 'module', name: 'gitcap-model' });

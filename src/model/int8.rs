@@ -52,7 +52,10 @@ pub enum Kernel {
 impl Kernel {
     /// The fastest form this build and CPU can run.
     pub fn best() -> Kernel {
-        if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) {
+        if cfg!(all(
+            target_arch = "wasm32",
+            any(target_feature = "relaxed-simd", feature = "relaxed-simd")
+        )) {
             return Kernel::RelaxedSimd;
         }
         if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
@@ -472,7 +475,10 @@ unsafe fn multiply_block(
             Kernel::Portable => portable::block(&tiles, w, j_start, j_end),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Kernel::Simd128 => wasm::block_i16(&tiles, w, j_start, j_end),
-            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            #[cfg(all(
+                target_arch = "wasm32",
+                any(target_feature = "relaxed-simd", feature = "relaxed-simd")
+            ))]
             Kernel::RelaxedSimd => wasm::block_relaxed(&tiles, w, j_start, j_end),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => x86::block(&tiles, w, j_start, j_end),
@@ -796,9 +802,16 @@ mod wasm {
     /// Relaxed SIMD: weights as bytes, `i32x4.relaxed_dot_i8x16_i7x16_add_s` with four broadcast
     /// x values offset into 1..=127.
     ///
+    /// Compiled for relaxed SIMD function by function (`#[target_feature]`, the crate's
+    /// `relaxed-simd` feature) rather than by a global target feature, so that the relaxed build
+    /// shares every dependency's compiled code with the SIMD128 build: it costs build.sh one
+    /// compile of this crate instead of a second build of the whole tree.
+    ///
     /// # Safety
-    /// As `multiply_block`.
-    #[cfg(target_feature = "relaxed-simd")]
+    /// As `multiply_block`, in an engine with relaxed SIMD (the module does not validate
+    /// elsewhere).
+    #[cfg(any(target_feature = "relaxed-simd", feature = "relaxed-simd"))]
+    #[target_feature(enable = "relaxed-simd")]
     pub unsafe fn block_relaxed(t: &Tiles, w: &Q8_0Weight, j_start: usize, j_end: usize) {
         let mut panel = Panel::<i8>::new(NW);
         for k0 in (0..t.k).step_by(KC) {
@@ -821,8 +834,9 @@ mod wasm {
         }
     }
 
-    #[cfg(target_feature = "relaxed-simd")]
-    #[inline(always)]
+    #[cfg(any(target_feature = "relaxed-simd", feature = "relaxed-simd"))]
+    #[target_feature(enable = "relaxed-simd")]
+    #[inline]
     unsafe fn tile_relaxed<const R: usize>(
         t: &Tiles,
         panel: &Panel<i8>,
