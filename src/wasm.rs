@@ -726,7 +726,10 @@ pub fn build_info() -> Result<JsValue, JsError> {
         threads: crate::model::parallel::parts() as u32,
         splits: crate::model::parallel::splits() as u32,
         version: env!("CARGO_PKG_VERSION"),
-        relaxed: cfg!(any(target_feature = "relaxed-simd", feature = "relaxed-simd")),
+        relaxed: cfg!(any(
+            target_feature = "relaxed-simd",
+            feature = "relaxed-simd"
+        )),
         int8: crate::model::int8::Kernel::best().describe(),
         int8_products: crate::model::int8::products() as u32,
     })

@@ -146,7 +146,11 @@ fn integer_kernel_and_candle_both_match_transformers_within_q8_0() {
     int8::set_min_rows(Some(usize::MAX));
     let before = int8::products();
     let (f_candle, l_candle) = run("candle");
-    assert_eq!(int8::products(), before, "candle's path ran the integer kernel");
+    assert_eq!(
+        int8::products(),
+        before,
+        "candle's path ran the integer kernel"
+    );
 
     int8::set_min_rows(Some(1));
     int8::set_portable(true);
