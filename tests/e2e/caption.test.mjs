@@ -109,7 +109,12 @@ test('a q8_0 GGUF model: the integer kernel runs in the page and gives the CLI\'
     assert.equal(q.status, 0, q.stderr);
     return startServer({ modelDirs: [dir] });
   })();
+  // A browser of its own: this server is another origin, which the shared session's
+  // no-request-leaves-the-origin test must never see.
+  const own = await launch();
   try {
+    const page = own.context.pages()[0] ?? (await own.context.newPage());
+    page.on('pageerror', (e) => console.error('# page error:', e.message));
     // tiny-coco's vision products have 17 rows: the integer kernel's (8 or more), in q8_0.
     await page.goto(pageUrl(q8Server, { model: `/models/${path.basename(dir)}/tiny-q8_0.gguf`, nosave: '1', threads: '1' }));
     await chooseFile(page, CHELSEA);
@@ -130,6 +135,7 @@ test('a q8_0 GGUF model: the integer kernel runs in the page and gives the CLI\'
     assert.equal(r.data.tokenIds, native.token_ids.join(','), `page (${int8}) vs CLI`);
     assert.equal(r.text, native.text);
   } finally {
+    await own.close();
     await q8Server.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
