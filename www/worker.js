@@ -87,28 +87,18 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
 ]);
 const relaxedSimd = workerParams.get('relaxed') !== '0' && WebAssembly.validate(RELAXED_SIMD_PROBE);
 
-/** The threaded build with its pool started, or an Error saying why not: the relaxed SIMD one
- *  where the engine takes it (its integer kernel is faster), else plain SIMD128. One thread takes
- *  pkg-relaxed or pkg, chosen the same way. */
-async function startThreaded(threads) {
-  if (relaxedSimd) {
-    try {
-      const threaded = await import('./pkg-threads-relaxed/gitcap.js');
-      const exports = await threaded.default();
-      await threaded.startThreads(threads);
-      return { module: threaded, exports };
-    } catch (e) {
-      console.warn(`gitcap: the relaxed SIMD build could not start (${errorMessage(e)}); trying SIMD128`);
-    }
+/** The builds to try, best first: threaded ones (shared memory, a pool of `threads` web workers)
+ *  when more than one thread is asked for, then single-threaded ones; relaxed SIMD before plain
+ *  SIMD128 where the engine takes it (its integer kernel is faster). */
+function buildCandidates(threads) {
+  const builds = [];
+  if (threads > 1) {
+    if (relaxedSimd) builds.push({ dir: 'pkg-threads-relaxed', threads });
+    builds.push({ dir: 'pkg-threads', threads });
   }
-  try {
-    const threaded = await import('./pkg-threads/gitcap.js');
-    const exports = await threaded.default();
-    await threaded.startThreads(threads);
-    return { module: threaded, exports };
-  } catch (e) {
-    return new Error(`the threaded build could not start: ${errorMessage(e)}`);
-  }
+  if (relaxedSimd) builds.push({ dir: 'pkg-relaxed', threads: 1 });
+  builds.push({ dir: 'pkg', threads: 1 });
+  return builds;
 }
 
 let wasmInit = null;
@@ -116,35 +106,27 @@ function initWasm() {
   if (!wasmInit) {
     wasmInit = (async () => {
       let threadNote = null;
-      if (requestedThreads > 1) {
-        const started = await startThreaded(requestedThreads);
-        if (started instanceof Error) {
-          threadNote = started.message;
-          console.warn(`gitcap: ${threadNote}; falling back to one thread`);
-        } else {
-          gitcap = started.module;
-          wasmExports = started.exports;
-        }
-      }
-      if (!gitcap && relaxedSimd) {
+      let lastFailure = null;
+      for (const { dir, threads } of buildCandidates(requestedThreads)) {
+        if (gitcap) break;
         try {
-          const relaxed = await import('./pkg-relaxed/gitcap.js');
-          wasmExports = await relaxed.default();
-          gitcap = relaxed;
+          const module = await import(`./${dir}/gitcap.js`);
+          const exports = await module.default();
+          if (threads > 1) await module.startThreads(threads);
+          gitcap = module;
+          wasmExports = exports;
+          if (threads > 1) threadNote = null;
         } catch (e) {
-          console.warn(`gitcap: the relaxed SIMD build could not start (${errorMessage(e)}); using SIMD128`);
+          lastFailure = `the WebAssembly module (${dir}/gitcap.js) could not be loaded: ${errorMessage(e)}`;
+          console.warn(`gitcap: ${lastFailure}; trying the next build`);
+          if (threads > 1) threadNote = `the threaded build could not start: ${errorMessage(e)}`;
         }
       }
       if (!gitcap) {
-        try {
-          gitcap = await import('./pkg/gitcap.js');
-        } catch (e) {
-          throw new Error(
-            `The WebAssembly module (pkg/gitcap.js) could not be loaded: ${errorMessage(e)}. ` +
-              'If you are running from a checkout, build it first with "bash build.sh".'
-          );
-        }
-        wasmExports = await gitcap.default();
+        throw new Error(
+          `${lastFailure[0].toUpperCase()}${lastFailure.slice(1)}. ` +
+            'If you are running from a checkout, build it first with "bash build.sh".'
+        );
       }
       if (minSplitMacs != null && Number.isFinite(Number(minSplitMacs))) gitcap.setMinSplitMacs(Number(minSplitMacs));
       if (minSplitRows != null && Number.isFinite(Number(minSplitRows))) gitcap.setMinSplitRows(Number(minSplitRows));

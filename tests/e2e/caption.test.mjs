@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   startServer, launch, recordRequests, nativeCaption, pageUrl, captionResult, chooseFile,
-  ensureWasm, gitcapBin, IMAGES, ROOT, TINY,
+  ensureWasm, gitcapBin, int8FormOfPage, IMAGES, ROOT, TINY,
 } from './helpers.mjs';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
@@ -123,15 +123,8 @@ test('a q8_0 GGUF model: the integer kernel runs in the page and gives the CLI\'
     const backend = await page.textContent('#backend');
     assert.match(backend, /q8_0: wasm (SIMD128 i16 dot|relaxed SIMD int8 dot)/);
     assert.ok(Number(r.data.int8Products) > 0, `the integer kernel did not run: ${r.data.int8Products}`);
-    // Every form of the kernel gives the bits of the CLI's portable one (at ±63 with relaxed SIMD).
-    const int8 = /relaxed SIMD/.test(backend) ? 'relaxed' : 'portable';
-    const n = spawnSync(gitcapBin(), ['caption', '--json', '--model', file, CHELSEA], {
-      cwd: ROOT,
-      encoding: 'utf8',
-      env: { ...process.env, GITCAP_INT8: int8 },
-    });
-    assert.equal(n.status, 0, n.stderr);
-    const native = JSON.parse(n.stdout.trim().split('\n').pop());
+    const int8 = int8FormOfPage(backend);
+    const native = nativeCaption(CHELSEA, [], { model: file, int8 });
     assert.equal(r.data.tokenIds, native.token_ids.join(','), `page (${int8}) vs CLI`);
     assert.equal(r.text, native.text);
   } finally {

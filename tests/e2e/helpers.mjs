@@ -109,11 +109,19 @@ export function recordRequests(context) {
   return list;
 }
 
-/** The native CLI's caption for an image with the tiny model. */
-export function nativeCaption(image, extraArgs = []) {
-  const r = spawnSync(gitcapBin(), ['caption', '--json', '--model', TINY, ...extraArgs, image], { cwd: ROOT, encoding: 'utf8' });
+/** The native CLI's caption for an image, with the tiny model unless `model` names another; `int8`
+ *  sets GITCAP_INT8, the form of the integer q8_0 kernel the CLI runs. */
+export function nativeCaption(image, extraArgs = [], { model = TINY, int8 } = {}) {
+  const env = int8 ? { ...process.env, GITCAP_INT8: int8 } : process.env;
+  const r = spawnSync(gitcapBin(), ['caption', '--json', '--model', model, ...extraArgs, image], { cwd: ROOT, encoding: 'utf8', env });
   if (r.status !== 0) throw new Error(`gitcap caption failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop());
+}
+
+/** The CLI's GITCAP_INT8 form that gives the bits of the page's integer kernel, from the page's
+ *  backend line: every wasm form equals the portable one, except relaxed SIMD (x at ±63). */
+export function int8FormOfPage(backendText) {
+  return /relaxed SIMD/.test(backendText) ? 'relaxed' : 'portable';
 }
 
 export function pageUrl(server, query = {}) {

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  startServer, launch, nativeCaption, pageUrl, captionResult, chooseFile, ensureWasm, gitcapBin,
+  startServer, launch, nativeCaption, pageUrl, captionResult, chooseFile, ensureWasm, gitcapBin, int8FormOfPage,
   IMAGES, ROOT, TINY, WWW,
 } from './helpers.mjs';
 
@@ -95,17 +95,9 @@ test('threaded: a q8_0 GGUF model matches the native CLI on the same file', { sk
   assert.equal(result.error, null);
   assert.equal(backend.threaded, 'true', backend.text);
   assert.ok(Number(result.data.splits) > 0);
-  // The page's integer kernel gives the bits of the CLI's portable form (at ±63 in a relaxed SIMD
-  // build), whatever this CPU would pick natively.
-  const int8 = /relaxed SIMD/.test(backend.text) ? 'relaxed' : 'portable';
   assert.match(backend.text, /q8_0: wasm/);
-  const r = spawnSync(gitcapBin(), ['caption', '--json', '--model', file, CHELSEA], {
-    cwd: ROOT,
-    encoding: 'utf8',
-    env: { ...process.env, GITCAP_INT8: int8 },
-  });
-  assert.equal(r.status, 0, r.stderr);
-  const native = JSON.parse(r.stdout.trim().split('\n').pop());
+  const int8 = int8FormOfPage(backend.text);
+  const native = nativeCaption(CHELSEA, [], { model: file, int8 });
   assert.equal(result.data.tokenIds, native.token_ids.join(','), `page (${int8}) vs CLI`);
 });
 
