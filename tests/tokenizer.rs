@@ -1,3 +1,7 @@
+//! gitcap's own WordPiece tokenizer against transformers' GIT tokenizer (tokenizers' BERT
+//! pipeline) on awkward prompts and id sequences (tests/fixtures/reference/tokenizer.json, made by
+//! tests/make_tokenizer_fixtures.py), and its refusals of tokenizers it does not implement.
+//!
 //! Streamed caption fragments must concatenate to exactly the decoded caption, with the real GIT
 //! (BERT uncased) vocabulary, including the pieces whose decoding rewrites earlier text:
 //! `##` continuations, punctuation that pulls spaces in, and apostrophes ("don ' t" → "don't").
@@ -109,4 +113,114 @@ fn known_rewrites_stream_correctly() {
         .unwrap();
     let (fragments, _) = stream(&tok, &ids);
     assert!(fragments.len() >= 6, "{fragments:?}");
+}
+
+fn reference() -> serde_json::Value {
+    let path = common::root()
+        .join("fixtures")
+        .join("reference/tokenizer.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn prompts_encode_to_transformers_ids() {
+    let from_json = tokenizer();
+    let from_vocab = CaptionTokenizer::from_vocab_txt(
+        &std::fs::read(common::root().join("fixtures").join("vocab.txt")).unwrap(),
+    )
+    .unwrap();
+    let cases = reference();
+    let cases = cases["encode"].as_array().unwrap();
+    assert!(cases.len() >= 30);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let expected = ids_of(&case["ids"]);
+        for tok in [&from_json, &from_vocab] {
+            assert_eq!(
+                tok.encode_prompt(text).unwrap(),
+                expected,
+                "prompt {text:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ids_decode_to_transformers_text() {
+    let cases = reference();
+    let cases = cases["decode"].as_array().unwrap();
+    assert!(cases.len() >= 50);
+    for clean_up in [false, true] {
+        let tok = tokenizer().with_clean_up_spaces(clean_up);
+        let key = if clean_up { "text_clean_up" } else { "text" };
+        for case in cases {
+            let ids = ids_of(&case["ids"]);
+            let expected = case[key].as_str().unwrap();
+            assert_eq!(
+                tok.decode(&ids).unwrap(),
+                expected,
+                "ids {ids:?}, clean-up {clean_up}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ids_outside_the_vocabulary_are_skipped() {
+    let tok = tokenizer();
+    assert_eq!(tok.vocab_size(), 30522);
+    assert_eq!(tok.decode(&[1037, 30522, 3899, u32::MAX]).unwrap(), "a dog");
+}
+
+#[test]
+fn other_kinds_of_tokenizer_are_refused_with_what_differs() {
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::model_dir("tiny-coco").join("tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        ("/model/type", "BPE".into(), "its model is \"BPE\""),
+        (
+            "/normalizer/type",
+            "NFKC".into(),
+            "its normalizer is \"NFKC\"",
+        ),
+        (
+            "/pre_tokenizer/type",
+            "ByteLevel".into(),
+            "its pre-tokenizer is \"ByteLevel\"",
+        ),
+        (
+            "/decoder/type",
+            "Metaspace".into(),
+            "its decoder is \"Metaspace\"",
+        ),
+        (
+            "/model/unk_token",
+            "<unk>".into(),
+            "the unknown token \"<unk>\" is not in the vocabulary",
+        ),
+    ];
+    for (pointer, value, message) in cases {
+        let mut changed = json.clone();
+        *changed.pointer_mut(pointer).unwrap() = value;
+        let err = CaptionTokenizer::from_tokenizer_json(changed.to_string().as_bytes())
+            .err()
+            .unwrap_or_else(|| panic!("{pointer} changed, and the tokenizer was accepted"))
+            .to_string();
+        assert!(err.contains(message), "{pointer}: {err}");
+    }
+    let err = CaptionTokenizer::from_tokenizer_json(b"{\"model\": 3")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("tokenizer.json could not be read"), "{err}");
 }
