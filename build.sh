@@ -97,22 +97,28 @@ fi
 
 # wasm-bindgen's CLI must be exactly the version of the wasm-bindgen crate in Cargo.lock: the
 # generated glue and the test runner speak a version-specific protocol. tools/wasm-bindgen builds
-# it in this workspace (pinned by Cargo.lock, sharing most of its dependencies with the native
-# build) instead of `cargo install wasm-bindgen-cli`, which took 34 minutes on CI's two cores.
-WB_VERSION=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+# it in this workspace (pinned by Cargo.lock) instead of `cargo install wasm-bindgen-cli`, which
+# took 34 minutes on CI's two cores; its test runner (the whole CLI crate, as much again to
+# compile) only where the wasm tests run.
+lock_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock; }
+WB_VERSION=$(lock_version wasm-bindgen)
 if [ -z "$WB_VERSION" ]; then
     echo "build.sh: no wasm-bindgen in Cargo.lock" >&2
     exit 1
 fi
-step "wasm-bindgen $WB_VERSION (tools/wasm-bindgen)"
-cargo build -p gitcap-wasm-bindgen
-WASM_BINDGEN=${CARGO_TARGET_DIR:-target}/debug/wasm-bindgen
-have=$("$WASM_BINDGEN" --version | awk '{print $2}')
+have=$(lock_version wasm-bindgen-cli-support)
 if [ "$have" != "$WB_VERSION" ]; then
     echo "build.sh: tools/wasm-bindgen builds wasm-bindgen $have but the crate is $WB_VERSION;" \
-        "set its wasm-bindgen-cli pin to =$WB_VERSION" >&2
+        "set its wasm-bindgen-cli-support and wasm-bindgen-cli pins to =$WB_VERSION" >&2
     exit 1
 fi
+WB_FEATURES=()
+if [ "$RUN_TESTS" = 1 ] || [ "$TOOLS_ONLY" = 1 ]; then
+    WB_FEATURES=(--features test-runner)
+fi
+step "wasm-bindgen $WB_VERSION (tools/wasm-bindgen${WB_FEATURES:+, with the test runner})"
+cargo build -p gitcap-wasm-bindgen "${WB_FEATURES[@]}"
+WASM_BINDGEN=${CARGO_TARGET_DIR:-target}/debug/wasm-bindgen
 "$WASM_BINDGEN" --version
 
 # binaryen from npm: Debian's (108) miscompiles current rustc output.
@@ -148,15 +154,15 @@ bindgen_and_opt() { # RAW_WASM OUT_DIR [extra wasm-opt flags]
 }
 
 step "cargo build --target $TARGET"
-RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo build "${PROFILE_FLAG[@]}" --target "$TARGET" --lib
+RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo rustc "${PROFILE_FLAG[@]}" --target "$TARGET" --lib --crate-type cdylib
 RAW=target/$TARGET/$PROFILE_DIR/gitcap.wasm
 step "wasm-bindgen + wasm-opt -> $OUT"
 bindgen_and_opt "$RAW" "$OUT"
 
 if [ "$RELAXED" = 1 ]; then
     step "cargo build --target $TARGET, relaxed SIMD"
-    RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo build "${PROFILE_FLAG[@]}" \
-        --target "$TARGET" --lib --features relaxed-simd
+    RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo rustc "${PROFILE_FLAG[@]}" \
+        --target "$TARGET" --lib --crate-type cdylib --features relaxed-simd
     step "wasm-bindgen + wasm-opt -> $OUT_SINGLE_RELAXED"
     rm -rf "$OUT_SINGLE_RELAXED"
     bindgen_and_opt "$RAW" "$OUT_SINGLE_RELAXED" --enable-relaxed-simd
@@ -167,8 +173,8 @@ fi
 if [ "$THREADS" = 1 ]; then
     step "cargo +$NIGHTLY build --target $TARGET --features threads (build-std)"
     # Its own target dir: different flags and std, so neither build invalidates the other.
-    RUSTFLAGS="$THREADS_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo "+$NIGHTLY" build "${PROFILE_FLAG[@]}" \
-        --target "$TARGET" --lib --features threads -Z build-std=panic_abort,std \
+    RUSTFLAGS="$THREADS_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo "+$NIGHTLY" rustc "${PROFILE_FLAG[@]}" \
+        --target "$TARGET" --lib --crate-type cdylib --features threads -Z build-std=panic_abort,std \
         --target-dir target/threads
     RAW_THREADS=target/threads/$TARGET/$PROFILE_DIR/gitcap.wasm
     step "wasm-bindgen + wasm-opt -> $OUT_THREADS"
@@ -183,8 +189,8 @@ fi
 
 if [ "$THREADS" = 1 ] && [ "$RELAXED" = 1 ]; then
     step "cargo +$NIGHTLY build --target $TARGET --features threads, relaxed SIMD (build-std)"
-    RUSTFLAGS="$THREADS_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo "+$NIGHTLY" build "${PROFILE_FLAG[@]}" \
-        --target "$TARGET" --lib --features threads,relaxed-simd -Z build-std=panic_abort,std \
+    RUSTFLAGS="$THREADS_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo "+$NIGHTLY" rustc "${PROFILE_FLAG[@]}" \
+        --target "$TARGET" --lib --crate-type cdylib --features threads,relaxed-simd -Z build-std=panic_abort,std \
         --target-dir target/threads
     step "wasm-bindgen + wasm-opt -> $OUT_RELAXED"
     rm -rf "$OUT_RELAXED"

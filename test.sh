@@ -45,6 +45,8 @@ step "native tests"
 cargo test --features native
 
 if [ "$FULL" = 1 ]; then
+  step "wasm-bindgen's test runner (tools/wasm-bindgen --features test-runner)"
+  cargo build -p gitcap-wasm-bindgen --features test-runner
   step "wasm tests in headless Chromium"
   CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
   step "wasm tests of the integer kernel's relaxed SIMD form"
