@@ -452,41 +452,33 @@ fn is_bert_punctuation(c: char) -> bool {
     c.is_ascii_punctuation() || c.is_punctuation()
 }
 
-/// The WordPiece decoder's cleanup (`tokenizers`' `decoders::wordpiece::cleanup`).
+/// The WordPiece decoder's cleanup (`tokenizers`' `decoders::wordpiece::cleanup`), in its order.
+const WORDPIECE_CLEANUP: [(&str, &str); 11] = [
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" do not", " don't"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+];
+
 fn wordpiece_cleanup(text: &str) -> String {
-    [
-        (" .", "."),
-        (" ?", "?"),
-        (" !", "!"),
-        (" ,", ","),
-        (" ' ", "'"),
-        (" n't", "n't"),
-        (" 'm", "'m"),
-        (" do not", " don't"),
-        (" 's", "'s"),
-        (" 've", "'ve"),
-        (" 're", "'re"),
-    ]
-    .iter()
-    .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+    WORDPIECE_CLEANUP
+        .iter()
+        .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
 }
 
-/// transformers' `clean_up_tokenization`, in its order.
+/// transformers' `clean_up_tokenization`: the same rules in the same order, but for " do not".
 fn clean_up_tokenization(text: &str) -> String {
-    [
-        (" .", "."),
-        (" ?", "?"),
-        (" !", "!"),
-        (" ,", ","),
-        (" ' ", "'"),
-        (" n't", "n't"),
-        (" 'm", "'m"),
-        (" 's", "'s"),
-        (" 've", "'ve"),
-        (" 're", "'re"),
-    ]
-    .iter()
-    .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+    WORDPIECE_CLEANUP
+        .iter()
+        .filter(|(from, _)| *from != " do not")
+        .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
 }
 
 /// Turns a growing list of generated ids into text fragments whose concatenation is exactly the
