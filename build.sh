@@ -153,7 +153,7 @@ bindgen_and_opt() { # RAW_WASM OUT_DIR [extra wasm-opt flags]
     mv "$out/gitcap_bg.wasm.opt" "$out/gitcap_bg.wasm"
 }
 
-step "cargo build --target $TARGET"
+step "cargo rustc --target $TARGET --crate-type cdylib"
 RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo rustc "${PROFILE_FLAG[@]}" --target "$TARGET" --lib --crate-type cdylib
 RAW=target/$TARGET/$PROFILE_DIR/gitcap.wasm
 step "wasm-bindgen + wasm-opt -> $OUT"
