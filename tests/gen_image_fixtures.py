@@ -4,7 +4,7 @@
     .venv-ref/bin/python tests/gen_image_fixtures.py
 
 Needs the reference venv (transformers 5, pillow, numpy, torch). Re-runnable: it rewrites every
-fixture and index.json. The fixtures are read by tests/image_preprocess.rs.
+fixture and index.json. The fixtures are read by tests/native/image_preprocess.rs.
 
 Reference path: `AutoImageProcessor.from_pretrained(<dir with preprocessor_config.json>)`. In
 transformers 5 that picks the torchvision backend when torchvision is installed and the PIL

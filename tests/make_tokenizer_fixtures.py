@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Records what transformers' GIT tokenizer (BertTokenizer over the real BERT uncased vocabulary,
 tests/fixtures/vocab.txt) does with awkward text, for gitcap's own WordPiece tokenizer
-(src/tokenizer.rs, tested in tests/tokenizer.rs).
+(src/tokenizer.rs, tested in tests/native/tokenizer.rs).
 
     .venv-ref/bin/python tests/make_tokenizer_fixtures.py
 

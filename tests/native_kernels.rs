@@ -138,7 +138,7 @@ fn integer_kernel_and_candle_both_match_transformers_within_q8_0() {
             rel_err(&logits, want_logits),
         );
         println!("q8_0 {what}: vs transformers' f32: features {fe:.2e}, logits {le:.2e}");
-        // The bound of tests/quantize.rs for candle's q8_0 path on this model.
+        // The bound of tests/native/quantize.rs for candle's q8_0 path on this model.
         assert!(fe < 3e-2 && le < 3e-2, "q8_0 {what}: {fe} {le}");
         (features, logits)
     };

@@ -6,7 +6,7 @@
 //! (BERT uncased) vocabulary, including the pieces whose decoding rewrites earlier text:
 //! `##` continuations, punctuation that pulls spaces in, and apostrophes ("don ' t" → "don't").
 
-mod common;
+use crate::common;
 
 use gitcap::tokenizer::{CaptionTokenizer, TextStream};
 

@@ -1,7 +1,7 @@
 //! Bad input gets a clear error, never a panic: missing files, configs that are not GIT,
 //! truncated or mismatched weights, corrupt images. Also the other weight layouts load.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -93,7 +93,7 @@ fn truncated_weights_are_reported_as_such() {
         );
     }
     // The browser's streamed loader (src/stream_load.rs) has its own truncation tests in
-    // tests/stream_load.rs.
+    // tests/native/stream_load.rs.
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! gitcap against transformers' GitForCausalLM on small random checkpoints (see
 //! tests/make_fixtures.py): image features and logits within 1e-4, identical token ids and text.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{ids, max_abs_diff, model_dir, Reference};

@@ -2,7 +2,7 @@
 //! tiny-coco's matrices have rows of 16 (text), 32 and 64 (vision): q8_0 quantizes the vision
 //! ones and keeps the text ones f16; q4k (blocks of 256) falls back to q8_0 and f16 throughout.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

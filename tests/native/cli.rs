@@ -2,7 +2,7 @@
 //! recorded outputs; bad inputs do not stop the other images; hub ids resolve from a local
 //! Hugging Face cache with no network.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 
