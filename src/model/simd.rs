@@ -93,58 +93,80 @@ mod imp {
     }
 }
 
+// Every helper is #[inline(always)] and spelled lane by lane: the tests build gitcap at opt-level 1,
+// where calls to these (and to std::array::from_fn's iterator machinery) were most of a split
+// test's time.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 mod imp {
     pub type V = [f32; 4];
 
+    #[inline(always)]
     fn map2(a: V, b: V, f: impl Fn(f32, f32) -> f32) -> V {
-        std::array::from_fn(|l| f(a[l], b[l]))
+        [f(a[0], b[0]), f(a[1], b[1]), f(a[2], b[2]), f(a[3], b[3])]
     }
 
+    #[inline(always)]
+    fn map(a: V, f: impl Fn(f32) -> f32) -> V {
+        [f(a[0]), f(a[1]), f(a[2]), f(a[3])]
+    }
+
+    #[inline(always)]
     pub fn splat(x: f32) -> V {
         [x; 4]
     }
 
     /// # Safety
     /// Four f32 from `p` on must be readable.
+    #[inline(always)]
     pub unsafe fn load(p: *const f32) -> V {
-        unsafe { std::array::from_fn(|l| *p.add(l)) }
+        unsafe { [*p, *p.add(1), *p.add(2), *p.add(3)] }
     }
 
     /// # Safety
     /// Four f32 from `p` on must be writable.
+    #[inline(always)]
     pub unsafe fn store(p: *mut f32, v: V) {
-        for (l, x) in v.into_iter().enumerate() {
-            unsafe { *p.add(l) = x };
+        unsafe {
+            *p = v[0];
+            *p.add(1) = v[1];
+            *p.add(2) = v[2];
+            *p.add(3) = v[3];
         }
     }
 
+    #[inline(always)]
     pub fn add(a: V, b: V) -> V {
         map2(a, b, |a, b| a + b)
     }
 
+    #[inline(always)]
     pub fn sub(a: V, b: V) -> V {
         map2(a, b, |a, b| a - b)
     }
 
+    #[inline(always)]
     pub fn mul(a: V, b: V) -> V {
         map2(a, b, |a, b| a * b)
     }
 
+    #[inline(always)]
     pub fn div(a: V, b: V) -> V {
         map2(a, b, |a, b| a / b)
     }
 
     /// wasm's pmax: b < a ? a : b.
+    #[inline(always)]
     pub fn max(a: V, b: V) -> V {
         map2(a, b, |a, b| if a < b { b } else { a })
     }
 
     /// wasm's pmin: b < a ? b : a.
+    #[inline(always)]
     pub fn min(a: V, b: V) -> V {
         map2(a, b, |a, b| if b < a { b } else { a })
     }
 
+    #[inline(always)]
     pub fn madd(a: V, b: V, c: V) -> V {
         add(mul(a, b), c)
     }
@@ -152,15 +174,18 @@ mod imp {
     /// Round to nearest even by adding and removing 1.5 · 2²³ (exact for |a| < 2²²; `exp`
     /// rounds values under 128): unlike `round_ties_even`, this needs no libm call on x86-64's
     /// baseline, so the loops that use it vectorise.
+    #[inline(always)]
     pub fn round(a: V) -> V {
         const MAGIC: f32 = 12_582_912.0;
-        a.map(|a| (a + MAGIC) - MAGIC)
+        map(a, |a| (a + MAGIC) - MAGIC)
     }
 
+    #[inline(always)]
     pub fn pow2(n: V) -> V {
-        n.map(|n| f32::from_bits(((n as i32 + 127) as u32) << 23))
+        map(n, |n| f32::from_bits(((n as i32 + 127) as u32) << 23))
     }
 
+    #[inline(always)]
     pub fn lanes(v: V) -> [f32; 4] {
         v
     }
