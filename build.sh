@@ -45,6 +45,8 @@ fi
 
 BINARYEN_VERSION=132.0.0
 TOOLS=target/tools  # binaryen from npm lives here (target/ is gitignored)
+# cargo's output: test.sh builds the page in a target directory of its own (CARGO_TARGET_DIR).
+CARGO_OUT=${CARGO_TARGET_DIR:-target}
 TARGET=wasm32-unknown-unknown
 OUT=www/pkg
 # The same flags as .cargo/config.toml's for the wasm target (so `cargo test --target ...` reuses
@@ -118,18 +120,20 @@ if [ "$RUN_TESTS" = 1 ] || [ "$TOOLS_ONLY" = 1 ]; then
 fi
 step "wasm-bindgen $WB_VERSION (tools/wasm-bindgen${WB_FEATURES:+, with the test runner})"
 cargo build -p gitcap-wasm-bindgen "${WB_FEATURES[@]}"
-WASM_BINDGEN=${CARGO_TARGET_DIR:-target}/debug/wasm-bindgen
+WASM_BINDGEN=$CARGO_OUT/debug/wasm-bindgen
 "$WASM_BINDGEN" --version
 
-# binaryen from npm: Debian's (108) miscompiles current rustc output.
-step "binaryen $BINARYEN_VERSION (npm)"
+# binaryen from npm: Debian's (108) miscompiles current rustc output. The dev pages skip wasm-opt.
 WASM_OPT="$TOOLS/node_modules/.bin/wasm-opt"
-have=$("$WASM_OPT" --version 2>/dev/null | grep -o 'version [0-9]*' | awk '{print $2}' || true)
-if [ "$have" != "${BINARYEN_VERSION%%.*}" ]; then
-    mkdir -p "$TOOLS"
-    npm install --no-save --no-audit --no-fund --prefix "$TOOLS" "binaryen@$BINARYEN_VERSION"
+if [ "$DEV" = 0 ] || [ "$TOOLS_ONLY" = 1 ]; then
+    step "binaryen $BINARYEN_VERSION (npm)"
+    have=$("$WASM_OPT" --version 2>/dev/null | grep -o 'version [0-9]*' | awk '{print $2}' || true)
+    if [ "$have" != "${BINARYEN_VERSION%%.*}" ]; then
+        mkdir -p "$TOOLS"
+        npm install --no-save --no-audit --no-fund --prefix "$TOOLS" "binaryen@$BINARYEN_VERSION"
+    fi
+    "$WASM_OPT" --version
 fi
-"$WASM_OPT" --version
 
 if [ "$TOOLS_ONLY" = 1 ]; then
     exit 0
@@ -155,7 +159,7 @@ bindgen_and_opt() { # RAW_WASM OUT_DIR [extra wasm-opt flags]
 
 step "cargo rustc --target $TARGET --crate-type cdylib"
 RUSTFLAGS="$WASM_RUSTFLAGS${RUSTFLAGS:+ $RUSTFLAGS}" cargo rustc "${PROFILE_FLAG[@]}" --target "$TARGET" --lib --crate-type cdylib
-RAW=target/$TARGET/$PROFILE_DIR/gitcap.wasm
+RAW=$CARGO_OUT/$TARGET/$PROFILE_DIR/gitcap.wasm
 step "wasm-bindgen + wasm-opt -> $OUT"
 bindgen_and_opt "$RAW" "$OUT"
 
@@ -221,7 +225,7 @@ fi
 if [ "$WASM_ONLY" = 0 ]; then
     step "cargo build --features native"
     cargo build --release --features native
-    ls -l target/release/gitcap
+    ls -l "$CARGO_OUT/release/gitcap"
 fi
 
 # --- wasm tests -----------------------------------------------------------------------------------

@@ -1,15 +1,49 @@
 #!/usr/bin/env bash
-# Runs every gitcap test on a fresh machine: installs what is missing (Rust wasm target, binaryen,
-# Debian's Chromium and ChromeDriver, npm packages), builds wasm-bindgen (tools/wasm-bindgen) and
-# the WebAssembly page, then runs the native tests, the wasm tests in headless Chromium and the
-# end-to-end browser tests against `gitcap serve`.
+# Runs every gitcap test on a fresh machine: installs what is missing (Rust wasm target, Debian's
+# Chromium and ChromeDriver, npm packages), builds wasm-bindgen (tools/wasm-bindgen) and the
+# WebAssembly page, then runs the native tests and the end-to-end browser tests against
+# `gitcap serve`; with --full also the threaded and relaxed SIMD pages and the wasm tests in
+# headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # Each step says how long the run has taken so far: CI has a time limit, and this shows where
 # the time goes.
 step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
-trap 'step "finished (exit status $?)"' EXIT
+
+FULL=0
+for arg in "$@"; do
+  case "$arg" in
+    --full) FULL=1 ;;
+    *) echo "test.sh: unknown argument $arg (the only one is --full)" >&2; exit 2 ;;
+  esac
+done
+
+# The work runs as three streams side by side, because most of each build is one long
+# single-threaded compile of gitcap and CI's second core would otherwise sit idle through it:
+#
+#   page:   wasm-bindgen, then the WebAssembly page (in target/page: two cargo processes cannot
+#           share a target directory, the second waits for the first's lock; they would share
+#           nothing anyway, the wasm build's host tools being built apart from the native ones)
+#   native: the native test build, then the native tests
+#   e2e:    the end-to-end browser tests, once the page and the native CLI are built
+#
+# Each background stream's lines carry its name; each runs in a session of its own, so that
+# whatever ends this script ends its builds (cargo, rustc) too.
+BACKGROUND=()
+background() { # NAME COMMAND...
+  local name=$1
+  shift
+  setsid bash -c 'set -o pipefail; name=$1; shift; "$@" 2>&1 | sed -u "s/^/$name | /"' \
+    _ "$name" "$@" &
+  BACKGROUND+=($!)
+}
+finish() {
+  local status=$?
+  for pid in "${BACKGROUND[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+  step "finished (exit status $status)"
+}
+trap finish EXIT
 
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   step "installing Debian's chromium and chromium-driver"
@@ -22,40 +56,63 @@ fi
 # most of its 90 minutes, the threaded build (nightly, std rebuilt) costs as much again as the
 # single-threaded one, and the end-to-end tests exercise the same bindings through the page. The
 # release builds are build.sh's default; `./test.sh --full` runs everything.
-FULL=0
-for arg in "$@"; do
-  case "$arg" in
-    --full) FULL=1 ;;
-    *) echo "test.sh: unknown argument $arg (the only one is --full)" >&2; exit 2 ;;
-  esac
-done
+PAGE_TARGET_DIR=target/page
 if [ "$FULL" = 1 ]; then
-  step "building the WebAssembly pages (dev profile, with the threaded page)"
-  bash build.sh --wasm-only --dev
+  step "page: building the WebAssembly pages (dev profile, with the threaded page), in the background"
+  PAGE_ARGS=(--wasm-only --dev)
 else
-  step "building the WebAssembly page (dev profile; the threaded and relaxed SIMD pages need ./test.sh --full)"
+  step "page: building the WebAssembly page (dev profile; the threaded and relaxed SIMD pages need ./test.sh --full), in the background"
   # Stale threaded or relaxed SIMD pages would be tested (the worker prefers them) against a
   # newer plain one.
   rm -rf www/pkg-threads www/pkg-threads-relaxed www/pkg-relaxed
-  bash build.sh --wasm-only --dev --no-threads --no-relaxed
+  PAGE_ARGS=(--wasm-only --dev --no-threads --no-relaxed)
   export GITCAP_E2E_NO_THREADS=1
 fi
+background page env CARGO_TARGET_DIR="$PAGE_TARGET_DIR" bash build.sh "${PAGE_ARGS[@]}"
+PAGE_PID=${BACKGROUND[-1]}
 
-step "native tests"
-cargo test --features native
+step "npm packages for the end-to-end tests"
+npm ci --omit=optional --no-audit --no-fund --loglevel=error # onnxruntime-web (139 MB) is only for bench/peer
+
+step "native: building the tests"
+cargo test --features native --no-run
+
+step "native: running the tests, in the background"
+background native cargo test --features native
+NATIVE_PID=${BACKGROUND[-1]}
+
+step "waiting for the page"
+wait "$PAGE_PID" || { echo "test.sh: building the WebAssembly page failed (its lines above start with 'page |')" >&2; exit 1; }
 
 if [ "$FULL" = 1 ]; then
-  step "wasm-bindgen's test runner (tools/wasm-bindgen --features test-runner)"
+  # After the native tests: the wasm test build and Chromium would compete with them.
+  step "wasm tests in headless Chromium (after the native tests)"
+  wait "$NATIVE_PID" || { echo "test.sh: native tests failed (their lines above start with 'native |')" >&2; exit 1; }
+  NATIVE_PID=
+  export CARGO_TARGET_DIR=$PAGE_TARGET_DIR
   cargo build -p gitcap-wasm-bindgen --features test-runner
-  step "wasm tests in headless Chromium"
   CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm
   step "wasm tests of the integer kernel's relaxed SIMD form"
   CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm \
     --features relaxed-simd int8
+  unset CARGO_TARGET_DIR
 fi
 
 step "end-to-end browser tests"
-npm ci --omit=optional --no-audit --no-fund --loglevel=error # onnxruntime-web (139 MB) is only for bench/peer
 # Two files at a time: each starts its own server and browser profile, and much of a test is
 # waiting (browser start, page load, the native CLI's reference caption).
-node --test --test-concurrency=2 tests/e2e/
+e2e_status=0
+node --test --test-concurrency=2 tests/e2e/ || e2e_status=$?
+
+native_status=0
+if [ -n "$NATIVE_PID" ]; then
+  step "waiting for the native tests"
+  wait "$NATIVE_PID" || native_status=$?
+fi
+if [ "$native_status" != 0 ]; then
+  echo "test.sh: native tests failed (their lines above start with 'native |')" >&2
+fi
+if [ "$e2e_status" != 0 ]; then
+  echo "test.sh: end-to-end tests failed" >&2
+fi
+[ "$native_status" = 0 ] && [ "$e2e_status" = 0 ]
