@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Runs every gitcap test on a fresh machine: installs what is missing (Rust wasm target, Debian's
-# Chromium and ChromeDriver, npm packages), builds wasm-bindgen (tools/wasm-bindgen) and the
-# WebAssembly page, then runs the native tests and the end-to-end browser tests against
-# `gitcap serve`; with --full also the threaded and relaxed SIMD pages and the wasm tests in
-# headless Chromium.
+# Runs gitcap's tests on a fresh machine, installing what is missing. Three levels:
+#
+#   ./test.sh            native tests (parity with transformers, kernels, CLI, errors, tokenizer)
+#                        and `gitcap serve`'s HTTP tests; what CI runs
+#   ./test.sh --browser  also the WebAssembly page (dev profile, wasm-bindgen from tools/) and
+#                        every end-to-end test in headless Chromium (Debian's chromium)
+#   ./test.sh --full     also the threaded and relaxed SIMD pages and the wasm unit tests
+#                        (tests/wasm.rs) in Chromium
+#
+# Why the page is not in CI's run: on CI's two cores, wasm-bindgen's generator and the dev page
+# alone took 77 minutes of its 90 (stop 18's log), before the native build had started.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,22 +17,23 @@ cd "$(dirname "$0")"
 # the time goes.
 step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
+BROWSER=0
 FULL=0
 for arg in "$@"; do
   case "$arg" in
-    --full) FULL=1 ;;
-    *) echo "test.sh: unknown argument $arg (the only one is --full)" >&2; exit 2 ;;
+    --browser) BROWSER=1 ;;
+    --full) BROWSER=1 FULL=1 ;;
+    *) echo "test.sh: unknown argument $arg (--browser or --full)" >&2; exit 2 ;;
   esac
 done
 
-# The work runs as three streams side by side, because most of each build is one long
-# single-threaded compile of gitcap and CI's second core would otherwise sit idle through it:
+# With --browser the work runs as streams side by side, because most of each build is one long
+# single-threaded compile of gitcap and the second core would otherwise sit idle through it:
 #
 #   page:   wasm-bindgen, then the WebAssembly page (in target/page: two cargo processes cannot
 #           share a target directory, the second waits for the first's lock; they would share
 #           nothing anyway, the wasm build's host tools being built apart from the native ones)
-#   native: the native test build, then the native tests
-#   e2e:    the end-to-end browser tests, once the page and the native CLI are built
+#   native: the native test build, then the native tests, beside the end-to-end tests
 #
 # Each background stream's lines carry its name; each runs in a session of its own, so that
 # whatever ends this script ends its builds (cargo, rustc) too.
@@ -45,44 +52,49 @@ finish() {
 }
 trap finish EXIT
 
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  step "installing Debian's chromium and chromium-driver"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
-fi
+PAGE_PID=
+if [ "$BROWSER" = 1 ]; then
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    step "installing Debian's chromium and chromium-driver"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
 
-# The pages with the dev profile (build.sh --dev); the threaded page and the wasm unit tests
-# (tests/wasm.rs) only with --full. On CI's two cores the release builds of both pages alone took
-# most of its 90 minutes, the threaded build (nightly, std rebuilt) costs as much again as the
-# single-threaded one, and the end-to-end tests exercise the same bindings through the page. The
-# release builds are build.sh's default; `./test.sh --full` runs everything.
-PAGE_TARGET_DIR=target/page
-if [ "$FULL" = 1 ]; then
-  step "page: building the WebAssembly pages (dev profile, with the threaded page), in the background"
-  PAGE_ARGS=(--wasm-only --dev)
-else
-  step "page: building the WebAssembly page (dev profile; the threaded and relaxed SIMD pages need ./test.sh --full), in the background"
-  # Stale threaded or relaxed SIMD pages would be tested (the worker prefers them) against a
-  # newer plain one.
-  rm -rf www/pkg-threads www/pkg-threads-relaxed www/pkg-relaxed
-  PAGE_ARGS=(--wasm-only --dev --no-threads --no-relaxed)
-  export GITCAP_E2E_NO_THREADS=1
+  # The pages with the dev profile (build.sh --dev: gitcap optimized, its dependencies not, no
+  # wasm-opt); the threaded page and the wasm unit tests only with --full (the threaded build,
+  # on nightly with std rebuilt, costs as much again). The release builds are build.sh's default.
+  PAGE_TARGET_DIR=target/page
+  if [ "$FULL" = 1 ]; then
+    step "page: building the WebAssembly pages (dev profile, with the threaded page), in the background"
+    PAGE_ARGS=(--wasm-only --dev)
+  else
+    step "page: building the WebAssembly page (dev profile; the threaded and relaxed SIMD pages need --full), in the background"
+    # Stale threaded or relaxed SIMD pages would be tested (the worker prefers them) against a
+    # newer plain one.
+    rm -rf www/pkg-threads www/pkg-threads-relaxed www/pkg-relaxed
+    PAGE_ARGS=(--wasm-only --dev --no-threads --no-relaxed)
+    export GITCAP_E2E_NO_THREADS=1
+  fi
+  background page env CARGO_TARGET_DIR="$PAGE_TARGET_DIR" bash build.sh "${PAGE_ARGS[@]}"
+  PAGE_PID=${BACKGROUND[-1]}
 fi
-background page env CARGO_TARGET_DIR="$PAGE_TARGET_DIR" bash build.sh "${PAGE_ARGS[@]}"
-PAGE_PID=${BACKGROUND[-1]}
 
 step "npm packages for the end-to-end tests"
 npm ci --omit=optional --no-audit --no-fund --loglevel=error # onnxruntime-web (139 MB) is only for bench/peer
 
+# --tests: the library's, the CLI's and the integration tests' harnesses, without compiling the
+# examples (bench tools) into test builds; clippy --all-targets still checks those.
 step "native: building the tests"
-cargo test --features native --no-run
+cargo test --features native --tests --no-run
 
 step "native: running the tests, in the background"
-background native cargo test --features native
+background native cargo test --features native --tests
 NATIVE_PID=${BACKGROUND[-1]}
 
-step "waiting for the page"
-wait "$PAGE_PID" || { echo "test.sh: building the WebAssembly page failed (its lines above start with 'page |')" >&2; exit 1; }
+if [ "$BROWSER" = 1 ]; then
+  step "waiting for the page"
+  wait "$PAGE_PID" || { echo "test.sh: building the WebAssembly page failed (its lines above start with 'page |')" >&2; exit 1; }
+fi
 
 if [ "$FULL" = 1 ]; then
   # After the native tests: the wasm test build and Chromium would compete with them.
@@ -98,11 +110,17 @@ if [ "$FULL" = 1 ]; then
   unset CARGO_TARGET_DIR
 fi
 
-step "end-to-end browser tests"
-# Two files at a time: each starts its own server and browser profile, and much of a test is
-# waiting (browser start, page load, the native CLI's reference caption).
 e2e_status=0
-node --test --test-concurrency=2 tests/e2e/ || e2e_status=$?
+if [ "$BROWSER" = 1 ]; then
+  step "end-to-end browser tests"
+  # Two files at a time: each starts its own server and browser profile, and much of a test is
+  # waiting (browser start, page load, the native CLI's reference caption).
+  node --test --test-concurrency=2 tests/e2e/ || e2e_status=$?
+else
+  # The HTTP server's tests need only the native CLI; the page's need --browser.
+  step "gitcap serve's tests (tests/e2e/serve.test.mjs; the browser tests need --browser)"
+  node --test tests/e2e/serve.test.mjs || e2e_status=$?
+fi
 
 native_status=0
 if [ -n "$NATIVE_PID" ]; then
