@@ -13,5 +13,7 @@ mod errors;
 mod image_preprocess;
 mod parity;
 mod quantize;
+#[cfg(feature = "native")]
+mod serve;
 mod stream_load;
 mod tokenizer;
