@@ -1,4 +1,5 @@
 // `gitcap serve`: MIME types, Range requests, isolation headers, model folders, path traversal.
+// No browser here (CI runs this file alone); csp.test.mjs checks the policy in Chromium.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -22,7 +23,7 @@ after(async () => {
 function raw(port, requestPath) {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => {
-      s.write(`GET ${requestPath} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+      s.write(`GET ${requestPath} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
     });
     let data = '';
     s.on('data', (d) => (data += d));
