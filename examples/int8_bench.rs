@@ -3,7 +3,7 @@
 //! projections, 1024 → 4096 and 4096 → 1024), natively. Threads: `RAYON_NUM_THREADS`.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release --example int8_bench [ROUNDS]
+//! RAYON_NUM_THREADS=2 cargo run --release --features native --example int8_bench [ROUNDS]
 //! ```
 //!
 //! Prints one JSON line per path: milliseconds per encoder layer's products (median of ROUNDS,

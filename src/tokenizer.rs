@@ -185,7 +185,7 @@ impl CaptionTokenizer {
             added_by_id.insert(id, content.to_string());
         }
         // Longest first, so that at one position the longest added token wins.
-        added.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        added.sort_by_key(|a| std::cmp::Reverse(a.0.len()));
         let id_to_token = vocab.iter().map(|(t, &id)| (id, t.clone())).collect();
         Ok(Self {
             vocab,

@@ -4,6 +4,9 @@
 //! (src/model/int8.rs: portable everywhere, AVX-512 VNNI where the CPU has it) and candle's. A test
 //! binary of its own: the kernel choice is process-wide (and the tests take turns at it).
 
+// Native only: these tests read fixtures from disk (the wasm tests are tests/wasm.rs).
+#![cfg(not(target_arch = "wasm32"))]
+
 mod common;
 
 use candle_core::{Device, Tensor};

@@ -3,6 +3,9 @@
 //! give transformers' results, and the same ids as the unsplit model, dense and quantized.
 //! A test binary of its own: the split settings are process-wide.
 
+// Native only: these tests read fixtures from disk (the wasm tests are tests/wasm.rs).
+#![cfg(not(target_arch = "wasm32"))]
+
 mod common;
 
 use candle_core::{Device, Tensor};

@@ -417,7 +417,7 @@ fn multiply_with(
     workers: usize,
 ) -> Vec<f32> {
     let k = w.k;
-    assert!(k % BLOCK == 0 && x.len() == m * k);
+    assert!(k.is_multiple_of(BLOCK) && x.len() == m * k);
     assert!(a.levels >= 1 && a.levels <= kernel.max_levels());
     let xq = quantize_x(x, m, k, kernel, a);
     let n = w.rows();

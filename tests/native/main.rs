@@ -3,6 +3,9 @@
 //! cores about a minute; `split.rs` and `native_kernels.rs` stay binaries of their own, because
 //! they switch kernels and split settings for the whole process.
 
+// Native only: these tests read fixtures from disk (the wasm tests are tests/wasm.rs).
+#![cfg(not(target_arch = "wasm32"))]
+
 #[path = "../common/mod.rs"]
 mod common;
 
