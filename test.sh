@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs gitcap's tests on a fresh machine, installing what is missing. Three levels:
 #
-#   ./test.sh            native tests (parity with transformers, kernels, CLI, errors, tokenizer)
-#                        and `gitcap serve`'s HTTP tests; what CI runs
+#   ./test.sh            cargo fmt --check, clippy (native and wasm, -D warnings), the native tests
+#                        (parity with transformers, kernels, CLI, server, errors, tokenizer) and
+#                        `gitcap serve`'s HTTP tests; what CI runs
 #   ./test.sh --browser  also the WebAssembly page (dev profile, wasm-bindgen from tools/) and
 #                        every end-to-end test in headless Chromium (Debian's chromium)
 #   ./test.sh --full     also the threaded and relaxed SIMD pages and the wasm unit tests
@@ -79,6 +80,23 @@ if [ "$BROWSER" = 1 ]; then
   PAGE_PID=${BACKGROUND[-1]}
 fi
 
+# Formatting first: it takes a second and fails fast.
+step "cargo fmt --check"
+for component in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+done
+cargo fmt --check || { echo "test.sh: run cargo fmt" >&2; exit 1; }
+
+# clippy for both feature sets, in the background beside the native test build (whose long tail is
+# one single-threaded compile of gitcap, leaving the second core idle). In a target directory of
+# its own: cargo holds a target directory's lock for as long as its tests run.
+step "lint: cargo clippy, native and wasm, in the background"
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+background lint env CARGO_TARGET_DIR=target/lint bash -c \
+  'cargo clippy --features native --all-targets -- -D warnings &&
+   cargo clippy --target wasm32-unknown-unknown --all-targets -- -D warnings'
+LINT_PID=${BACKGROUND[-1]}
+
 step "npm packages for the end-to-end tests"
 npm ci --omit=optional --no-audit --no-fund --loglevel=error # onnxruntime-web (139 MB) is only for bench/peer
 
@@ -127,10 +145,16 @@ if [ -n "$NATIVE_PID" ]; then
   step "waiting for the native tests"
   wait "$NATIVE_PID" || native_status=$?
 fi
+lint_status=0
+step "waiting for clippy"
+wait "$LINT_PID" || lint_status=$?
+if [ "$lint_status" != 0 ]; then
+  echo "test.sh: clippy found problems (their lines above start with 'lint |')" >&2
+fi
 if [ "$native_status" != 0 ]; then
   echo "test.sh: native tests failed (their lines above start with 'native |')" >&2
 fi
 if [ "$e2e_status" != 0 ]; then
   echo "test.sh: end-to-end tests failed" >&2
 fi
-[ "$native_status" = 0 ] && [ "$e2e_status" = 0 ]
+[ "$native_status" = 0 ] && [ "$e2e_status" = 0 ] && [ "$lint_status" = 0 ]
