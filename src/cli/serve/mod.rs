@@ -293,8 +293,8 @@ impl Server {
                 range.map(|r| format!(" ({r})")).unwrap_or_default()
             );
         }
-        let is_head = *request.method() == Method::Head;
-        let _ = request.respond(self.finish(reply, is_head));
+        // tiny_http leaves out the body of a HEAD response itself, keeping its Content-Length.
+        let _ = request.respond(self.finish(reply));
     }
 
     /// The reply for a request whose `Host` is accepted, and whether it is under `/models/`.
@@ -354,7 +354,7 @@ impl Server {
     }
 
     /// The reply with the headers every response carries, as tiny_http sends it.
-    fn finish(&self, mut reply: Reply, is_head: bool) -> Response<Box<dyn Read + Send>> {
+    fn finish(&self, mut reply: Reply) -> Response<Box<dyn Read + Send>> {
         if self.isolation {
             reply.header("Cross-Origin-Opener-Policy", "same-origin");
             reply.header("Cross-Origin-Embedder-Policy", "require-corp");
@@ -378,7 +378,6 @@ impl Server {
                 let len = b.len() as u64;
                 (Box::new(std::io::Cursor::new(b)), len)
             }
-            Body::File { len, .. } if is_head => (Box::new(std::io::empty()), len),
             Body::File {
                 mut file,
                 start,

@@ -45,7 +45,7 @@ impl Policy {
         }
         let mut origins: Vec<String> = ["127.0.0.1", "localhost", "[::1]"]
             .iter()
-            .map(|h| origin_string("http", h, port))
+            .map(|h| origin_string("http", h, Some(port)))
             .collect();
         for o in cors_origins {
             origins.push(
@@ -148,12 +148,12 @@ fn split_host(host: &str) -> Option<(String, Option<u16>)> {
     Some((name, port))
 }
 
-fn origin_string(scheme: &str, host: &str, port: u16) -> String {
+/// `scheme://host[:port]` as browsers serialize an origin: the scheme's default port left out.
+fn origin_string(scheme: &str, host: &str, port: Option<u16>) -> String {
     let default = if scheme == "https" { 443 } else { 80 };
-    if port == default {
-        format!("{scheme}://{host}")
-    } else {
-        format!("{scheme}://{host}:{port}")
+    match port {
+        Some(p) if p != default => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
     }
 }
 
@@ -175,12 +175,7 @@ fn parse_origin(value: &str, wildcard: bool) -> Result<String, &'static str> {
         _ => ("", rest),
     };
     let (name, port) = split_host(rest).ok_or("not a host name with an optional port")?;
-    let default = if scheme == "https" { 443 } else { 80 };
-    Ok(origin_string(
-        scheme,
-        &format!("{wild}{name}"),
-        port.unwrap_or(default),
-    ))
+    Ok(origin_string(scheme, &format!("{wild}{name}"), port))
 }
 
 #[cfg(test)]
