@@ -4,8 +4,9 @@
 #   ./test.sh            cargo fmt --check, clippy (native, -D warnings), the native tests
 #                        (parity with transformers, kernels, CLI, server, errors, tokenizer) and
 #                        `gitcap serve`'s HTTP tests; what CI runs
-#   ./test.sh --browser  also the wasm target's clippy, the WebAssembly page (dev profile, wasm-bindgen from tools/) and
-#                        every end-to-end test in headless Chromium (Debian's chromium)
+#   ./test.sh --browser  also the wasm target's clippy, the WebAssembly page (dev profile,
+#                        wasm-bindgen from tools/) and every end-to-end test in headless Chromium
+#                        (Debian's chromium)
 #   ./test.sh --full     also the threaded and relaxed SIMD pages and the wasm unit tests
 #                        (tests/wasm.rs) in Chromium
 #
@@ -53,6 +54,27 @@ finish() {
 }
 trap finish EXIT
 
+# Formatting first: it takes a second and fails fast.
+step "cargo fmt --check"
+for component in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+done
+cargo fmt --check || { echo "test.sh: run cargo fmt" >&2; exit 1; }
+
+# clippy in the background beside the native test build (whose long tail is one single-threaded
+# compile of gitcap, leaving the second core idle), in a target directory of its own: cargo holds a
+# target directory's lock for as long as its tests run. The wasm target's clippy with --browser
+# only: checking the wasm dependencies as well took a two-core machine ~12 more minutes. Before the
+# page's build starts, so that only one rustup at a time adds the wasm target.
+LINT='cargo clippy --features native --all-targets -- -D warnings'
+if [ "$BROWSER" = 1 ]; then
+  rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  LINT="$LINT && cargo clippy --target wasm32-unknown-unknown --all-targets -- -D warnings"
+fi
+step "lint: $LINT, in the background"
+background lint env CARGO_TARGET_DIR=target/lint bash -c "$LINT"
+LINT_PID=${BACKGROUND[-1]}
+
 PAGE_PID=
 if [ "$BROWSER" = 1 ]; then
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
@@ -79,27 +101,6 @@ if [ "$BROWSER" = 1 ]; then
   background page env CARGO_TARGET_DIR="$PAGE_TARGET_DIR" bash build.sh "${PAGE_ARGS[@]}"
   PAGE_PID=${BACKGROUND[-1]}
 fi
-
-# Formatting first: it takes a second and fails fast.
-step "cargo fmt --check"
-for component in rustfmt clippy; do
-  rustup component list --installed | grep -q "^$component" || rustup component add "$component"
-done
-cargo fmt --check || { echo "test.sh: run cargo fmt" >&2; exit 1; }
-
-# clippy for both feature sets, in the background beside the native test build (whose long tail is
-# one single-threaded compile of gitcap, leaving the second core idle). In a target directory of
-# its own: cargo holds a target directory's lock for as long as its tests run.
-# The wasm target's clippy with --browser only: checking the wasm dependencies as well took a
-# two-core machine ~12 more minutes.
-LINT='cargo clippy --features native --all-targets -- -D warnings'
-if [ "$BROWSER" = 1 ]; then
-  rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-  LINT="$LINT && cargo clippy --target wasm32-unknown-unknown --all-targets -- -D warnings"
-fi
-step "lint: $LINT, in the background"
-background lint env CARGO_TARGET_DIR=target/lint bash -c "$LINT"
-LINT_PID=${BACKGROUND[-1]}
 
 step "npm packages for the end-to-end tests"
 npm ci --omit=optional --no-audit --no-fund --loglevel=error # onnxruntime-web (139 MB) is only for bench/peer
