@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Runs gitcap's tests on a fresh machine, installing what is missing. Three levels:
 #
-#   ./test.sh            cargo fmt --check, clippy (native, -D warnings), the native tests
-#                        (parity with transformers, kernels, CLI, server, errors, tokenizer) and
-#                        `gitcap serve`'s HTTP tests; what CI runs
-#   ./test.sh --browser  also the wasm target's clippy, the WebAssembly page (dev profile,
-#                        wasm-bindgen from tools/) and every end-to-end test in headless Chromium
-#                        (Debian's chromium)
+#   ./test.sh            cargo fmt --check, the native tests (parity with transformers, kernels,
+#                        CLI, server, errors, tokenizer) and `gitcap serve`'s
+#                        HTTP tests; what CI runs
+#   ./test.sh --lint     also clippy, native and wasm, -D warnings
+#   ./test.sh --browser  also clippy, the WebAssembly page (dev profile, wasm-bindgen from tools/)
+#                        and every end-to-end test in headless Chromium (Debian's chromium)
 #   ./test.sh --full     also the threaded and relaxed SIMD pages and the wasm unit tests
 #                        (tests/wasm.rs) in Chromium
 #
 # Why the page is not in CI's run: on CI's two cores, wasm-bindgen's generator and the dev page
-# alone took 77 minutes of its 90 (stop 18's log), before the native build had started.
+# alone took 77 minutes of its 90 (stop 18's log), before the native build had started. Why clippy
+# is not: beside it, CI's native test build took 78 of its 90 minutes (stop 20's log).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,11 +22,13 @@ step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*";
 
 BROWSER=0
 FULL=0
+LINT=0
 for arg in "$@"; do
   case "$arg" in
-    --browser) BROWSER=1 ;;
-    --full) BROWSER=1 FULL=1 ;;
-    *) echo "test.sh: unknown argument $arg (--browser or --full)" >&2; exit 2 ;;
+    --lint) LINT=1 ;;
+    --browser) BROWSER=1 LINT=1 ;;
+    --full) BROWSER=1 FULL=1 LINT=1 ;;
+    *) echo "test.sh: unknown argument $arg (--lint, --browser or --full)" >&2; exit 2 ;;
   esac
 done
 
@@ -63,17 +66,16 @@ cargo fmt --check || { echo "test.sh: run cargo fmt" >&2; exit 1; }
 
 # clippy in the background beside the native test build (whose long tail is one single-threaded
 # compile of gitcap, leaving the second core idle), in a target directory of its own: cargo holds a
-# target directory's lock for as long as its tests run. The wasm target's clippy with --browser
-# only: checking the wasm dependencies as well took a two-core machine ~12 more minutes. Before the
-# page's build starts, so that only one rustup at a time adds the wasm target.
-LINT='cargo clippy --features native --all-targets -- -D warnings'
-if [ "$BROWSER" = 1 ]; then
+# target directory's lock for as long as its tests run. Before the page's build starts, so that
+# only one rustup at a time adds the wasm target.
+LINT_PID=
+if [ "$LINT" = 1 ]; then
   rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-  LINT="$LINT && cargo clippy --target wasm32-unknown-unknown --all-targets -- -D warnings"
+  LINT_COMMAND='cargo clippy --features native --all-targets -- -D warnings && cargo clippy --target wasm32-unknown-unknown --all-targets -- -D warnings'
+  step "lint: $LINT_COMMAND, in the background"
+  background lint env CARGO_TARGET_DIR=target/lint bash -c "$LINT_COMMAND"
+  LINT_PID=${BACKGROUND[-1]}
 fi
-step "lint: $LINT, in the background"
-background lint env CARGO_TARGET_DIR=target/lint bash -c "$LINT"
-LINT_PID=${BACKGROUND[-1]}
 
 PAGE_PID=
 if [ "$BROWSER" = 1 ]; then
@@ -151,8 +153,10 @@ if [ -n "$NATIVE_PID" ]; then
   wait "$NATIVE_PID" || native_status=$?
 fi
 lint_status=0
-step "waiting for clippy"
-wait "$LINT_PID" || lint_status=$?
+if [ -n "$LINT_PID" ]; then
+  step "waiting for clippy"
+  wait "$LINT_PID" || lint_status=$?
+fi
 if [ "$lint_status" != 0 ]; then
   echo "test.sh: clippy found problems (their lines above start with 'lint |')" >&2
 fi
