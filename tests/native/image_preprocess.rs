@@ -136,7 +136,8 @@ fn resize_matches_pillow() {
                 h,
                 expected.as_raw().len()
             );
-            assert!(max <= 1, "{name}: resized u8 differs from PIL by {max}");
+            // The resampler is a port of Pillow's: the same integer arithmetic, the same bytes.
+            assert_eq!(max, 0, "{name}: resized u8 differs from PIL by {max}");
             checked += 1;
         }
     }
@@ -179,7 +180,9 @@ fn pixel_values_match_reference() {
             let ours = preprocess(&img, &cfg);
             let (max, mean) = f32_diff(&ours, &expected);
             println!("{name:32} {key:12}: max |diff| {max:.3e}, mean {mean:.3e}");
-            assert!(max <= 0.02, "{name} {key}: max abs diff {max}");
+            // Rescale and normalize in the order and precision of transformers' processors
+            // (f32, as numpy computes them), so the values are not just close but equal.
+            assert_eq!(max, 0.0, "{name} {key}: max abs diff {max}");
 
             // the batched tensor holds the same values
             let t = pixel_values(&[img.clone(), img], &cfg, &device).unwrap();
@@ -228,11 +231,15 @@ fn decode_matches_pillow_for_formats_and_orientations() {
         let expected = read_png(&format!("{rel}.expected.png"));
         let (max, mean, _) = u8_diff(&ours, &expected);
         println!("{rel:28} {kind:28}: max |diff| vs Pillow {max}, mean {mean:.3}");
-        if rel.ends_with(".jpg") {
-            // zune-jpeg vs libjpeg-turbo: IDCT and chroma upsampling differ slightly
-            assert!(max <= 12 && mean < 1.5, "{rel}: max {max}, mean {mean}");
+        if rel == "decode/jpeg_cmyk.jpg" {
+            // CMYK is not src/image/jpeg.rs's: the `image` crate (zune-jpeg) decodes it, and its
+            // CMYK -> RGB conversion rounds differently from Pillow's by a level (measured: max 1,
+            // mean 0.007).
+            assert!(max <= 1 && mean < 0.05, "{rel}: max {max}, mean {mean}");
         } else {
-            assert_eq!(max, 0, "{rel}: lossless formats must match Pillow exactly");
+            // Every other JPEG goes through gitcap's libjpeg-turbo port: bit-identical to Pillow,
+            // like the lossless formats.
+            assert_eq!(max, 0, "{rel}: must match Pillow exactly (mean {mean})");
         }
         if rel.starts_with("decode/orient_") {
             assert_eq!(ours.dimensions(), base.dimensions(), "{rel}: orientation");
