@@ -217,20 +217,41 @@ fn read_content<R: std::io::Read + std::io::Seek>(
     let content = Content::read(reader).map_err(|e| corrupt(what, e))?;
     let mut promised = content.tensor_data_offset;
     for (name, info) in &content.tensor_infos {
-        let elems = info.shape.elem_count();
-        let block = info.ggml_dtype.block_size();
+        // In checked u64 from the header's dimensions: a hostile shape must not wrap (wasm's
+        // `usize` is 32 bits) into a small size that then passes the length check.
+        let impossible = || {
+            corrupt(
+                what,
+                format!("tensor {name} has an impossible shape or offset"),
+            )
+        };
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(impossible)?;
+        if elems == 0 {
+            // No GIT weight is empty, and candle would view an empty tensor's dangling buffer
+            // as blocks of its type, misaligned (undefined behaviour; found by fuzz/run.sh).
+            return Err(corrupt(what, format!("tensor {name} has no elements")));
+        }
+        let block = info.ggml_dtype.block_size() as u64;
         if !elems.is_multiple_of(block) {
             return Err(corrupt(
                 what,
                 format!("tensor {name} has {elems} elements, not a multiple of its type's block of {block}"),
             ));
         }
-        let bytes = (elems / block * info.ggml_dtype.type_size()) as u64;
-        let end = content
-            .tensor_data_offset
-            .checked_add(info.offset)
-            .and_then(|s| s.checked_add(bytes))
-            .ok_or_else(|| corrupt(what, format!("tensor {name} has an impossible offset")))?;
+        let end = (elems / block)
+            .checked_mul(info.ggml_dtype.type_size() as u64)
+            .and_then(|bytes| {
+                content
+                    .tensor_data_offset
+                    .checked_add(info.offset)?
+                    .checked_add(bytes)
+            })
+            .ok_or_else(impossible)?;
         promised = promised.max(end);
     }
     if promised > len {

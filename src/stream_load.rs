@@ -358,16 +358,19 @@ impl SafetensorsStream {
             if e.end > e.begin {
                 let numel = match e.elem {
                     Elem::Skip(_) => 0,
-                    elem => ((e.end - e.begin) / elem.size() as u64) as usize,
+                    elem => (e.end - e.begin) / elem.size() as u64,
                 };
-                let mut values = Vec::new();
-                values.try_reserve_exact(numel).map_err(|_| {
+                // Counted in u64 from the header: wasm's 32-bit `usize` must not wrap it.
+                let too_large = || {
                     Error::model(format!(
                         "out of memory: cannot allocate {:.1} MB for tensor `{}` of the weights",
                         numel as f64 * 4.0 / 1e6,
                         e.name
                     ))
-                })?;
+                };
+                let numel = usize::try_from(numel).map_err(|_| too_large())?;
+                let mut values = Vec::new();
+                values.try_reserve_exact(numel).map_err(|_| too_large())?;
                 self.values = values;
                 return Ok(());
             }

@@ -142,11 +142,142 @@ mod native {
             }
             WeightFile::Pytorch(name) => {
                 let path = dir.join(name);
+                check_pytorch(&path)?;
                 let vb = candle_nn::VarBuilder::from_pth(&path, DType::F32, device)
                     .map_err(|e| corrupt(&path.display().to_string(), e))?;
                 Ok(Weights::dense(vb))
             }
         }
+    }
+
+    /// Checks that every tensor a PyTorch checkpoint's pickle describes lies inside the storage
+    /// file it names, before candle reads any: candle sizes its buffer from the pickle's shape
+    /// alone, so a corrupt or hostile file could otherwise ask for any amount of memory. Sizes
+    /// are counted in checked u64. Returns how many tensors the file holds.
+    pub fn check_pytorch(path: &Path) -> Result<usize> {
+        let what = path.display().to_string();
+        check_pickle_lengths(path).map_err(|e| corrupt(&what, e))?;
+        // candle's pickle reader does unchecked arithmetic on values from the file: a panic in
+        // it is a corrupt file, not a reason to end the program.
+        let infos = std::panic::catch_unwind(|| {
+            candle_core::pickle::read_pth_tensor_info(path, false, None)
+        })
+        .map_err(|_| corrupt(&what, "its pickle describes impossible tensors"))?
+        .map_err(|e| corrupt(&what, e))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::model(format!("cannot open {what}: {e}")))?;
+        let mut zip =
+            zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| corrupt(&what, e))?;
+        for info in &infos {
+            let name = &info.name;
+            let bad = |msg: String| corrupt(&what, format!("tensor {name}: {msg}"));
+            let layout = &info.layout;
+            if !layout.is_contiguous() && !layout.is_fortran_contiguous() {
+                return Err(bad(format!(
+                    "its strides {:?} are not supported",
+                    layout.stride()
+                )));
+            }
+            let elem = info.dtype.size_in_bytes() as u64;
+            let elems = layout
+                .dims()
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+            let needed = elems
+                .and_then(|n| n.checked_mul(elem))
+                .and_then(|n| n.checked_add(layout.start_offset() as u64))
+                .ok_or_else(|| bad(format!("its shape {:?} is impossibly large", layout.dims())))?;
+            let stored = zip
+                .by_name(&info.path)
+                .map_err(|e| bad(format!("its storage {}: {e}", info.path)))?
+                .size();
+            if needed > stored {
+                return Err(bad(format!(
+                    "shape {:?} needs {needed} bytes of its storage, which holds {stored}",
+                    layout.dims()
+                )));
+            }
+        }
+        Ok(infos.len())
+    }
+
+    /// Walks the opcodes of every pickle in a PyTorch zip, as candle's reader will, and refuses
+    /// a string whose length runs past the end: candle allocates a string's claimed length (up
+    /// to 4 GiB) before reading it. Stops at the first opcode candle does not know (candle then
+    /// reports it).
+    fn check_pickle_lengths(path: &Path) -> std::result::Result<(), String> {
+        use std::io::Read;
+        const MAX_PICKLE: u64 = 256 << 20;
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let mut zip =
+            zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+        let mut names = Vec::new();
+        for name in zip.file_names() {
+            let name = name.map_err(|e| e.to_string())?;
+            if name.ends_with("data.pkl") {
+                names.push(name.into_owned());
+            }
+        }
+        for name in names {
+            let entry = zip.by_name(&name).map_err(|e| e.to_string())?;
+            if entry.size() > MAX_PICKLE {
+                return Err(format!("its pickle {name} is {} bytes long", entry.size()));
+            }
+            let mut pickle = Vec::new();
+            entry
+                .take(MAX_PICKLE)
+                .read_to_end(&mut pickle)
+                .map_err(|e| e.to_string())?;
+            walk_pickle(&pickle).map_err(|e| format!("its pickle {name} {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn walk_pickle(bytes: &[u8]) -> std::result::Result<(), String> {
+        let mut at = 0usize;
+        let truncated = || "is truncated".to_string();
+        while let Some(&op) = bytes.get(at) {
+            at += 1;
+            let arg_len = match op {
+                b'.' => return Ok(()), // STOP
+                0x80 | b'K' | b'h' | b'q' => 1,
+                b'M' => 2,
+                b'J' | b'j' | b'r' => 4,
+                b'G' => 8,
+                0x8a => 1 + usize::from(*bytes.get(at).ok_or_else(truncated)?), // LONG1
+                b'X' => {
+                    let len = bytes.get(at..at + 4).ok_or_else(truncated)?;
+                    let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+                    if len > bytes.len() - at - 4 {
+                        return Err(format!(
+                            "claims a {len}-byte string with {} bytes left",
+                            bytes.len() - at - 4
+                        ));
+                    }
+                    4 + len
+                }
+                b'c' => {
+                    // GLOBAL: module and name, each ending in a newline
+                    let mut end = at;
+                    for _ in 0..2 {
+                        end += bytes[end..]
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .ok_or_else(truncated)?
+                            + 1;
+                    }
+                    end - at
+                }
+                b')' | b'R' | b'(' | b't' | b'Q' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | b'N'
+                | b's' | b'u' | b'}' | b'd' | b'b' | 0x81 | b']' | b'a' | b'e' => 0,
+                _ => return Ok(()), // candle refuses it with its own message
+            };
+            at = at
+                .checked_add(arg_len)
+                .filter(|&e| e <= bytes.len())
+                .ok_or_else(truncated)?;
+        }
+        Err(truncated())
     }
 
     fn mmap_safetensors(paths: &[PathBuf], device: &Device) -> Result<Weights> {

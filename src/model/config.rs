@@ -157,6 +157,20 @@ impl EosTokens {
     }
 }
 
+// Upper bounds of `GitConfig::validate`: generous, but small enough that no product of them
+// overflows a 32-bit `usize` (wasm) by accident of the config alone.
+const MAX_VOCAB: usize = 1 << 20;
+const MAX_WIDTH: usize = 1 << 16;
+const MAX_LAYERS: usize = 1024;
+const MAX_POSITIONS: usize = 1 << 16;
+/// As the preprocessor's largest edge (`image::MAX_CONFIG_EDGE`).
+const MAX_IMAGE_SIZE: usize = 16384;
+const MAX_FRAMES: usize = 1024;
+
+fn is_epsilon(eps: f64) -> bool {
+    eps.is_finite() && eps > 0.0 && eps < 1.0
+}
+
 /// GitConfig: the BERT-style text decoder and everything that ties the two halves together.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GitConfig {
@@ -215,35 +229,106 @@ impl GitConfig {
         Ok(cfg)
     }
 
+    /// Rejects what no GIT checkpoint has and what would make the model's size arithmetic
+    /// overflow or divide by zero, naming the field. The bounds are far above every published
+    /// GIT (git-large: hidden 1024, 24 vision layers, 30522 tokens).
     fn validate(&self) -> Result<()> {
         let v = &self.vision_config;
+        let sizes = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+            ("vision_config.hidden_size", v.hidden_size, MAX_WIDTH),
+            (
+                "vision_config.intermediate_size",
+                v.intermediate_size,
+                MAX_WIDTH,
+            ),
+            (
+                "vision_config.num_hidden_layers",
+                v.num_hidden_layers,
+                MAX_LAYERS,
+            ),
+            (
+                "vision_config.num_attention_heads",
+                v.num_attention_heads,
+                MAX_WIDTH,
+            ),
+            ("vision_config.image_size", v.image_size, MAX_IMAGE_SIZE),
+            ("vision_config.patch_size", v.patch_size, MAX_IMAGE_SIZE),
+            ("num_image_with_embedding", self.frames(), MAX_FRAMES),
+        ];
+        for (field, value, max) in sizes {
+            if value == 0 || value > max {
+                return Err(Error::model(format!(
+                    "config.json: `{field}` is {value}; it must be from 1 to {max}"
+                )));
+            }
+        }
+        // In u64: on wasm32 the product of two bounded fields can still overflow `usize`.
+        let side = (v.image_size / v.patch_size) as u64;
+        let image_tokens = (side * side + 1) * self.frames() as u64;
+        if image_tokens > MAX_POSITIONS as u64 {
+            return Err(Error::model(format!(
+                "config.json: `vision_config.image_size` / `patch_size` ({} / {}) gives {image_tokens} \
+                 image tokens; at most {MAX_POSITIONS} are supported",
+                v.image_size, v.patch_size
+            )));
+        }
         let checks = [
             (
-                self.num_attention_heads > 0
-                    && self.hidden_size.is_multiple_of(self.num_attention_heads),
-                "hidden_size must be a multiple of num_attention_heads",
+                self.hidden_size.is_multiple_of(self.num_attention_heads),
+                "`hidden_size` must be a multiple of `num_attention_heads`",
             ),
             (
-                v.num_attention_heads > 0 && v.hidden_size.is_multiple_of(v.num_attention_heads),
-                "vision hidden_size must be a multiple of its num_attention_heads",
+                v.hidden_size.is_multiple_of(v.num_attention_heads),
+                "`vision_config.hidden_size` must be a multiple of its `num_attention_heads`",
             ),
             (
-                v.patch_size > 0 && v.image_size > 0 && v.image_size.is_multiple_of(v.patch_size),
-                "vision image_size must be a multiple of patch_size",
+                v.image_size.is_multiple_of(v.patch_size),
+                "`vision_config.image_size` must be a multiple of its `patch_size`",
             ),
             (
-                self.vocab_size > 0 && self.max_position_embeddings > 0,
-                "vocab_size and max_position_embeddings must be positive",
+                // The image encoder's input is RGB, as every image is decoded.
+                v.num_channels == 3,
+                "`vision_config.num_channels` must be 3 (RGB)",
             ),
             (
-                self.num_image_with_embedding != Some(0),
-                "num_image_with_embedding must be at least 1 when set",
+                is_epsilon(self.layer_norm_eps) && is_epsilon(v.layer_norm_eps),
+                "`layer_norm_eps` (and `vision_config.layer_norm_eps`) must be a small positive number",
             ),
         ];
         for (ok, msg) in checks {
             if !ok {
                 return Err(Error::model(format!("config.json: {msg}")));
             }
+        }
+        let ids = [("bos_token_id", self.bos_token_id)]
+            .into_iter()
+            .chain(
+                self.eos_token_id
+                    .ids()
+                    .into_iter()
+                    .map(|id| ("eos_token_id", id)),
+            )
+            .chain(self.pad_token_id.map(|id| ("pad_token_id", id)));
+        for (field, id) in ids {
+            if id as usize >= self.vocab_size {
+                return Err(Error::model(format!(
+                    "config.json: `{field}` {id} is outside the vocabulary of {} tokens",
+                    self.vocab_size
+                )));
+            }
+        }
+        if matches!(&self.eos_token_id, EosTokens::Many(ids) if ids.is_empty()) {
+            return Err(Error::model("config.json: `eos_token_id` is an empty list"));
         }
         Ok(())
     }

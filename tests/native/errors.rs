@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use common::{image_path, model_dir, TempDir};
 use gitcap::checkpoint::load_dir;
 use gitcap::image::{decode_image, ImageLimits};
+use gitcap::model::GitConfig;
 use gitcap::CaptionOptions;
 
 fn err_of<T>(r: gitcap::Result<T>) -> String {
@@ -77,6 +78,86 @@ fn a_config_that_is_not_git_is_refused() {
         msg.contains("config.json is not a valid GIT config"),
         "{msg}"
     );
+}
+
+#[test]
+fn zero_and_inconsistent_sizes_are_refused_naming_the_field() {
+    let base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_dir("tiny-coco").join("config.json")).unwrap())
+            .unwrap();
+    assert!(GitConfig::from_json(base.to_string().as_bytes()).is_ok());
+    // (pointer to the field, its bad value, what the message must say)
+    let cases: [(&str, serde_json::Value, &str); 12] = [
+        ("/hidden_size", 0.into(), "`hidden_size` is 0"),
+        ("/num_hidden_layers", 0.into(), "`num_hidden_layers` is 0"),
+        (
+            "/num_attention_heads",
+            0.into(),
+            "`num_attention_heads` is 0",
+        ),
+        (
+            "/hidden_size",
+            17.into(),
+            "multiple of `num_attention_heads`",
+        ),
+        ("/intermediate_size", 0.into(), "`intermediate_size` is 0"),
+        (
+            "/vision_config/patch_size",
+            0.into(),
+            "`vision_config.patch_size` is 0",
+        ),
+        (
+            "/vision_config/image_size",
+            36.into(),
+            "multiple of its `patch_size`",
+        ),
+        ("/vision_config/image_size", 16384.into(), "image tokens"),
+        ("/vision_config/num_channels", 1.into(), "must be 3"),
+        ("/layer_norm_eps", (-1.0).into(), "`layer_norm_eps`"),
+        (
+            "/eos_token_id",
+            30522.into(),
+            "`eos_token_id` 30522 is outside the vocabulary",
+        ),
+        (
+            "/vocab_size",
+            (1u64 << 40).into(),
+            "`vocab_size` is 1099511627776",
+        ),
+    ];
+    for (pointer, value, expected) in cases {
+        let mut cfg = base.clone();
+        *cfg.pointer_mut(pointer).unwrap() = value.clone();
+        let msg = err_of(GitConfig::from_json(cfg.to_string().as_bytes()));
+        assert!(
+            msg.contains("config.json") && msg.contains(expected),
+            "{pointer} = {value}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_pickle_claiming_more_than_its_storage_is_refused_before_reading() {
+    // Made by fuzz/make_seeds.py: one tensor of shape [2^20, 2^20] over a 24-byte storage.
+    let hostile = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/regressions/pickle/shape_beyond_storage.pth"),
+    )
+    .unwrap();
+    let dir = TempDir::with_model_files("hostile-pickle", "tiny-vatex", false);
+    std::fs::write(dir.0.join("pytorch_model.bin"), hostile).unwrap();
+    let msg = err_of(load_dir(&dir.0, &Device::Cpu));
+    assert!(
+        msg.contains("layer.weight")
+            && msg.contains(
+                "[1048576, 1048576] needs 4398046511104 bytes of its storage, which holds 24"
+            ),
+        "{msg}"
+    );
+    // The real checkpoint passes the same check, every tensor of it.
+    let real = model_dir("tiny-vatex").join("pytorch_model.bin");
+    let checked = gitcap::weights::check_pytorch(&real).unwrap();
+    assert_eq!(checked, candle_core::pickle::read_all(&real).unwrap().len());
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod common;
 #[cfg(feature = "native")]
 mod cli;
 mod errors;
+mod fuzz_corpus;
 mod image_preprocess;
 mod parity;
 mod quantize;
