@@ -11,8 +11,9 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::{ids, max_abs_diff, model_dir, Reference};
 use gitcap::checkpoint::{load_dir, load_gguf};
-use gitcap::gguf::{quantize_checkpoint, QuantType};
+use gitcap::gguf::QuantType;
 use gitcap::model::{elementwise, matmul, parallel};
+use gitcap::quantize::quantize_checkpoint;
 use gitcap::{Captioner, Decoding};
 
 const TOL: f32 = 1e-4;

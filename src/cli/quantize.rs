@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use gitcap::gguf::{dtype_name, quantize_checkpoint, Progress, QuantType};
+use gitcap::gguf::{dtype_name, QuantType};
+use gitcap::quantize::{quantize_checkpoint, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::model_source::{ModelSource, DEFAULT_MODEL};

@@ -594,7 +594,7 @@ fn parse_frame(seg: &[u8], progressive: bool, limits: &ImageLimits) -> Result<Op
         bytes += samples * if progressive { 3 } else { 1 };
     }
     if bytes > limits.max_alloc {
-        return Err(super::too_much_memory(
+        return Err(super::decode::too_much_memory(
             width as u32,
             height as u32,
             bytes,

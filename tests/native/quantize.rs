@@ -13,9 +13,9 @@ use common::{ids, model_dir, Reference};
 use gitcap::captioner::CaptionOptions;
 use gitcap::checkpoint::{load_dir, load_gguf};
 use gitcap::gguf::{
-    captioner_from_gguf, inspect, inspect_file, keys, placement, quantize_checkpoint, QuantType,
-    FORMAT_VERSION,
+    captioner_from_gguf, inspect, inspect_file, keys, placement, QuantType, FORMAT_VERSION,
 };
+use gitcap::quantize::quantize_checkpoint;
 use gitcap::Captioner;
 
 /// A path under the system temp dir, unique to this test, removed when dropped.
@@ -40,7 +40,7 @@ impl Drop for Temp {
     }
 }
 
-fn quantize(dir: &Path, t: QuantType) -> (Temp, gitcap::gguf::QuantizeSummary) {
+fn quantize(dir: &Path, t: QuantType) -> (Temp, gitcap::quantize::QuantizeSummary) {
     let out = Temp::new(&format!("{t}.gguf"));
     let summary = quantize_checkpoint(dir, &out.0, t, "tiny-coco", &mut |_| {}).unwrap();
     (out, summary)
