@@ -14,6 +14,8 @@
 #   ./build.sh --dev        # the wasm builds with the dev profile (gitcap optimized, its
 #                           # dependencies not) and without wasm-opt: what test.sh tests, built
 #                           # in a third of the time; slower pages, never for deployment
+#   ./build.sh --cuda       # only the native CLI with CUDA (tools/build-cuda.sh: installs the
+#                           # CUDA 13 toolkit from PyPI into target/, no GPU needed to build)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -32,6 +34,7 @@ for arg in "$@"; do
         --tools-only) TOOLS_ONLY=1 ;;
         --test) RUN_TESTS=1 ;;
         --dev) DEV=1 ;;
+        --cuda) exec bash tools/build-cuda.sh ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 0 ;;
         *) echo "build.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac

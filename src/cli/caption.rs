@@ -52,6 +52,10 @@ pub struct Args {
     /// One JSON object per line: {"image", "text", "token_ids"}.
     #[arg(long)]
     json: bool,
+    /// Where the model runs: cpu, cuda (GPU 0; needs the CUDA build, ./build.sh --cuda), or auto
+    /// (CUDA when this build has it and a GPU is present, else the CPU).
+    #[arg(long, value_enum, default_value_t = model_source::DeviceChoice::Auto)]
+    device: model_source::DeviceChoice,
     /// Print how long loading, image encoding and each token took (to stderr).
     #[arg(long)]
     timings: bool,
@@ -106,11 +110,15 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let opts = args.options()?;
-    let device = model_source::device()?;
+    let device = model_source::device(args.device)?;
     let started = Instant::now();
     let captioner = model_source::load(&args.model, &device)?;
     if args.timings {
-        eprintln!("timing: model loaded in {:.1} ms", ms(started));
+        eprintln!(
+            "timing: model loaded in {:.1} ms on the {}",
+            ms(started),
+            model_source::device_name(&device)
+        );
     }
     if args.video != (captioner.frames() > 1) {
         if args.video {

@@ -115,13 +115,40 @@ fn download(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         .to_path_buf())
 }
 
-pub fn device() -> Result<Device> {
-    #[cfg(feature = "cuda")]
-    {
-        return Device::cuda_if_available(0).context("cannot initialise CUDA");
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+pub fn device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda => Device::new_cuda(0).context(
+            "cannot use CUDA GPU 0: is an NVIDIA GPU present, and its driver working (nvidia-smi)? \
+             --device cpu runs on the CPU",
+        ),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda => bail!(
+            "this gitcap was built without CUDA; build the CUDA one with ./build.sh --cuda and run \
+             target/cuda/gitcap, or leave out --device cuda to run on the CPU"
+        ),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Auto => Ok(Device::Cpu),
     }
-    #[allow(unreachable_code)]
-    Ok(Device::Cpu)
+}
+
+pub fn device_name(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "CPU",
+        Device::Cuda(_) => "CUDA GPU 0",
+        _ => "GPU",
+    }
 }
 
 /// Loads the captioner `--model` names.

@@ -66,6 +66,8 @@ impl Git {
     /// pixel values (frames, C, H, W) for one image or one clip → projected image features
     /// (1, image tokens, hidden), as `GitModel` concatenates them before the text.
     pub fn encode_image(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        // Pixels are prepared on the CPU; the model may live on a GPU.
+        let pixel_values = &pixel_values.to_device(&self.device)?;
         let frames = pixel_values.dim(0)?;
         let want = self.config.frames();
         if frames != want {

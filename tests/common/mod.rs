@@ -8,8 +8,13 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
+/// The repository's tests/ folder: where this binary was built, or GITCAP_REPO when the test
+/// binary is carried to another machine (tools/cuda-parity.sh).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
+    let repo = std::env::var_os("GITCAP_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    repo.join("tests")
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
@@ -66,7 +71,7 @@ impl Reference {
         let features = model.encode_image(&self.pixels(key)).unwrap();
         let prefix = model.image_prefix(&features).unwrap();
         let input = ids(&self.case(key)["logits_input_ids"]);
-        let t = Tensor::new(input.as_slice(), &Device::Cpu)
+        let t = Tensor::new(input.as_slice(), model.device())
             .unwrap()
             .unsqueeze(0)
             .unwrap();
@@ -112,9 +117,32 @@ pub fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// The device the parity tests run the model on: the CPU, or with GITCAP_TEST_DEVICE=cuda (a
+/// `--features cuda` build; tools/cuda-parity.sh) CUDA GPU 0.
+pub fn test_device() -> Device {
+    match std::env::var("GITCAP_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            Device::new_cuda(0).expect("GITCAP_TEST_DEVICE=cuda, but CUDA GPU 0 cannot be used")
+        }
+        Ok("cpu") | Err(_) => Device::Cpu,
+        Ok(other) => panic!("GITCAP_TEST_DEVICE={other}: expected cpu or cuda"),
+    }
+}
+
+/// Largest error accepted against transformers' f32 outputs: 1e-4 on the CPU; 1e-3 on a GPU,
+/// whose reductions sum in other orders.
+pub fn tolerance() -> f32 {
+    if test_device().is_cpu() {
+        1e-4
+    } else {
+        1e-3
+    }
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
+    let a = a.to_device(b.device()).unwrap();
+    (&a - b)
         .unwrap()
         .abs()
         .unwrap()

@@ -244,3 +244,34 @@ fn a_model_path_that_is_neither_folder_nor_id_is_explained() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such folder or file"));
 }
+
+#[test]
+fn the_device_can_be_chosen_and_cuda_without_the_cuda_build_is_explained() {
+    let model = model_dir("tiny-coco");
+    let image = image_path("chelsea.png");
+    let caption = |device: &str| {
+        gitcap(&[
+            "caption",
+            "--json",
+            "--device",
+            device,
+            "--model",
+            model.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ])
+    };
+    let (cpu, auto) = (caption("cpu"), caption("auto"));
+    assert!(cpu.status.success() && auto.status.success());
+    assert_eq!(json_lines(&cpu), json_lines(&auto));
+
+    let cuda = caption("cuda");
+    let stderr = String::from_utf8_lossy(&cuda.stderr);
+    if cfg!(feature = "cuda") {
+        return; // the CUDA build's own check is tools/cuda-parity.sh, on a GPU machine
+    }
+    assert!(!cuda.status.success());
+    assert!(
+        stderr.contains("built without CUDA") && stderr.contains("./build.sh --cuda"),
+        "{stderr}"
+    );
+}

@@ -1,16 +1,16 @@
 //! gitcap against transformers' GitForCausalLM on small random checkpoints (see
 //! tests/make_fixtures.py): image features and logits within 1e-4, identical token ids and text.
+//! GITCAP_TEST_DEVICE=cuda runs the model on a GPU instead (tools/cuda-parity.sh): within 1e-3.
 
 use crate::common;
 
 use candle_core::{Device, Tensor};
-use common::{ids, max_abs_diff, model_dir, Reference};
+use common::{ids, max_abs_diff, model_dir, test_device, tolerance, Reference};
 use gitcap::captioner::CaptionOptions;
 use gitcap::checkpoint::load_dir;
 use gitcap::model::TextCache;
 use gitcap::Decoding;
 
-const TOL: f32 = 1e-4;
 const MODELS: [&str; 2] = ["tiny-coco", "tiny-vatex"];
 
 fn options(case: &serde_json::Value) -> CaptionOptions {
@@ -37,7 +37,7 @@ fn options(case: &serde_json::Value) -> CaptionOptions {
 fn image_features_and_logits_match_transformers() {
     for name in MODELS {
         let reference = Reference::load(name);
-        let captioner = load_dir(&model_dir(name), &Device::Cpu).unwrap();
+        let captioner = load_dir(&model_dir(name), &test_device()).unwrap();
         let model = captioner.model();
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
@@ -47,7 +47,10 @@ fn image_features_and_logits_match_transformers() {
                 reference.tensor(&format!("{key}.image_features")),
             );
             println!("{name} {key}: image features max abs error {err:.2e}");
-            assert!(err < TOL, "{name} {key}: image features differ by {err}");
+            assert!(
+                err < tolerance(),
+                "{name} {key}: image features differ by {err}"
+            );
 
             let (got, want) = match reference.tensors.get(&format!("{key}.logits")) {
                 Some(all) => (logits, all.clone()),
@@ -58,7 +61,7 @@ fn image_features_and_logits_match_transformers() {
             };
             let err = max_abs_diff(&got, &want);
             println!("{name} {key}: logits max abs error {err:.2e}");
-            assert!(err < TOL, "{name} {key}: logits differ by {err}");
+            assert!(err < tolerance(), "{name} {key}: logits differ by {err}");
         }
     }
 }
@@ -67,7 +70,7 @@ fn image_features_and_logits_match_transformers() {
 fn cached_decoding_gives_the_logits_of_a_full_pass() {
     // Feeding tokens one at a time through the caches must equal one pass over the whole sequence.
     let reference = Reference::load("tiny-coco");
-    let captioner = load_dir(&model_dir("tiny-coco"), &Device::Cpu).unwrap();
+    let captioner = load_dir(&model_dir("tiny-coco"), &test_device()).unwrap();
     let model = captioner.model();
     let pixels = reference.tensor("case0.pixel_values").unsqueeze(0).unwrap();
     let prefix = model
@@ -77,14 +80,17 @@ fn cached_decoding_gives_the_logits_of_a_full_pass() {
     let mut cache = TextCache::new();
     let want = reference.tensor("case0.logits");
     for (i, id) in input.iter().enumerate() {
-        let t = Tensor::new(&[[*id]], &Device::Cpu).unwrap();
+        let t = Tensor::new(&[[*id]], model.device()).unwrap();
         let step = model
             .next_logits(&t, &prefix, &mut cache)
             .unwrap()
             .squeeze(0)
             .unwrap();
         let err = max_abs_diff(&step, &want.get(i).unwrap());
-        assert!(err < TOL, "position {i}: cached logits differ by {err}");
+        assert!(
+            err < tolerance(),
+            "position {i}: cached logits differ by {err}"
+        );
     }
 }
 
@@ -92,7 +98,7 @@ fn cached_decoding_gives_the_logits_of_a_full_pass() {
 fn generated_ids_and_text_match_transformers() {
     for name in MODELS {
         let reference = Reference::load(name);
-        let captioner = load_dir(&model_dir(name), &Device::Cpu).unwrap();
+        let captioner = load_dir(&model_dir(name), &test_device()).unwrap();
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
             let prefix = captioner.encode_pixels(&reference.pixels(key)).unwrap();
