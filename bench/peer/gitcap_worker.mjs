@@ -112,7 +112,10 @@ async function pageWorker() {
         await page.waitForSelector('#caption[data-done], #caption[data-error]', { state: 'attached', timeout: 30 * 60_000 });
         const d = await page.$eval('#caption', (c) => ({ ...c.dataset }));
         if ('error' in d) throw new Error(`caption failed: ${d.error}`);
-        return { ms: Number(d.encodeMs) };
+        // The whole caption's figures too, for the caption-level comparisons and for finding
+        // where a thread count loses time (products split, integer products run).
+        log(`caption: encode ${d.encodeMs} ms, ${d.tokens} tokens at ${d.perTokenMs} ms, total ${d.totalMs} ms, splits ${d.splits}, int8 products ${d.int8Products}`);
+        return { ms: Number(d.encodeMs), totalMs: Number(d.totalMs), perTokenMs: Number(d.perTokenMs) };
       },
     };
   } catch (e) {
