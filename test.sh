@@ -6,7 +6,8 @@
 #                        HTTP tests; what CI runs
 #   ./test.sh --lint     also clippy, native and wasm, -D warnings
 #   ./test.sh --browser  also clippy, the WebAssembly page (dev profile, wasm-bindgen from tools/)
-#                        and every end-to-end test in headless Chromium (Debian's chromium)
+#                        and every end-to-end test in headless Chromium (Debian's chromium), the
+#                        page's main paths also in Firefox ESR (tests/e2e/firefox.test.mjs)
 #   ./test.sh --full     also the threaded and relaxed SIMD pages and the wasm unit tests
 #                        (tests/wasm.rs) in Chromium
 #
@@ -79,10 +80,10 @@ fi
 
 PAGE_PID=
 if [ "$BROWSER" = 1 ]; then
-  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-    step "installing Debian's chromium and chromium-driver"
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v firefox-esr >/dev/null; then
+    step "installing Debian's chromium, chromium-driver and firefox-esr"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver firefox-esr >/dev/null
   fi
 
   # The pages with the dev profile (build.sh --dev: gitcap optimized, its dependencies not, no

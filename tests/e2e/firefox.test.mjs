@@ -1,0 +1,138 @@
+// The page in Firefox: Debian's firefox-esr, driven by puppeteer-core over WebDriver BiDi (no tool
+// downloads a browser). The single-threaded and (with ./test.sh --full) threaded builds caption
+// with the native CLI's ids, a q8_0 GGUF runs the integer kernel, and the Content-Security-Policy
+// blocks a request to another origin. The other browser tests run in Chromium.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import puppeteer from 'puppeteer-core';
+import {
+  startServer, nativeCaption, pageUrl, ensureWasm, int8FormOfPage, gitcapBin, IMAGES, TINY, WWW,
+} from './helpers.mjs';
+
+const FIREFOX = process.env.FIREFOX || '/usr/bin/firefox-esr';
+const CHELSEA = path.join(IMAGES, 'chelsea.png');
+const ROCKET = path.join(IMAGES, 'rocket.jpg');
+const noThreads = process.env.GITCAP_E2E_NO_THREADS === '1' && 'the threaded build was not built (./test.sh without --full)';
+
+let server;
+let ggufDir;
+
+before(async () => {
+  ensureWasm();
+  assert.ok(fs.existsSync(FIREFOX), `${FIREFOX} is missing: apt-get install firefox-esr (test.sh --browser does)`);
+  ggufDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-ff-gguf-'));
+  const q = spawnSync(gitcapBin(), ['quantize', '--model', TINY, '--out', path.join(ggufDir, 'tiny-q8_0.gguf'), '--quiet'], { encoding: 'utf8' });
+  assert.equal(q.status, 0, q.stderr);
+  server = await startServer({ modelDirs: [TINY, ggufDir] });
+});
+
+after(async () => {
+  await server?.stop();
+  if (ggufDir) fs.rmSync(ggufDir, { recursive: true, force: true });
+});
+
+async function launchFirefox() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-ff-'));
+  const browser = await puppeteer.launch({ browser: 'firefox', executablePath: FIREFOX, headless: true, userDataDir: dir });
+  return {
+    browser,
+    async close() {
+      await browser.close().catch(() => {});
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Opens the page with `query`, captions `image`; the caption's state and the backend line. */
+async function captionIn(browser, query, image) {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(180_000);
+  await page.goto(pageUrl(server, query));
+  const input = await page.waitForSelector('input[type=file]');
+  await input.uploadFile(image);
+  await page.waitForSelector('#caption[data-done], #caption[data-error]');
+  const result = await page.$eval('#caption', (c) => ({ text: c.textContent, data: { ...c.dataset } }));
+  const backend = await page.$eval('#backend', (e) => ({ text: e.textContent, ...e.dataset }));
+  return { page, result, backend };
+}
+
+test('Firefox: the single-threaded page captions with the native CLI ids', async () => {
+  const ff = await launchFirefox();
+  try {
+    const native = nativeCaption(CHELSEA);
+    const { result, backend } = await captionIn(ff.browser, { threads: '1' }, CHELSEA);
+    assert.equal(result.data.error, undefined, result.data.error);
+    assert.equal(result.data.tokenIds, native.token_ids.join(','));
+    assert.equal(result.text, native.text);
+    assert.match(backend.text, /WebAssembly SIMD/);
+    assert.equal(backend.threads, '1', backend.text);
+  } finally {
+    await ff.close();
+  }
+});
+
+test('Firefox: the threaded page splits its products and captions with the native CLI ids', { skip: noThreads }, async () => {
+  const ff = await launchFirefox();
+  try {
+    const native = nativeCaption(ROCKET, ['--beams', '4']);
+    // split_min=0: the tiny model's products are far below the size the page splits by default.
+    const { result, backend } = await captionIn(ff.browser, { beams: '4', split_min: '0' }, ROCKET);
+    assert.equal(result.data.error, undefined, result.data.error);
+    assert.equal(backend.threaded, 'true', backend.text);
+    assert.ok(Number(backend.threads) >= 2, backend.text);
+    assert.ok(Number(result.data.splits) > 0, 'the model split its products across the threads');
+    assert.equal(result.data.tokenIds, native.token_ids.join(','));
+  } finally {
+    await ff.close();
+  }
+});
+
+test('Firefox: a q8_0 GGUF model runs the integer kernel and gives the CLI ids', async () => {
+  const ff = await launchFirefox();
+  try {
+    const file = path.join(ggufDir, 'tiny-q8_0.gguf');
+    const model = `/models/${path.basename(ggufDir)}/tiny-q8_0.gguf`;
+    const { result, backend } = await captionIn(ff.browser, { model, threads: '1' }, CHELSEA);
+    assert.equal(result.data.error, undefined, result.data.error);
+    assert.match(backend.text, /q8_0: wasm/);
+    assert.ok(Number(result.data.int8Products) > 0, 'integer products ran');
+    const native = nativeCaption(CHELSEA, [], { model: file, int8: int8FormOfPage(backend.text) });
+    assert.equal(result.data.tokenIds, native.token_ids.join(','));
+  } finally {
+    await ff.close();
+  }
+});
+
+test('Firefox: the Content-Security-Policy blocks a request to another origin', async () => {
+  const hits = [];
+  const sink = http.createServer((req, res) => {
+    hits.push(req.url);
+    req.resume();
+    res.writeHead(200, { 'access-control-allow-origin': '*' });
+    res.end('ok');
+  });
+  await new Promise((resolve) => sink.listen(0, '127.0.0.1', resolve));
+  const origin = `http://127.0.0.1:${sink.address().port}`;
+  const ff = await launchFirefox();
+  try {
+    const { page, result } = await captionIn(ff.browser, { threads: '1' }, CHELSEA);
+    assert.equal(result.data.error, undefined, result.data.error);
+    const outcome = await page.evaluate(
+      (url) => fetch(url, { method: 'POST', mode: 'no-cors', body: 'image bytes' }).then(() => 'sent', () => 'blocked'),
+      `${origin}/from-page`
+    );
+    assert.equal(outcome, 'blocked');
+    assert.deepEqual(hits, []);
+  } finally {
+    await ff.close();
+    await new Promise((r) => {
+      sink.close(r);
+      sink.closeAllConnections();
+    });
+  }
+});
