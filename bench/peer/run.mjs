@@ -48,6 +48,11 @@ const ENGINES = [
   // The same page kept off its relaxed SIMD builds (?relaxed=0): the SIMD128 integer kernel that
   // engines without relaxed SIMD run.
   { id: 'gitcap-page-q8_0-simd128', name: 'gitcap page, SIMD128 only (wasm, Chromium)', weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n, '--query', 'relaxed=0'] },
+  // The same pages with the integer kernel off (?int8_min: no product has that many rows): q8_0
+  // blocks expanded into the f32 kernel's panels, as before the integer kernel. For telling the
+  // integer kernel's threading apart from the rest of the page's.
+  { id: 'gitcap-page-q8_0-f32kernel', name: 'gitcap page, q8_0 through the f32 kernel (wasm, Chromium)', weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n, '--query', 'int8_min=1000000'] },
+  { id: 'gitcap-page-q8_0-simd128-f32kernel', name: 'gitcap page, SIMD128 only, q8_0 through the f32 kernel (wasm, Chromium)', weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n, '--query', 'relaxed=0&int8_min=1000000'] },
 ].filter((e) => !only || only.split(',').includes(e.id));
 if (!ENGINES.length) throw new Error(`no engine matches --engines ${only}`);
 
