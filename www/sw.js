@@ -10,6 +10,7 @@ const SHELL = [
   'app.js',
   'worker.js',
   'models.js',
+  'storage.js',
   'style.css',
   'icon.svg',
   'manifest.webmanifest',
