@@ -78,7 +78,9 @@ fn format_name(f: ImageFormat) -> &'static str {
 ///   Pillow does for 16-bit RGB; for 16-bit grey Pillow clips values to 255 instead, which
 ///   whitens the image, and this deliberately does not copy that).
 ///
-/// JPEG pixels are bit-identical to Pillow's (libjpeg-turbo: islow IDCT, fancy upsampling);
+/// JPEG pixels of well-formed files are bit-identical to Pillow's (libjpeg-turbo: islow IDCT,
+/// fancy upsampling; corrupt entropy-coded data is not recovered from as libjpeg does, see
+/// fuzz/pillow_diff.py);
 /// the other formats are lossless. The dimensions in the header are checked against `limits`
 /// before any pixel buffer is allocated; truncated or corrupt files (including a JPEG without
 /// its end-of-image marker, which Pillow also rejects), unsupported formats and empty input are
