@@ -77,7 +77,9 @@ async function pageWorker() {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+    // PEER_CHROMIUM_ARGS: extra flags for experiments, e.g. '--js-flags=--no-liftoff'.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+      ...(process.env.PEER_CHROMIUM_ARGS || '').split(' ').filter(Boolean)],
     serviceWorkers: 'block',
   });
   const close = async () => {
