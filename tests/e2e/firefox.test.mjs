@@ -1,7 +1,8 @@
 // The page in Firefox: Debian's firefox-esr, driven by puppeteer-core over WebDriver BiDi (no tool
 // downloads a browser). The single-threaded and (with ./test.sh --full) threaded builds caption
-// with the native CLI's ids, a q8_0 GGUF runs the integer kernel, and the Content-Security-Policy
-// blocks a request to another origin. The other browser tests run in Chromium.
+// with the native CLI's ids, a q8_0 GGUF runs the integer kernel, the Content-Security-Policy
+// blocks a request to another origin, the model is stored and read back on a second visit, and a
+// cancelled caption leaves the worker working. The other browser tests run in Chromium.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -134,5 +135,55 @@ test('Firefox: the Content-Security-Policy blocks a request to another origin', 
       sink.close(r);
       sink.closeAllConnections();
     });
+  }
+});
+
+test('Firefox: the model is stored, and a second visit loads it from the store', async () => {
+  const ff = await launchFirefox();
+  try {
+    const native = nativeCaption(CHELSEA);
+    const page = await ff.browser.newPage();
+    page.setDefaultTimeout(180_000);
+    await page.goto(pageUrl(server, { threads: '1' }));
+    await page.waitForSelector('#model-status[data-state=ready]');
+    assert.notEqual(await page.$eval('#model-status', (e) => e.dataset.fromCache), 'true', 'the first visit downloads');
+    await page.reload();
+    await page.waitForSelector('#model-status[data-state=ready]');
+    assert.equal(await page.$eval('#model-status', (e) => e.dataset.fromCache), 'true', 'the second visit reads the store');
+    const input = await page.waitForSelector('input[type=file]');
+    await input.uploadFile(CHELSEA);
+    await page.waitForSelector('#caption[data-done], #caption[data-error]');
+    assert.equal(await page.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
+    assert.match(await page.$eval('#storage-text', (e) => e.textContent), /tiny-coco/);
+  } finally {
+    await ff.close();
+  }
+});
+
+test('Firefox: cancel stops a caption between tokens, and the next caption works', async () => {
+  const ff = await launchFirefox();
+  try {
+    const native = nativeCaption(CHELSEA);
+    const page = await ff.browser.newPage();
+    page.setDefaultTimeout(180_000);
+    await page.goto(pageUrl(server, { threads: '1', nosave: '1', max_new_tokens: '20' }));
+    await page.waitForSelector('#model-status[data-state=ready]');
+    const b64 = fs.readFileSync(CHELSEA).toString('base64');
+    // Start and cancel in the same page task: the worker sees the cancel before the first token.
+    await page.evaluate((data) => {
+      const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+      window.gitcap.captionBytes(bytes.buffer, 'chelsea.png', 'image/png');
+      window.gitcap.cancel();
+    }, b64);
+    await page.waitForSelector('#caption[data-done], #caption[data-error], #caption[data-cancelled]');
+    const cancelled = await page.$eval('#caption', (c) => ({ cancelled: c.hasAttribute('data-cancelled'), text: c.textContent }));
+    assert.ok(cancelled.cancelled, JSON.stringify(cancelled));
+    assert.ok(cancelled.text.length < native.text.length, `cancelled caption "${cancelled.text}"`);
+    const input = await page.waitForSelector('input[type=file]');
+    await input.uploadFile(CHELSEA);
+    await page.waitForSelector('#caption[data-done], #caption[data-error]');
+    assert.equal(await page.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
+  } finally {
+    await ff.close();
   }
 });
