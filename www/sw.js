@@ -11,6 +11,7 @@ const SHELL = [
   'worker.js',
   'models.js',
   'storage.js',
+  'plan.js',
   'style.css',
   'icon.svg',
   'manifest.webmanifest',
