@@ -11,7 +11,6 @@ const SHELL = [
   'worker.js',
   'models.js',
   'storage.js',
-  'plan.js',
   'style.css',
   'icon.svg',
   'manifest.webmanifest',
