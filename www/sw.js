@@ -10,7 +10,6 @@ const SHELL = [
   'app.js',
   'worker.js',
   'models.js',
-  'storage.js',
   'style.css',
   'icon.svg',
   'manifest.webmanifest',

@@ -16,11 +16,9 @@
 // if that cannot start it falls back to the single-threaded build (pkg/) and says why.
 
 import { parseModelParam, SMALL_FILES, HUB, formatBytes } from './models.js';
-import {
-  MANIFEST, storeRoot, keyDirName, readJson, writeFile, fileSize, readBytes, removeEntry,
-  cacheInfo, clearCache, quotaError, errorMessage,
-} from './storage.js';
 
+const STORE_DIR = 'gitcap-models';
+const MANIFEST = 'manifest.json';
 const DEFAULT_CHUNK = 16 * 1024 * 1024;
 const RETRY_DELAYS_MS = [250, 1000, 3000, 6000];
 
@@ -39,15 +37,6 @@ let currentJob = null;
 let pumping = false;
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
-
-/** SHA-256 of `bytes`, as hex, by the wasm module. */
-function sha256Hex(bytes) {
-  const h = new gitcap.Sha256();
-  h.update(bytes);
-  const hex = h.hex();
-  h.free?.();
-  return hex;
-}
 
 function wasmBytes() {
   const n = wasmExports?.memory?.buffer?.byteLength ?? 0;
@@ -68,6 +57,12 @@ function yieldToEventLoop() {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function errorMessage(e) {
+  if (e == null) return 'unknown error';
+  if (typeof e === 'string') return e;
+  return e.message || String(e);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Start-up
@@ -149,6 +144,129 @@ function plain(v) {
   if (v instanceof Map) return Object.fromEntries([...v].map(([k, x]) => [k, plain(x)]));
   if (Array.isArray(v)) return v.map(plain);
   return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage (OPFS): one folder per model (keyed by model id and revision, or URL), holding
+// manifest.json and the files as chunk files `<name>.<index>`. A chunk file is only used when
+// its size is exactly right; createWritable() commits on close, so a chunk either exists whole
+// or not at all.
+
+async function storeRoot(create = true) {
+  if (!navigator.storage?.getDirectory) return null;
+  try {
+    const root = await navigator.storage.getDirectory();
+    return await root.getDirectoryHandle(STORE_DIR, { create });
+  } catch {
+    return null;
+  }
+}
+
+async function keyDirName(key) {
+  const h = new gitcap.Sha256();
+  h.update(new TextEncoder().encode(key));
+  const hex = h.hex();
+  h.free?.();
+  const slug = key.replace(/^[a-z]+:(https?:\/\/)?/, '').replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 60);
+  return `${slug}-${hex.slice(0, 16)}`;
+}
+
+async function readJson(dir, name) {
+  try {
+    const f = await (await dir.getFileHandle(name)).getFile();
+    return JSON.parse(await f.text());
+  } catch {
+    return null;
+  }
+}
+
+async function writeFile(dir, name, bytes) {
+  try {
+    await writeFileUnchecked(dir, name, bytes);
+  } catch (e) {
+    if (e?.name === 'QuotaExceededError') throw quotaError(null, null);
+    throw new Error(`Could not save ${name} in the browser's storage: ${errorMessage(e)}`);
+  }
+}
+
+async function writeFileUnchecked(dir, name, bytes) {
+  const fh = await dir.getFileHandle(name, { create: true });
+  if (fh.createWritable) {
+    const w = await fh.createWritable();
+    await w.write(bytes);
+    await w.close();
+    return;
+  }
+  // Safari: sync access handles only (workers only, which this is).
+  const h = await fh.createSyncAccessHandle();
+  try {
+    h.truncate(0);
+    h.write(bytes, { at: 0 });
+    h.flush();
+  } finally {
+    h.close();
+  }
+}
+
+async function fileSize(dir, name) {
+  try {
+    return (await (await dir.getFileHandle(name)).getFile()).size;
+  } catch {
+    return -1;
+  }
+}
+
+async function readBytes(dir, name) {
+  const f = await (await dir.getFileHandle(name)).getFile();
+  return new Uint8Array(await f.arrayBuffer());
+}
+
+async function removeEntry(dir, name) {
+  try {
+    await dir.removeEntry(name, { recursive: true });
+  } catch {}
+}
+
+async function dirBytes(dir) {
+  let n = 0;
+  for await (const [, h] of dir.entries()) {
+    if (h.kind === 'file') n += (await h.getFile()).size;
+  }
+  return n;
+}
+
+async function cacheInfo() {
+  const entries = [];
+  const root = await storeRoot(false);
+  if (root) {
+    for await (const [name, h] of root.entries()) {
+      if (h.kind !== 'directory') continue;
+      const m = await readJson(h, MANIFEST);
+      entries.push({
+        dir: name,
+        key: m?.key ?? name,
+        label: m?.label ?? name,
+        complete: !!m?.complete,
+        bytes: await dirBytes(h),
+        total: m?.total ?? null,
+      });
+    }
+  }
+  let usage = null;
+  let quota = null;
+  try {
+    ({ usage, quota } = await navigator.storage.estimate());
+  } catch {}
+  return { entries, usage, quota, available: !!navigator.storage?.getDirectory };
+}
+
+async function clearCache() {
+  if (busyStore) throw new Error('A download is in progress; wait for it to finish before clearing the cache.');
+  const root = await storeRoot(false);
+  if (!root) return;
+  const names = [];
+  for await (const [name] of root.entries()) names.push(name);
+  for (const n of names) await removeEntry(root, n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,6 +592,22 @@ async function streamFile(file, store, progress, sink) {
 
 class CacheDamaged extends Error {}
 
+function quotaError(needed, available) {
+  const what = needed != null ? `The model needs ${formatBytes(needed)} of storage` : 'The model does not fit in storage';
+  const room =
+    available != null
+      ? `, but this browser lets this page store only ${formatBytes(Math.max(0, available))} more.`
+      : ', but this browser refused to store more for this page (its storage quota or the disk is full).';
+  const err = new Error(
+    `${what}${room} Free up disk space or clear other sites' data, choose the smaller model, ` +
+      'or load it without saving (it is then downloaded again on every visit).'
+  );
+  err.code = 'quota';
+  err.needed = needed;
+  err.available = available;
+  return err;
+}
+
 /** A small file, whole. Without a known size it is fetched without Range and checked as JSON. */
 async function fetchSmall(file, store, progress) {
   if (store && file.stored) {
@@ -503,7 +637,10 @@ async function fetchSmall(file, store, progress) {
     return buf;
   });
   if (file.sha256) {
-    const got = sha256Hex(bytes);
+    const h = new gitcap.Sha256();
+    h.update(bytes);
+    const got = h.hex();
+    h.free?.();
     if (got !== file.sha256) throw new Error(`${file.name} does not match its published SHA-256; not used.`);
   }
   if (file.name.endsWith('.json')) {
@@ -533,7 +670,7 @@ async function loadModel({ model: param, chunkBytes, persist, pageUrl }, retried
   post({ type: 'source', label: src.label, key: src.key, base: src.base, hub: src.hub ?? null });
 
   const root = persist ? await storeRoot(true) : null;
-  const dirName = await keyDirName(src.key, sha256Hex);
+  const dirName = await keyDirName(src.key);
   let store = root ? await root.getDirectoryHandle(dirName, { create: true }) : null;
   let manifest = store ? await readJson(store, MANIFEST) : null;
   let fromCache = !!manifest?.complete;
@@ -847,7 +984,7 @@ self.onmessage = async (e) => {
       break;
     case 'clear-cache':
       try {
-        await clearCache(busyStore);
+        await clearCache();
         post({ type: 'cache-cleared' });
       } catch (err) {
         post({ type: 'cache-error', message: errorMessage(err) });
