@@ -156,7 +156,12 @@ mod native {
     /// are counted in checked u64. Returns how many tensors the file holds.
     pub fn check_pytorch(path: &Path) -> Result<usize> {
         let what = path.display().to_string();
-        check_pickle_lengths(path).map_err(|e| corrupt(&what, e))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::model(format!("cannot open {what}: {e}")))?;
+        // One archive for both checks: its central directory is read once.
+        let mut zip =
+            zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| corrupt(&what, e))?;
+        check_pickle_lengths(&mut zip).map_err(|e| corrupt(&what, e))?;
         // candle's pickle reader does unchecked arithmetic on values from the file: a panic in
         // it is a corrupt file, not a reason to end the program.
         let infos = std::panic::catch_unwind(|| {
@@ -164,10 +169,6 @@ mod native {
         })
         .map_err(|_| corrupt(&what, "its pickle describes impossible tensors"))?
         .map_err(|e| corrupt(&what, e))?;
-        let file = std::fs::File::open(path)
-            .map_err(|e| Error::model(format!("cannot open {what}: {e}")))?;
-        let mut zip =
-            zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| corrupt(&what, e))?;
         for info in &infos {
             let name = &info.name;
             let bad = |msg: String| corrupt(&what, format!("tensor {name}: {msg}"));
@@ -205,12 +206,11 @@ mod native {
     /// a string whose length runs past the end: candle allocates a string's claimed length (up
     /// to 4 GiB) before reading it. Stops at the first opcode candle does not know (candle then
     /// reports it).
-    fn check_pickle_lengths(path: &Path) -> std::result::Result<(), String> {
+    fn check_pickle_lengths<R: std::io::Read + std::io::Seek>(
+        zip: &mut zip::ZipArchive<R>,
+    ) -> std::result::Result<(), String> {
         use std::io::Read;
         const MAX_PICKLE: u64 = 256 << 20;
-        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-        let mut zip =
-            zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
         let mut names = Vec::new();
         for name in zip.file_names() {
             let name = name.map_err(|e| e.to_string())?;
