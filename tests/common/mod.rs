@@ -120,13 +120,17 @@ pub fn ids(v: &Value) -> Vec<u32> {
 /// The device the parity tests run the model on: the CPU, or with GITCAP_TEST_DEVICE=cuda (a
 /// `--features cuda` build; tools/cuda-parity.sh) CUDA GPU 0.
 pub fn test_device() -> Device {
-    match std::env::var("GITCAP_TEST_DEVICE").as_deref() {
-        Ok("cuda") => {
-            Device::new_cuda(0).expect("GITCAP_TEST_DEVICE=cuda, but CUDA GPU 0 cannot be used")
-        }
-        Ok("cpu") | Err(_) => Device::Cpu,
-        Ok(other) => panic!("GITCAP_TEST_DEVICE={other}: expected cpu or cuda"),
-    }
+    // Made once: `tolerance` asks for it in every comparison, and a CUDA device is a context.
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| match std::env::var("GITCAP_TEST_DEVICE").as_deref() {
+            Ok("cuda") => {
+                Device::new_cuda(0).expect("GITCAP_TEST_DEVICE=cuda, but CUDA GPU 0 cannot be used")
+            }
+            Ok("cpu") | Err(_) => Device::Cpu,
+            Ok(other) => panic!("GITCAP_TEST_DEVICE={other}: expected cpu or cuda"),
+        })
+        .clone()
 }
 
 /// Largest error accepted against transformers' f32 outputs: 1e-4 on the CPU; 1e-3 on a GPU,
