@@ -556,6 +556,38 @@ fn int8_kernel_matches_candle() {
     );
 }
 
+/// The vector quantizer of the integer kernel's activations gives the scalar definition's words
+/// and scales bit for bit: exact ties (rounded half to even), zero blocks, denormals, values
+/// whose scaled form saturates, infinities and NaN.
+#[wasm_bindgen_test]
+fn int8_quantizer_matches_its_definition() {
+    let (m, k) = (19, 160);
+    let specials = [
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE / 8.0,
+        1e-30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        3e38,
+    ];
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| {
+            let block = i / 32;
+            match block % 6 {
+                // Exact ties: amax 127 (or 63), so x · levels / amax lands on .5 for these.
+                0 => [127.0, 0.5, -1.5, 2.5, -3.5][i % 5],
+                1 => 0.0,
+                2 => specials[i % specials.len()],
+                3 => [63.0, 0.5, -0.5, 1.5, 62.5][i % 5],
+                _ => ((i * 7919) % 211) as f32 / 50.0 - 2.0,
+            }
+        })
+        .collect();
+    gitcap::model::int8::check_quantizer(&x, m, k).unwrap();
+}
+
 /// The SIMD softmax and quick_gelu (src/model/elementwise.rs, on by default in wasm) against
 /// candle's own ops, with widths that are not multiples of four and masked entries.
 #[wasm_bindgen_test]
