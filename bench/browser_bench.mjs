@@ -133,7 +133,9 @@ async function main() {
     serviceWorkers: 'block',
     viewport: { width: 1100, height: 900 },
   });
-  const result = { model: name, weightsBytes, image: path.basename(image), tokens, runs, chromium: context.browser()?.version() ?? null };
+  // The CPU with every figure: engines rank differently on different CPUs.
+  const cpu = { model: os.cpus()[0]?.model ?? null, count: os.cpus().length };
+  const result = { model: name, cpu, weightsBytes, image: path.basename(image), tokens, runs, chromium: context.browser()?.version() ?? null };
   try {
     const page = context.pages()[0] ?? (await context.newPage());
     page.on('pageerror', (e) => log('page error:', e.message));
@@ -226,6 +228,8 @@ async function main() {
   console.log(JSON.stringify(result, null, 2));
   if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(result, null, 2));
   console.error(`
+CPU: ${result.cpu.model} (${result.cpu.count} CPUs), Chromium ${result.chromium}
+
 | measure | value |
 | --- | --- |
 | weights | ${mb(result.weightsBytes)} MB |
