@@ -385,6 +385,7 @@ fn multiply_wide(x: &[f32], w: &DenseRows, m: usize, k: usize, epilogue: Epilogu
         let n = w.rows();
         let mut c = vec![0f32; m * n];
         let out = SharedOut(c.as_mut_ptr());
+        let packed_x = avx512::PackedX::new(x, m, k);
         let block = |j_start: usize, j_end: usize| {
             // SAFETY: each column range goes to one call only; rows are inside the output.
             let row = |i: usize| unsafe { out.row(i, n, j_start, j_end) };
@@ -394,7 +395,7 @@ fn multiply_wide(x: &[f32], w: &DenseRows, m: usize, k: usize, epilogue: Epilogu
                 }
             }
             // SAFETY: `wide` checked the CPU; this call owns columns j_start..j_end.
-            unsafe { avx512::add_product(out.0, x, w.w, m, k, n, j_start, j_end) };
+            unsafe { avx512::add_product(out.0, &packed_x, w.w, n, j_start, j_end) };
             if let Some(activation) = epilogue.activation {
                 for i in 0..m {
                     activation(row(i));
