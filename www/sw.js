@@ -35,15 +35,16 @@ self.addEventListener('install', (event) => {
           if (res.ok) threaded.push(...(await res.json()).map((f) => `${dir}/${f}`));
         } catch {}
       }
-      // One by one: a missing optional file must not leave the whole shell uncached.
-      await Promise.all(
-        [...SHELL, ...threaded].map(async (path) => {
-          try {
-            const res = await fetch(new Request(path, { cache: 'no-cache' }));
-            if (res.ok) await cache.put(path, res);
-          } catch {}
-        })
-      );
+      // One at a time, each failure its own: a missing optional file must not leave the whole
+      // shell uncached, and all at once (four 3–17 MB wasm files beside the page's own requests
+      // and the model download) left Firefox ESR's install waiting, now and then, on requests
+      // that never reached the server.
+      for (const path of [...SHELL, ...threaded]) {
+        try {
+          const res = await fetch(new Request(path, { cache: 'no-cache' }));
+          if (res.ok) await cache.put(path, res);
+        } catch {}
+      }
       await self.skipWaiting();
     })()
   );

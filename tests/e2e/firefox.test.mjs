@@ -1,8 +1,10 @@
 // The page in Firefox: Debian's firefox-esr, driven by puppeteer-core over WebDriver BiDi (no tool
 // downloads a browser). The single-threaded and (with ./test.sh --full) threaded builds caption
 // with the native CLI's ids, a q8_0 GGUF runs the integer kernel, the Content-Security-Policy
-// blocks a request to another origin, the model is stored and read back on a second visit, and a
-// cancelled caption leaves the worker working. The other browser tests run in Chromium.
+// blocks a request to another origin, the model is stored and read back on a second visit, a
+// download cut off by closing the page resumes where it stopped, the page works offline after
+// one visit, and a cancelled caption leaves the worker working. The other browser tests run in
+// Chromium.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -185,5 +187,116 @@ test('Firefox: cancel stops a caption between tokens, and the next caption works
     assert.equal(await page.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
   } finally {
     await ff.close();
+  }
+});
+
+/**
+ * A pass-through HTTP server in front of `upstream` (so that the page's origin is this one), which
+ * records every GET of `file` and leaves unanswered, like a dropped connection, the requests
+ * `hold(range)` picks: Firefox's own request interception does not see a worker's fetches.
+ */
+function holdingProxy(upstream, file, hold) {
+  const target = new URL(upstream.url);
+  const ranges = [];
+  const held = [];
+  let asked;
+  const heldOnce = new Promise((resolve) => (asked = resolve));
+  const proxy = http.createServer((req, res) => {
+    if (req.method === 'GET' && req.url.split('?')[0] === file) {
+      ranges.push(req.headers.range ?? null);
+      if (hold(req.headers.range ?? null)) {
+        held.push(res);
+        asked();
+        return;
+      }
+    }
+    const headers = { ...req.headers, host: target.host };
+    const up = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  return new Promise((resolve) => {
+    proxy.listen(0, '127.0.0.1', () => {
+      resolve({
+        url: `http://127.0.0.1:${proxy.address().port}/`,
+        ranges,
+        heldOnce,
+        stop: () =>
+          new Promise((r) => {
+            held.splice(0).forEach((res) => res.destroy());
+            proxy.close(r);
+            proxy.closeAllConnections();
+          }),
+      });
+    });
+  });
+}
+
+test('Firefox: a download cut off by closing the page resumes where it stopped on the next visit', async () => {
+  const weights = '/models/tiny-coco/model.safetensors';
+  const size = fs.statSync(path.join(TINY, 'model.safetensors')).size;
+  const chunk = 1024 * 1024; // ?chunk_kib=1024
+  const chunks = Math.ceil(size / chunk);
+  assert.ok(chunks >= 3, 'the fixture is large enough for three chunks');
+  const start = (range) => Number(/bytes=(\d+)-/.exec(range ?? '')?.[1] ?? NaN);
+  let first = true;
+  // Chunk 2 is never answered on the first visit: by then chunks 0 and 1 are stored.
+  const proxy = await holdingProxy(server, weights, (range) => first && start(range) === 2 * chunk);
+  const ff = await launchFirefox();
+  try {
+    const page = await ff.browser.newPage();
+    page.setDefaultTimeout(180_000);
+    await page.goto(pageUrl(proxy, { threads: '1', chunk_kib: '1024' }));
+    await proxy.heldOnce;
+    await page.close();
+    // The held request stays unanswered (released when the proxy stops): answering it with an
+    // error now let the closed page's worker, not yet gone, try chunk 2 again.
+    first = false;
+    assert.deepEqual(proxy.ranges.map((r) => start(r) / chunk), [0, 1, 2]);
+
+    // Second visit, same profile: only the missing chunks come over the network.
+    const mark = proxy.ranges.length;
+    const native = nativeCaption(CHELSEA);
+    const page2 = await ff.browser.newPage();
+    page2.setDefaultTimeout(180_000);
+    await page2.goto(pageUrl(proxy, { threads: '1', chunk_kib: '1024' }));
+    const input = await page2.waitForSelector('input[type=file]');
+    await input.uploadFile(CHELSEA);
+    await page2.waitForSelector('#caption[data-done], #caption[data-error]');
+    assert.equal(await page2.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
+    const second = proxy.ranges.slice(mark).map((r) => start(r) / chunk);
+    assert.deepEqual(second, Array.from({ length: chunks - 2 }, (_, i) => i + 2));
+  } finally {
+    await ff.close();
+    await proxy.stop();
+  }
+});
+
+test('Firefox: the page works offline after the first visit', async () => {
+  const own = await startServer();
+  const ff = await launchFirefox();
+  try {
+    const native = nativeCaption(CHELSEA);
+    const page = await ff.browser.newPage();
+    page.setDefaultTimeout(180_000);
+    await page.goto(pageUrl(own, { threads: '1' }));
+    // The service worker's install: if it stalls it never recovers, so say so well before 180 s.
+    await page.waitForSelector('html[data-offline-ready]', { timeout: 60_000 });
+    await page.waitForSelector('#model-status[data-state=ready]');
+    // No network at all from here on.
+    await own.stop();
+    await page.reload();
+    await page.waitForSelector('#model-status[data-state=ready]');
+    assert.equal(await page.$eval('#model-status', (e) => e.dataset.fromCache), 'true');
+    const input = await page.waitForSelector('input[type=file]');
+    await input.uploadFile(CHELSEA);
+    await page.waitForSelector('#caption[data-done], #caption[data-error]');
+    assert.equal(await page.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
+  } finally {
+    await ff.close();
+    await own.stop();
   }
 });
