@@ -587,11 +587,7 @@ impl Job {
             }
             JobState::Running(job) => {
                 let captioner: &Captioner = &self.captioner;
-                // On this thread, not `on_pool`: a decoding step splits nothing (one row per
-                // beam), and handing each step to a pool thread and waiting for it cost more
-                // than the step's own work (Chromium 156, 2 threads, git-large q8_0: 13–21 ms a
-                // token through the pool, 10.7 ms here, 9.3 ms in the single-threaded build).
-                job.step(captioner)
+                crate::model::parallel::on_pool(|| job.step(captioner))
             }
         };
         match event {
