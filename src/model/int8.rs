@@ -1143,7 +1143,8 @@ mod tests {
     fn quantizer_split_over_threads_equals_it_whole() {
         let (m, k) = (37, 96);
         let x = activations_for(m, k);
-        check_quantizer(&x, m, k).unwrap();
+        // (check_quantizer would compare the scalar form with itself here: it runs in the wasm
+        // tests, where the vector form is the one built.)
         let kernel = Kernel::best();
         let a = activations(kernel);
         let whole = quantize_x(&x, m, k, kernel, a, 1);

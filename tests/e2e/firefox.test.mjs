@@ -53,15 +53,27 @@ async function launchFirefox() {
 
 /** Opens the page with `query`, captions `image`; the caption's state and the backend line. */
 async function captionIn(browser, query, image) {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(180_000);
+  const page = await newPage(browser);
   await page.goto(pageUrl(server, query));
-  const input = await page.waitForSelector('input[type=file]');
-  await input.uploadFile(image);
-  await page.waitForSelector('#caption[data-done], #caption[data-error]');
+  await uploadAndCaption(page, image);
   const result = await page.$eval('#caption', (c) => ({ text: c.textContent, data: { ...c.dataset } }));
   const backend = await page.$eval('#backend', (e) => ({ text: e.textContent, ...e.dataset }));
   return { page, result, backend };
+}
+
+/** A new page with the suite's timeout. */
+async function newPage(browser) {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(180_000);
+  return page;
+}
+
+/** Uploads `image` into the open page and returns the finished caption's token ids. */
+async function uploadAndCaption(page, image) {
+  const input = await page.waitForSelector('input[type=file]');
+  await input.uploadFile(image);
+  await page.waitForSelector('#caption[data-done], #caption[data-error]');
+  return page.$eval('#caption', (c) => c.dataset.tokenIds);
 }
 
 test('Firefox: the single-threaded page captions with the native CLI ids', async () => {
@@ -144,18 +156,14 @@ test('Firefox: the model is stored, and a second visit loads it from the store',
   const ff = await launchFirefox();
   try {
     const native = nativeCaption(CHELSEA);
-    const page = await ff.browser.newPage();
-    page.setDefaultTimeout(180_000);
+    const page = await newPage(ff.browser);
     await page.goto(pageUrl(server, { threads: '1' }));
     await page.waitForSelector('#model-status[data-state=ready]');
     assert.notEqual(await page.$eval('#model-status', (e) => e.dataset.fromCache), 'true', 'the first visit downloads');
     await page.reload();
     await page.waitForSelector('#model-status[data-state=ready]');
     assert.equal(await page.$eval('#model-status', (e) => e.dataset.fromCache), 'true', 'the second visit reads the store');
-    const input = await page.waitForSelector('input[type=file]');
-    await input.uploadFile(CHELSEA);
-    await page.waitForSelector('#caption[data-done], #caption[data-error]');
-    assert.equal(await page.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
+    assert.equal(await uploadAndCaption(page, CHELSEA), native.token_ids.join(','));
     assert.match(await page.$eval('#storage-text', (e) => e.textContent), /tiny-coco/);
   } finally {
     await ff.close();
@@ -166,8 +174,7 @@ test('Firefox: cancel stops a caption between tokens, and the next caption works
   const ff = await launchFirefox();
   try {
     const native = nativeCaption(CHELSEA);
-    const page = await ff.browser.newPage();
-    page.setDefaultTimeout(180_000);
+    const page = await newPage(ff.browser);
     await page.goto(pageUrl(server, { threads: '1', nosave: '1', max_new_tokens: '20' }));
     await page.waitForSelector('#model-status[data-state=ready]');
     const b64 = fs.readFileSync(CHELSEA).toString('base64');
@@ -181,10 +188,7 @@ test('Firefox: cancel stops a caption between tokens, and the next caption works
     const cancelled = await page.$eval('#caption', (c) => ({ cancelled: c.hasAttribute('data-cancelled'), text: c.textContent }));
     assert.ok(cancelled.cancelled, JSON.stringify(cancelled));
     assert.ok(cancelled.text.length < native.text.length, `cancelled caption "${cancelled.text}"`);
-    const input = await page.waitForSelector('input[type=file]');
-    await input.uploadFile(CHELSEA);
-    await page.waitForSelector('#caption[data-done], #caption[data-error]');
-    assert.equal(await page.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
+    assert.equal(await uploadAndCaption(page, CHELSEA), native.token_ids.join(','));
   } finally {
     await ff.close();
   }
@@ -247,8 +251,7 @@ test('Firefox: a download cut off by closing the page resumes where it stopped o
   const proxy = await holdingProxy(server, weights, (range) => first && start(range) === 2 * chunk);
   const ff = await launchFirefox();
   try {
-    const page = await ff.browser.newPage();
-    page.setDefaultTimeout(180_000);
+    const page = await newPage(ff.browser);
     await page.goto(pageUrl(proxy, { threads: '1', chunk_kib: '1024' }));
     await proxy.heldOnce;
     await page.close();
@@ -260,13 +263,9 @@ test('Firefox: a download cut off by closing the page resumes where it stopped o
     // Second visit, same profile: only the missing chunks come over the network.
     const mark = proxy.ranges.length;
     const native = nativeCaption(CHELSEA);
-    const page2 = await ff.browser.newPage();
-    page2.setDefaultTimeout(180_000);
+    const page2 = await newPage(ff.browser);
     await page2.goto(pageUrl(proxy, { threads: '1', chunk_kib: '1024' }));
-    const input = await page2.waitForSelector('input[type=file]');
-    await input.uploadFile(CHELSEA);
-    await page2.waitForSelector('#caption[data-done], #caption[data-error]');
-    assert.equal(await page2.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
+    assert.equal(await uploadAndCaption(page2, CHELSEA), native.token_ids.join(','));
     const second = proxy.ranges.slice(mark).map((r) => start(r) / chunk);
     assert.deepEqual(second, Array.from({ length: chunks - 2 }, (_, i) => i + 2));
   } finally {
@@ -280,8 +279,7 @@ test('Firefox: the page works offline after the first visit', async () => {
   const ff = await launchFirefox();
   try {
     const native = nativeCaption(CHELSEA);
-    const page = await ff.browser.newPage();
-    page.setDefaultTimeout(180_000);
+    const page = await newPage(ff.browser);
     await page.goto(pageUrl(own, { threads: '1' }));
     // The service worker's install: if it stalls it never recovers, so say so well before 180 s.
     await page.waitForSelector('html[data-offline-ready]', { timeout: 60_000 });
@@ -291,10 +289,7 @@ test('Firefox: the page works offline after the first visit', async () => {
     await page.reload();
     await page.waitForSelector('#model-status[data-state=ready]');
     assert.equal(await page.$eval('#model-status', (e) => e.dataset.fromCache), 'true');
-    const input = await page.waitForSelector('input[type=file]');
-    await input.uploadFile(CHELSEA);
-    await page.waitForSelector('#caption[data-done], #caption[data-error]');
-    assert.equal(await page.$eval('#caption', (c) => c.dataset.tokenIds), native.token_ids.join(','));
+    assert.equal(await uploadAndCaption(page, CHELSEA), native.token_ids.join(','));
   } finally {
     await ff.close();
     await own.stop();
