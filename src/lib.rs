@@ -13,8 +13,8 @@ pub mod generate;
 pub mod gguf;
 pub mod image;
 pub mod model;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod quantize;
+pub mod quantize_stream;
 mod sampling;
 pub mod stream_load;
 pub mod tokenizer;

@@ -26,7 +26,7 @@ pub const MAX_HEADER_LEN: u64 = 100_000_000;
 
 /// How a tensor's bytes are turned into f32 values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Elem {
+pub(crate) enum Elem {
     F32,
     F16,
     BF16,
@@ -36,7 +36,7 @@ enum Elem {
 }
 
 impl Elem {
-    fn from_dtype(dtype: &str) -> Option<Self> {
+    pub(crate) fn from_dtype(dtype: &str) -> Option<Self> {
         Some(match dtype {
             "F32" => Elem::F32,
             "F16" => Elem::F16,
@@ -50,7 +50,7 @@ impl Elem {
         })
     }
 
-    fn size(self) -> usize {
+    pub(crate) fn size(self) -> usize {
         match self {
             Elem::F32 => 4,
             Elem::F16 | Elem::BF16 => 2,
@@ -60,7 +60,7 @@ impl Elem {
     }
 
     /// Appends the values of `bytes` (a whole number of elements) to `out`.
-    fn decode(self, bytes: &[u8], out: &mut Vec<f32>) {
+    pub(crate) fn decode(self, bytes: &[u8], out: &mut Vec<f32>) {
         match self {
             Elem::F32 => out.extend(
                 bytes
@@ -87,13 +87,13 @@ impl Elem {
 
 /// One tensor of the header, in file order.
 #[derive(Debug)]
-struct Entry {
-    name: String,
-    elem: Elem,
-    shape: Vec<usize>,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) elem: Elem,
+    pub(crate) shape: Vec<usize>,
     /// Start and end of its bytes in the data section.
-    begin: u64,
-    end: u64,
+    pub(crate) begin: u64,
+    pub(crate) end: u64,
 }
 
 #[derive(Debug)]
@@ -137,7 +137,7 @@ impl Default for SafetensorsStream {
     }
 }
 
-fn corrupt(msg: impl std::fmt::Display) -> Error {
+pub(crate) fn corrupt(msg: impl std::fmt::Display) -> Error {
     Error::model(format!(
         "the weights file is not a valid safetensors file: {msg}"
     ))
@@ -222,17 +222,7 @@ impl SafetensorsStream {
                     self.received += n as u64;
                     chunk = &chunk[n..];
                     if self.head.len() == 8 {
-                        let len = u64::from_le_bytes(self.head[..8].try_into().expect("8 bytes"));
-                        if len > MAX_HEADER_LEN {
-                            return Err(corrupt(format!(
-                                "its header claims to be {len} bytes long (the limit is {MAX_HEADER_LEN}); is this really a safetensors file?"
-                            )));
-                        }
-                        if len < 2 {
-                            return Err(corrupt(format!(
-                                "its header is {len} bytes long, too short for a JSON object"
-                            )));
-                        }
+                        let len = header_len(&self.head)?;
                         self.head.clear();
                         self.phase = Phase::Header(len);
                     }
@@ -245,7 +235,8 @@ impl SafetensorsStream {
                     chunk = &chunk[n..];
                     if self.head.len() as u64 == len {
                         let head = std::mem::take(&mut self.head);
-                        self.parse_header(&head)?;
+                        (self.entries, self.data_len) = parse_header(&head)?;
+                        self.next = 0;
                         self.header_len = len;
                         self.phase = Phase::Data;
                         self.start_next()?;
@@ -264,89 +255,6 @@ impl SafetensorsStream {
                 }
             }
         }
-        Ok(())
-    }
-
-    fn parse_header(&mut self, head: &[u8]) -> Result<()> {
-        let value: serde_json::Value = serde_json::from_slice(head)
-            .map_err(|e| corrupt(format!("its header is not valid JSON ({e})")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| corrupt("its header is not a JSON object"))?;
-        let mut entries = Vec::with_capacity(obj.len());
-        for (name, info) in obj {
-            if name == "__metadata__" {
-                continue;
-            }
-            let bad = |what: &str| corrupt(format!("tensor `{name}` {what}"));
-            let dtype = info
-                .get("dtype")
-                .and_then(|d| d.as_str())
-                .ok_or_else(|| bad("has no dtype"))?;
-            let elem = Elem::from_dtype(dtype).ok_or_else(|| {
-                Error::model(format!(
-                    "the weights file stores tensor `{name}` as {dtype}, which gitcap does not \
-                     support (F32, F16 and BF16 are)"
-                ))
-            })?;
-            let shape = info
-                .get("shape")
-                .and_then(|s| s.as_array())
-                .ok_or_else(|| bad("has no shape"))?
-                .iter()
-                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| bad("has a shape that is not a list of sizes"))?;
-            let offsets = info
-                .get("data_offsets")
-                .and_then(|o| o.as_array())
-                .filter(|o| o.len() == 2)
-                .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
-                .ok_or_else(|| bad("has no valid data_offsets"))?;
-            let (begin, end) = offsets;
-            if begin > end {
-                return Err(bad(&format!(
-                    "has data_offsets out of order ({begin} > {end})"
-                )));
-            }
-            let bytes = shape
-                .iter()
-                .try_fold(elem.size() as u64, |acc, &d| acc.checked_mul(d as u64))
-                .ok_or_else(|| bad("has an impossibly large shape"))?;
-            if bytes != end - begin {
-                return Err(bad(&format!(
-                    "has shape {shape:?} of {dtype} ({bytes} bytes) but data_offsets span {} bytes",
-                    end - begin
-                )));
-            }
-            entries.push(Entry {
-                name: name.clone(),
-                elem,
-                shape,
-                begin,
-                end,
-            });
-        }
-        entries.sort_by_key(|e| (e.begin, e.end));
-        let mut pos = 0u64;
-        for e in &entries {
-            if e.begin < pos {
-                return Err(corrupt(format!(
-                    "tensor `{}` overlaps the tensor before it (bytes {}..{} start before {pos})",
-                    e.name, e.begin, e.end
-                )));
-            }
-            if e.begin > pos {
-                return Err(corrupt(format!(
-                    "there is a hole in the data before tensor `{}` (bytes {pos}..{})",
-                    e.name, e.begin
-                )));
-            }
-            pos = e.end;
-        }
-        self.data_len = pos;
-        self.entries = entries;
-        self.next = 0;
         Ok(())
     }
 
@@ -465,6 +373,104 @@ impl SafetensorsStream {
             Phase::Data => Ok(self.tensors),
         }
     }
+}
+
+/// The JSON header's length from the file's first 8 bytes, checked to be plausible.
+pub(crate) fn header_len(first8: &[u8]) -> Result<u64> {
+    let len = u64::from_le_bytes(first8[..8].try_into().expect("8 bytes"));
+    if len > MAX_HEADER_LEN {
+        return Err(corrupt(format!(
+            "its header claims to be {len} bytes long (the limit is {MAX_HEADER_LEN}); is this really a safetensors file?"
+        )));
+    }
+    if len < 2 {
+        return Err(corrupt(format!(
+            "its header is {len} bytes long, too short for a JSON object"
+        )));
+    }
+    Ok(len)
+}
+
+/// The tensors a JSON header lists, in the order of their bytes, checked as the module
+/// documentation says, and the length of the data section they cover.
+pub(crate) fn parse_header(head: &[u8]) -> Result<(Vec<Entry>, u64)> {
+    let value: serde_json::Value = serde_json::from_slice(head)
+        .map_err(|e| corrupt(format!("its header is not valid JSON ({e})")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| corrupt("its header is not a JSON object"))?;
+    let mut entries = Vec::with_capacity(obj.len());
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |what: &str| corrupt(format!("tensor `{name}` {what}"));
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| bad("has no dtype"))?;
+        let elem = Elem::from_dtype(dtype).ok_or_else(|| {
+            Error::model(format!(
+                "the weights file stores tensor `{name}` as {dtype}, which gitcap does not \
+                 support (F32, F16 and BF16 are)"
+            ))
+        })?;
+        let shape = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| bad("has no shape"))?
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| bad("has a shape that is not a list of sizes"))?;
+        let offsets = info
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .filter(|o| o.len() == 2)
+            .and_then(|o| Some((o[0].as_u64()?, o[1].as_u64()?)))
+            .ok_or_else(|| bad("has no valid data_offsets"))?;
+        let (begin, end) = offsets;
+        if begin > end {
+            return Err(bad(&format!(
+                "has data_offsets out of order ({begin} > {end})"
+            )));
+        }
+        let bytes = shape
+            .iter()
+            .try_fold(elem.size() as u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(|| bad("has an impossibly large shape"))?;
+        if bytes != end - begin {
+            return Err(bad(&format!(
+                "has shape {shape:?} of {dtype} ({bytes} bytes) but data_offsets span {} bytes",
+                end - begin
+            )));
+        }
+        entries.push(Entry {
+            name: name.clone(),
+            elem,
+            shape,
+            begin,
+            end,
+        });
+    }
+    entries.sort_by_key(|e| (e.begin, e.end));
+    let mut pos = 0u64;
+    for e in &entries {
+        if e.begin < pos {
+            return Err(corrupt(format!(
+                "tensor `{}` overlaps the tensor before it (bytes {}..{} start before {pos})",
+                e.name, e.begin, e.end
+            )));
+        }
+        if e.begin > pos {
+            return Err(corrupt(format!(
+                "there is a hole in the data before tensor `{}` (bytes {pos}..{})",
+                e.name, e.begin
+            )));
+        }
+        pos = e.end;
+    }
+    Ok((entries, pos))
 }
 
 /// Loads weights from a sequence of chunks (a convenience over `SafetensorsStream`).

@@ -69,29 +69,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ProgressStyle::with_template("{prefix:>10} [{bar:40}] {percent:>3}% {msg} ({elapsed})")
             .expect("valid template")
             .progress_chars("=> ");
-    let write_style = ProgressStyle::with_template(
-        "{prefix:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
-    )
-    .expect("valid template")
-    .progress_chars("=> ");
     let mut on_progress = |p: Progress<'_>| match p {
         Progress::Start { elements, .. } => {
             bar.set_style(convert_style.clone());
             bar.set_prefix("converting");
             bar.set_length(elements);
         }
-        Progress::Converted { name, elements, .. } | Progress::Skipped { name, elements } => {
+        Progress::Converted { name, elements, .. } => {
             bar.set_message(name.to_string());
             bar.inc(elements);
         }
-        Progress::Writing { bytes } => {
-            bar.set_style(write_style.clone());
-            bar.set_prefix("writing");
-            bar.set_message("");
-            bar.set_position(0);
-            bar.set_length(bytes);
-        }
-        Progress::Written { bytes } => bar.set_position(bytes),
+        Progress::Skipped { name, .. } => bar.set_message(name.to_string()),
     };
     let summary = quantize_checkpoint(
         &dir,

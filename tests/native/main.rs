@@ -17,6 +17,7 @@ mod fuzz_corpus;
 mod image_preprocess;
 mod parity;
 mod quantize;
+mod quantize_stream;
 #[cfg(feature = "native")]
 mod serve;
 mod stream_load;
