@@ -28,8 +28,11 @@
 //! A tied LM head (`tie_word_embeddings`) reads the quantized word-embedding table itself, so no
 //! second copy is stored.
 //!
-//! Reading needs no file system (the browser hands over bytes); writing is `crate::quantize`'s
-//! (native only).
+//! Tensors are stored in the order of their bytes in the source checkpoint (name order for
+//! sharded and PyTorch checkpoints), so that a download can be converted as it arrives.
+//!
+//! Reading needs no file system (the browser hands over bytes); writing is `crate::quantize`'s,
+//! for `gitcap quantize` and for a download converted as it arrives (`crate::quantize_stream`).
 
 use std::io::Cursor;
 

@@ -15,6 +15,14 @@
 //! // or startCaptionFrames([bytes, ...], options) for video checkpoints
 //! job.free(); model.free();
 //! const h = new Sha256(); h.update(chunk); h.hex();
+//! // A safetensors download kept as a q8_0 GGUF file (src/quantize_stream.rs; www/store_q8.js):
+//! const q = new Quantizer("q8_0", name);       // or "q4k" | "f16"; name: the GGUF's general.name
+//! q.addFile(name, bytes);                      // the small files, as for ModelLoader, before push
+//! const gguf = q.push(chunk);                  // Uint8Array: GGUF bytes final with this chunk
+//! q.sourceBytes; q.outputBytes;                // consumed / produced so far
+//! q.sourceTotal; q.outputTotal;                // file sizes, once the source header is in
+//! const state = q.state();                     // Uint8Array; Quantizer.resume(state) continues
+//! q.finish();                                  // {fileBytes, f32Bytes, tensors, fallbacks, skipped}
 //! buildInfo();                                 // {simd, threaded, threads, splits, version,
 //!                                              //  relaxed, int8, int8Products}
 //! setMinSplitMacs(n);                          // threaded: split products from n multiply-adds
@@ -39,7 +47,9 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::captioner::{CaptionJob as CoreJob, JobEvent};
+use crate::gguf::QuantType;
 use crate::image::{decode_image, rgba_to_rgb, ImageLimits};
+use crate::quantize_stream::QuantizeStream;
 use crate::stream_load::SafetensorsStream;
 use crate::{Caption, CaptionOptions, Captioner, Decoding, Error, ModelFiles};
 
@@ -158,24 +168,8 @@ impl ModelLoader {
     /// Adds one of the checkpoint's small files by its name in the repository.
     #[wasm_bindgen(js_name = addFile)]
     pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<(), JsError> {
-        let f = &mut self.files;
-        let bytes = bytes.to_vec();
-        match name {
-            ModelFiles::CONFIG => {
-                f.config = bytes;
-                self.has_config = true;
-            }
-            ModelFiles::TOKENIZER => f.tokenizer_json = Some(bytes),
-            ModelFiles::TOKENIZER_CONFIG => f.tokenizer_config = Some(bytes),
-            ModelFiles::VOCAB => f.vocab_txt = Some(bytes),
-            ModelFiles::PREPROCESSOR => f.preprocessor_config = Some(bytes),
-            ModelFiles::GENERATION => f.generation_config = Some(bytes),
-            _ => {
-                return Err(invalid(format!(
-                    "addFile: unknown model file {name:?}; expected one of {}",
-                    FILE_NAMES.join(", ")
-                )))
-            }
+        if add_model_file(&mut self.files, name, bytes)? {
+            self.has_config = true;
         }
         Ok(())
     }
@@ -301,6 +295,29 @@ impl ModelLoader {
             quantized,
         })
     }
+}
+
+/// Stores one of a checkpoint's small files by its name in the repository; true for config.json.
+fn add_model_file(f: &mut ModelFiles, name: &str, bytes: &[u8]) -> Result<bool, JsError> {
+    let bytes = bytes.to_vec();
+    match name {
+        ModelFiles::CONFIG => {
+            f.config = bytes;
+            return Ok(true);
+        }
+        ModelFiles::TOKENIZER => f.tokenizer_json = Some(bytes),
+        ModelFiles::TOKENIZER_CONFIG => f.tokenizer_config = Some(bytes),
+        ModelFiles::VOCAB => f.vocab_txt = Some(bytes),
+        ModelFiles::PREPROCESSOR => f.preprocessor_config = Some(bytes),
+        ModelFiles::GENERATION => f.generation_config = Some(bytes),
+        _ => {
+            return Err(invalid(format!(
+                "addFile: unknown model file {name:?}; expected one of {}",
+                FILE_NAMES.join(", ")
+            )))
+        }
+    }
+    Ok(false)
 }
 
 fn too_big(bytes: u64) -> JsError {
@@ -617,6 +634,191 @@ impl Job {
     #[wasm_bindgen(getter)]
     pub fn done(&self) -> bool {
         matches!(self.state, JobState::Done(_))
+    }
+}
+
+enum QuantizerState {
+    /// Collecting the small files (addFile) before the first push.
+    Files {
+        files: ModelFiles,
+        has_config: bool,
+        quant_type: QuantType,
+        name: String,
+    },
+    Converting(Box<QuantizeStream>),
+}
+
+/// Converts a safetensors file to a gitcap GGUF file while it downloads, with the same code as
+/// `gitcap quantize` (the bytes are identical): the page stores the GGUF (q8_0: a quarter of
+/// f32) instead of the source. Resumable between chunks with `state()` / `Quantizer.resume()`.
+#[wasm_bindgen]
+pub struct Quantizer {
+    state: QuantizerState,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsSummary {
+    file_bytes: f64,
+    f32_bytes: f64,
+    /// Tensors per storage type.
+    tensors: std::collections::BTreeMap<&'static str, usize>,
+    /// `name=type` of each matrix kept in another type than asked for.
+    fallbacks: Vec<String>,
+    skipped: Vec<String>,
+}
+
+#[wasm_bindgen]
+impl Quantizer {
+    /// `type`: "q8_0", "q4k" or "f16"; `name`: recorded in the GGUF as general.name (the CLI
+    /// records its --model argument, e.g. the hub id).
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        #[wasm_bindgen(js_name = quantType, unchecked_param_type = "\"q8_0\" | \"q4k\" | \"f16\"")]
+        quant_type: &str,
+        name: &str,
+    ) -> Result<Quantizer, JsError> {
+        hook();
+        let quant_type: QuantType = quant_type.parse().map_err(|_| {
+            invalid(format!(
+                "Quantizer: unknown type {quant_type:?}; expected \"q8_0\", \"q4k\" or \"f16\""
+            ))
+        })?;
+        Ok(Quantizer {
+            state: QuantizerState::Files {
+                files: ModelFiles::default(),
+                has_config: false,
+                quant_type,
+                name: name.to_string(),
+            },
+        })
+    }
+
+    /// Adds one of the checkpoint's small files (they go into the GGUF): before the first push.
+    #[wasm_bindgen(js_name = addFile)]
+    pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<(), JsError> {
+        match &mut self.state {
+            QuantizerState::Files {
+                files, has_config, ..
+            } => {
+                if add_model_file(files, name, bytes)? {
+                    *has_config = true;
+                }
+                Ok(())
+            }
+            QuantizerState::Converting(_) => Err(invalid(
+                "addFile: the conversion has started; add the files before the first push",
+            )),
+        }
+    }
+
+    fn stream(&mut self) -> Result<&mut QuantizeStream, JsError> {
+        if let QuantizerState::Files {
+            files,
+            has_config,
+            quant_type,
+            name,
+        } = &mut self.state
+        {
+            if !*has_config {
+                return Err(js_err(Error::model(
+                    "config.json was not added (addFile(\"config.json\", bytes))",
+                )));
+            }
+            let stream =
+                QuantizeStream::new(std::mem::take(files), *quant_type, name).map_err(js_err)?;
+            self.state = QuantizerState::Converting(Box::new(stream));
+        }
+        match &mut self.state {
+            QuantizerState::Converting(s) => Ok(s),
+            QuantizerState::Files { .. } => unreachable!("started above"),
+        }
+    }
+
+    /// Feeds the next bytes of the safetensors file; returns the GGUF bytes that became final
+    /// (often empty while the header arrives). After an error the quantizer is dead: every later
+    /// call throws the same error.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, JsError> {
+        let stream = self.stream()?;
+        let mut out = Vec::new();
+        if out.try_reserve(chunk.len() / 3 + 64).is_err() {
+            return Err(too_big(chunk.len() as u64));
+        }
+        stream.push_into(chunk, &mut out).map_err(js_err)?;
+        Ok(out)
+    }
+
+    /// The conversion's position and carries (source header included; about 70 KB for
+    /// git-large) for `Quantizer.resume`. Save it together with the first `outputBytes` bytes of
+    /// output; the download then resumes at byte `sourceBytes` of the source.
+    pub fn state(&mut self) -> Result<Vec<u8>, JsError> {
+        self.stream()?.state().map_err(js_err)
+    }
+
+    /// The quantizer a `state()` described (checked; a damaged state throws).
+    pub fn resume(state: &[u8]) -> Result<Quantizer, JsError> {
+        hook();
+        let stream = QuantizeStream::resume(state).map_err(js_err)?;
+        Ok(Quantizer {
+            state: QuantizerState::Converting(Box::new(stream)),
+        })
+    }
+
+    /// Source bytes consumed so far.
+    #[wasm_bindgen(getter, js_name = sourceBytes)]
+    pub fn source_bytes(&self) -> f64 {
+        match &self.state {
+            QuantizerState::Converting(s) => s.received() as f64,
+            QuantizerState::Files { .. } => 0.0,
+        }
+    }
+
+    /// GGUF bytes produced so far.
+    #[wasm_bindgen(getter, js_name = outputBytes)]
+    pub fn output_bytes(&self) -> f64 {
+        match &self.state {
+            QuantizerState::Converting(s) => s.emitted() as f64,
+            QuantizerState::Files { .. } => 0.0,
+        }
+    }
+
+    /// The source file's size, once its header is in (else undefined).
+    #[wasm_bindgen(getter, js_name = sourceTotal)]
+    pub fn source_total(&self) -> Option<f64> {
+        match &self.state {
+            QuantizerState::Converting(s) => s.source_len().map(|n| n as f64),
+            QuantizerState::Files { .. } => None,
+        }
+    }
+
+    /// The GGUF file's size, once the source header is in (else undefined).
+    #[wasm_bindgen(getter, js_name = outputTotal)]
+    pub fn output_total(&self) -> Option<f64> {
+        match &self.state {
+            QuantizerState::Converting(s) => s.output_len().map(|n| n as f64),
+            QuantizerState::Files { .. } => None,
+        }
+    }
+
+    /// Checks that the whole source arrived: {fileBytes, f32Bytes, tensors, fallbacks, skipped}.
+    /// Throws if it was truncated. Consumes the quantizer.
+    pub fn finish(mut self) -> Result<JsValue, JsError> {
+        self.stream()?;
+        let QuantizerState::Converting(stream) = self.state else {
+            unreachable!("started above")
+        };
+        let s = stream.finish().map_err(js_err)?;
+        to_js(&JsSummary {
+            file_bytes: s.file_bytes as f64,
+            f32_bytes: s.f32_bytes as f64,
+            tensors: s.tensors,
+            fallbacks: s
+                .fallbacks
+                .iter()
+                .map(|f| format!("{}={}", f.name, crate::gguf::dtype_name(f.dtype)))
+                .collect(),
+            skipped: s.skipped,
+        })
     }
 }
 
