@@ -6,7 +6,7 @@
 //! reference token ids recorded from transformers are compiled in.
 #![cfg(target_arch = "wasm32")]
 
-use gitcap::wasm::{build_info, Job, Model, ModelLoader, Sha256};
+use gitcap::wasm::{build_info, Job, Model, ModelLoader, Quantizer, Sha256};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -367,6 +367,59 @@ fn broken_weights_throw() {
         msg.starts_with("weights: ") || msg.starts_with("model: "),
         "{msg}"
     );
+}
+
+/// The fixture's weights through `Quantizer` in chunks of `chunk` bytes, resumed from its state
+/// after every chunk when `resume`.
+fn quantized(chunk: usize, resume: bool) -> Vec<u8> {
+    let mut q = Quantizer::new("q8_0", "tiny-coco").unwrap();
+    for (name, bytes) in FILES {
+        q.add_file(name, bytes).unwrap();
+    }
+    let mut out = Vec::new();
+    for c in WEIGHTS.chunks(chunk) {
+        out.extend(q.push(c).unwrap());
+        if resume {
+            let state = q.state().unwrap();
+            q = Quantizer::resume(&state).unwrap();
+        }
+        assert_eq!(q.output_bytes(), out.len() as f64);
+    }
+    assert_eq!(q.output_total(), Some(out.len() as f64));
+    q.finish().unwrap();
+    out
+}
+
+#[wasm_bindgen_test]
+fn quantizer_converts_resumes_and_loads() {
+    // Byte equality with `gitcap quantize` is checked natively (tests/native/quantize_stream.rs)
+    // and for this build through www/store_q8.js (tests/e2e/store_q8.test.mjs).
+    let whole = quantized(WEIGHTS.len(), false);
+    assert_eq!(quantized(777, false), whole);
+    assert_eq!(quantized(64 * 1024, true), whole);
+    let mut l = ModelLoader::new();
+    l.begin_weights("gguf", Some(whole.len() as f64)).unwrap();
+    l.push_weights(&whole).unwrap();
+    let model = l.finish().unwrap();
+    let info: serde_json::Value = serde_wasm_bindgen::from_value(model.info().unwrap()).unwrap();
+    assert_eq!(info["quantized"], true);
+    let (_, caption) = run(model.start_caption(CHELSEA, JsValue::UNDEFINED).unwrap());
+    assert_eq!(caption.token_ids[0], 101);
+
+    let err = expect_err(Quantizer::new("q2", ""));
+    assert!(err.contains("unknown type"), "{err}");
+    let mut q = Quantizer::new("q8_0", "").unwrap();
+    let err = expect_err(q.push(&WEIGHTS[..10]));
+    assert!(err.contains("config.json was not added"), "{err}");
+    let mut q = Quantizer::new("q8_0", "").unwrap();
+    for (name, bytes) in FILES {
+        q.add_file(name, bytes).unwrap();
+    }
+    q.push(&WEIGHTS[..50_000]).unwrap();
+    let err = expect_err(q.finish());
+    assert!(err.contains("truncated"), "{err}");
+    let err = expect_err(Quantizer::resume(b"not a state"));
+    assert!(err.contains("state is damaged"), "{err}");
 }
 
 #[wasm_bindgen_test]
