@@ -83,6 +83,19 @@ export interface ModelInfo {
     vision_layers: number;
     quantized: boolean;
 }
+/** What `Quantizer.finish()` says was written. */
+export interface QuantizeSummary {
+    /** Size of the GGUF file. */
+    fileBytes: number;
+    /** Size of the same weights in f32. */
+    f32Bytes: number;
+    /** Tensors per storage type ("q8_0", "f32", ...). */
+    tensors: Record<string, number>;
+    /** `name=type` of each matrix kept in another type than asked for (rows that do not divide into its blocks). */
+    fallbacks: string[];
+    /** Source tensors not stored (integer buffers, a tied LM head). */
+    skipped: string[];
+}
 export interface BuildInfo {
     simd: boolean;
     /** Built with shared memory and a thread pool (startThreads). */
@@ -802,6 +815,7 @@ impl Quantizer {
 
     /// Checks that the whole source arrived: {fileBytes, f32Bytes, tensors, fallbacks, skipped}.
     /// Throws if it was truncated. Consumes the quantizer.
+    #[wasm_bindgen(unchecked_return_type = "QuantizeSummary")]
     pub fn finish(mut self) -> Result<JsValue, JsError> {
         self.stream()?;
         let QuantizerState::Converting(stream) = self.state else {
