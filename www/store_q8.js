@@ -145,3 +145,62 @@ export function quantizingSink(gitcap, { type = 'q8_0', name = '', files, state,
     },
   };
 }
+
+/**
+ * The download worker's side: downloads a safetensors weights file through `download` (the
+ * worker's chunked, retrying downloader, given a sink for the source chunks; the source itself
+ * is not kept), converts it as it arrives, saves the GGUF as chunk files of `chunkBytes` through
+ * `saveChunk(index, bytes)` (awaited in order) and feeds the same bytes to `loader` (a
+ * ModelLoader) as a "gguf". Resolves with the `Quantizer.finish()` summary.
+ *
+ * Not resumable yet: an interrupted download starts over (the converter itself resumes from
+ * `state()`; storing that state next to the chunks is the worker's part, still to do).
+ */
+export async function downloadConverted(gitcap, { type, name, files, loader, chunkBytes, download, saveChunk }) {
+  if (!(chunkBytes > 0)) throw new Error('downloadConverted: chunkBytes must be positive');
+  const pending = [];
+  let pendingLen = 0;
+  let index = 0;
+  let begun = false;
+  // Saves whole chunks of `chunkBytes` (and, at the end, the rest).
+  const flush = async (all) => {
+    while (pendingLen >= chunkBytes || (all && pendingLen > 0)) {
+      const n = Math.min(chunkBytes, pendingLen);
+      const buf = new Uint8Array(n);
+      for (let k = 0; k < n; ) {
+        const p = pending[0];
+        const take = Math.min(p.length, n - k);
+        buf.set(p.subarray(0, take), k);
+        k += take;
+        if (take === p.length) pending.shift();
+        else pending[0] = p.subarray(take);
+      }
+      pendingLen -= n;
+      await saveChunk(index++, buf);
+    }
+  };
+  const sink = quantizingSink(gitcap, {
+    type,
+    name,
+    files,
+    onOutput: async (bytes) => {
+      if (!begun) {
+        loader.beginWeights('gguf', sink.outputTotal);
+        begun = true;
+      }
+      loader.pushWeights(bytes);
+      pending.push(bytes);
+      pendingLen += bytes.length;
+      await flush(false);
+    },
+  });
+  try {
+    await download((chunk) => sink.push(chunk));
+  } catch (e) {
+    sink.free();
+    throw e;
+  }
+  const summary = sink.finish();
+  await flush(true);
+  return summary;
+}

@@ -10,6 +10,7 @@ const SHELL = [
   'app.js',
   'worker.js',
   'models.js',
+  'store_q8.js',
   'style.css',
   'icon.svg',
   'manifest.webmanifest',

@@ -16,6 +16,7 @@
 // if that cannot start it falls back to the single-threaded build (pkg/) and says why.
 
 import { parseModelParam, SMALL_FILES, HUB, formatBytes } from './models.js';
+import { storeType, downloadConverted } from './store_q8.js';
 
 const STORE_DIR = 'gitcap-models';
 const MANIFEST = 'manifest.json';
@@ -733,9 +734,11 @@ async function loadModel({ model: param, chunkBytes, persist, pageUrl }, retried
   busyStore = !fromCache && !!store;
   const loader = new gitcap.ModelLoader();
   let finished = false;
+  const smallFiles = new Map();
   try {
     for (const f of files.filter((x) => !x.weights)) {
       const bytes = await fetchSmall(f, store, progress);
+      smallFiles.set(f.name, bytes);
       if (!fromCache && store) {
         f.stored = true;
         await writeFile(store, MANIFEST, new TextEncoder().encode(JSON.stringify({ ...manifest, files })));
@@ -743,11 +746,28 @@ async function loadModel({ model: param, chunkBytes, persist, pageUrl }, retried
       loader.addFile(f.name, bytes);
     }
     const w = files.find((x) => x.weights);
-    loader.beginWeights(w.kind, w.size);
-    await streamFile(w, store, progress, (chunk) => {
-      loader.pushWeights(chunk);
-      wasmBytes();
-    });
+    // ?store=q8_0|q4k: a safetensors download is kept as a GGUF converted while it downloads
+    // (www/store_q8.js); the manifest then lists the GGUF, which later visits load.
+    const storeAs = store && !fromCache ? storeType(new URL(pageUrl).searchParams.get('store') ?? 'as-is', w.kind) : null;
+    if (storeAs) {
+      const gguf = { name: `model.${storeAs}.gguf`, kind: 'gguf', chunkSize: w.chunkSize, sha256: undefined, url: undefined };
+      const summary = await downloadConverted(gitcap, {
+        type: storeAs,
+        name: src.hub?.id ?? src.label,
+        files: smallFiles,
+        loader,
+        chunkBytes: w.chunkSize,
+        download: (sink) => streamFile(w, null, progress, async (chunk) => (await sink(chunk), wasmBytes())),
+        saveChunk: (i, bytes) => writeFile(store, chunkName(gguf, i), bytes),
+      });
+      Object.assign(w, gguf, { size: summary.fileBytes });
+    } else {
+      loader.beginWeights(w.kind, w.size);
+      await streamFile(w, store, progress, (chunk) => {
+        loader.pushWeights(chunk);
+        wasmBytes();
+      });
+    }
     progress.emit(true);
     if (gen !== loadGen) throw new Error('superseded by another load');
     post({ type: 'progress', phase: 'finish', file: w.name, done: total, total, network: progress.net, rate: 0 });

@@ -2,7 +2,8 @@
 // while "downloading" equals `gitcap quantize --type q8_0` byte for byte (so the wasm build
 // quantizes as the native CLI does), also when the download is interrupted and resumed at chunk
 // boundaries, and the converted model, loaded as it is written, captions with the CLI's token ids.
-// The page's worker does not use it yet (see the module engineer's split of www/worker.js).
+// Then the page with ?store=q8_0: what the worker stores is that GGUF (not the f32 source), it
+// captions with the CLI's ids for it, and a reload loads it from storage without the network.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -10,7 +11,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { ensureWasm, gitcapBin, nativeCaption, IMAGES, TINY, WWW } from './helpers.mjs';
+import {
+  ensureWasm, gitcapBin, nativeCaption, startServer, launch, recordRequests, pageUrl, captionResult, chooseFile,
+  int8FormOfPage, sha256, IMAGES, TINY, WWW,
+} from './helpers.mjs';
 import { quantizingSink, storeType, MODEL_FILES } from '../../www/store_q8.js';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
@@ -128,4 +132,72 @@ test('cut-short downloads, damaged states and misuse give readable errors', asyn
   assert.equal(storeType('q4k', 'safetensors'), 'q4k');
   assert.equal(storeType(undefined, 'gguf'), null);
   assert.throws(() => storeType('q8', 'safetensors'), /store must be/);
+});
+
+test('the page with ?store=q8_0 stores the GGUF gitcap quantize writes and reloads it offline', async () => {
+  // The page records the folder's name as general.name, as `gitcap quantize --model tiny-coco`.
+  const named = path.join(tmp, 'named-q8_0.gguf');
+  const q = spawnSync(path.resolve(gitcapBin()), ['quantize', '--model', 'tiny-coco', '--out', named, '--type', 'q8_0', '--quiet'], {
+    cwd: path.dirname(TINY),
+    encoding: 'utf8',
+  });
+  assert.equal(q.status, 0, q.stderr);
+  const want = fs.readFileSync(named);
+  const server = await startServer();
+  const b = await launch();
+  try {
+    const requests = recordRequests(b.context);
+    const page = b.context.pages()[0] ?? (await b.context.newPage());
+    page.on('pageerror', (e) => console.error('# page error:', e.message));
+    // The single-threaded SIMD128 build: the one test.sh --browser builds.
+    await page.goto(pageUrl(server, { store: 'q8_0', chunk_kib: 256, threads: '1', relaxed: '0' }));
+    await chooseFile(page, CHELSEA);
+    let r = await captionResult(page);
+    assert.equal(r.error, null);
+    const backend = await page.textContent('#backend');
+    const native = nativeCaption(CHELSEA, [], { model: named, int8: int8FormOfPage(backend) });
+    assert.equal(r.data.tokenIds, native.token_ids.join(','));
+    assert.equal(r.text, native.text);
+
+    // What is stored: the GGUF's chunks, byte for byte the CLI's file; no safetensors chunk.
+    const stored = await page.evaluate(async () => {
+      const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('gitcap-models');
+      const files = {};
+      const gguf = [];
+      for await (const [, dir] of root.entries()) {
+        if (dir.kind !== 'directory') continue;
+        for await (const [name, h] of dir.entries()) {
+          const f = await h.getFile();
+          files[name] = f.size;
+          if (name.startsWith('model.q8_0.gguf.')) gguf.push([name, new Uint8Array(await f.arrayBuffer())]);
+        }
+      }
+      gguf.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+      const all = new Uint8Array(gguf.reduce((n, [, b]) => n + b.length, 0));
+      let at = 0;
+      for (const [, bytes] of gguf) {
+        all.set(bytes, at);
+        at += bytes.length;
+      }
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', all));
+      return { files, size: all.length, sha256: [...digest].map((x) => x.toString(16).padStart(2, '0')).join('') };
+    });
+    assert.deepEqual(Object.keys(stored.files).filter((n) => n.startsWith('model.safetensors')), [], JSON.stringify(stored.files));
+    assert.equal(stored.size, want.length);
+    assert.ok(stored.size < fs.statSync(path.join(TINY, 'model.safetensors')).size);
+    assert.equal(stored.sha256, await sha256(want));
+
+    // A reload loads the stored GGUF without fetching any model file.
+    const before = requests.length;
+    await page.reload();
+    await page.waitForSelector('#model-status[data-state=ready]');
+    assert.equal(await page.getAttribute('#model-status', 'data-from-cache'), 'true');
+    await chooseFile(page, CHELSEA);
+    r = await captionResult(page);
+    assert.equal(r.data.tokenIds, native.token_ids.join(','));
+    assert.deepEqual(requests.slice(before).filter((x) => x.url.includes('/models/')), []);
+  } finally {
+    await b.close();
+    await server.stop();
+  }
 });
