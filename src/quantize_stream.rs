@@ -563,7 +563,7 @@ impl QuantizeStream {
                 let size = e.elem.size() as u64;
                 let block = t.dtype.block_size() as u64;
                 let decoded = self.taken - self.carry_len as u64;
-                if self.carry_len as u64 >= size || decoded % size != 0 {
+                if self.carry_len as u64 >= size || !decoded.is_multiple_of(size) {
                     return false;
                 }
                 let values = decoded / size;
