@@ -150,6 +150,7 @@ async function main() {
     let st = await page.$eval('#model-status', (e) => ({ ...e.dataset, text: e.textContent }));
     if (st.state === 'error') throw new Error(`load failed: ${st.error}`);
     result.firstLoadMs = Number(st.loadMs);
+    result.wasmBytesFirstLoad = Number(st.wasmBytes);
     result.backend = await page.textContent('#backend');
     result.crossOriginIsolated = await page.evaluate(() => crossOriginIsolated);
     log(`  ${result.firstLoadMs} ms; ${result.backend}`);
@@ -235,6 +236,7 @@ CPU: ${result.cpu.model} (${result.cpu.count} CPUs), Chromium ${result.chromium}
 | weights | ${mb(result.weightsBytes)} MB |
 | first load (local download into OPFS + load) | ${(result.firstLoadMs / 1000).toFixed(2)} s |
 | model load from the browser store | ${(result.cachedLoadMs / 1000).toFixed(2)} s |
+| wasm memory after the first load | ${mb(result.wasmBytesFirstLoad)} MB |
 | image encoding (median of ${runs}) | ${result.encodeMs} ms |
 | per-token decode (median) | ${result.perTokenMs.toFixed(1)} ms |
 | whole ${result.steps}-step greedy caption incl. encoding (median) | ${(result.totalMs / 1000).toFixed(2)} s |
