@@ -354,3 +354,64 @@ fn damaged_states_are_refused() {
         assert!(err.contains("damaged"), "cut {cut}: {err}");
     }
 }
+
+/// Each tensor's type, shape and data bytes in a GGUF file, by name.
+fn gguf_tensors(bytes: &[u8]) -> HashMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let content = gguf_file::Content::read(&mut std::io::Cursor::new(bytes)).unwrap();
+    content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| {
+            let elems = info.shape.elem_count();
+            let len = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let at = content.tensor_data_offset as usize + info.offset as usize;
+            (
+                name.clone(),
+                (
+                    format!("{:?}", info.ggml_dtype),
+                    info.shape.dims().to_vec(),
+                    bytes[at..at + len].to_vec(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_sharded_checkpoint_gives_the_single_files_tensors() {
+    // Sharded checkpoints are read tensor by tensor (not streamed); their tensors must still be
+    // the single file's, converted alike.
+    let dir = TempDir::with_model_files("qs-sharded", "tiny-coco", false);
+    let tensors = candle_core::safetensors::load(
+        model_dir("tiny-coco").join("model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let t: HashMap<&str, Tensor> = part
+            .iter()
+            .map(|n| (n.as_str(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&t, dir.0.join(shard)).unwrap();
+        for n in part.iter() {
+            map.insert((*n).clone(), shard.into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        dir.0.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let sharded = cli_bytes(&dir.0, QuantType::Q8_0);
+    let single = cli_bytes(&model_dir("tiny-coco"), QuantType::Q8_0);
+    assert_eq!(sharded.len(), single.len());
+    assert_eq!(gguf_tensors(&sharded), gguf_tensors(&single));
+}
