@@ -105,7 +105,17 @@ export function quantizingSink(gitcap, { type = 'q8_0', name = '', files, state,
           q.free();
           throw e;
         }
-        if (out.length > 0) await onOutput(out, offset);
+        // If the output cannot be kept, the converter is past bytes that were never stored:
+        // the sink is dead (resume from the last state saved).
+        if (out.length > 0) {
+          try {
+            await onOutput(out, offset);
+          } catch (e) {
+            done = true;
+            q.free();
+            throw e;
+          }
+        }
       } finally {
         busy = false;
       }

@@ -126,6 +126,9 @@ test('cut-short downloads, damaged states and misuse give readable errors', asyn
   const notSafetensors = quantizingSink(gitcap, { files, onOutput: () => {} });
   await assert.rejects(notSafetensors.push(fs.readFileSync(cliGguf)), /not a valid safetensors file/);
   assert.throws(() => new gitcap.Quantizer('q2', ''), /unknown type "q2"/);
+  const full = quantizingSink(gitcap, { files, onOutput: () => Promise.reject(new Error('storage full')) });
+  await assert.rejects(full.push(source.subarray(0, 100_000)), /storage full/);
+  assert.throws(() => full.state(), /finished or failed/);
 
   assert.equal(storeType(undefined, 'safetensors'), 'q8_0');
   assert.equal(storeType('as-is', 'safetensors'), null);
