@@ -641,6 +641,24 @@ fn int8_quantizer_matches_its_definition() {
     gitcap::model::int8::check_quantizer(&x, m, k).unwrap();
 }
 
+/// The vector packing of q8_0 weight panels gives the scalar definition's bits in both forms'
+/// layouts: every kind of f16 scale (zero, subnormal, normal, largest, infinite, NaN), every
+/// byte value, whole and edge panels, several input blocks.
+#[wasm_bindgen_test]
+fn int8_packing_matches_its_definition() {
+    let (n, k) = (29, 1088);
+    let scales: [u16; 14] = [
+        0x0000, 0x8000, 0x0001, 0x03ff, 0x8200, 0x0400, 0x3c00, 0xbc00, 0x7bff, 0x7c00, 0xfc00,
+        0x7e00, 0x7d01, 0x2e66,
+    ];
+    let mut blocks = Vec::with_capacity(n * k / 32 * 34);
+    for b in 0..n * k / 32 {
+        blocks.extend_from_slice(&scales[b % scales.len()].to_le_bytes());
+        blocks.extend((0..32).map(|i| ((b * 131 + i * 37) % 256) as u8));
+    }
+    gitcap::model::int8::check_packing(&blocks, n, k).unwrap();
+}
+
 /// The SIMD softmax and quick_gelu (src/model/elementwise.rs, on by default in wasm) against
 /// candle's own ops, with widths that are not multiples of four and masked entries.
 #[wasm_bindgen_test]
