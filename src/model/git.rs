@@ -45,7 +45,10 @@ impl Git {
         Ok(Self {
             vision,
             temporal_embeddings,
-            projection: proj.pp("0").linear(vcfg.hidden_size, config.hidden_size)?,
+            projection: proj
+                .pp("0")
+                .linear(vcfg.hidden_size, config.hidden_size)?
+                .prepacked(super::vision::tokens(vcfg))?,
             projection_norm: proj
                 .pp("1")
                 .layer_norm(config.hidden_size, vcfg.layer_norm_eps)?,

@@ -118,6 +118,12 @@ pub fn wide(rows: usize) -> bool {
     }
 }
 
+/// Whether an f32 product of `rows` rows runs on the AVX-512 kernel: `wide`, and not taken by
+/// the wasm build's loops (which the native tests can turn on for every product).
+pub fn wide_takes(rows: usize) -> bool {
+    wide(rows) && !applies(rows) && rows >= FEW_ROWS_BELOW.load(Ordering::Relaxed)
+}
+
 /// Turns the AVX-512 kernel off for the whole process (`GITCAP_NO_AVX512=1` in the CLI), for
 /// comparisons and for CPUs whose AVX-512 runs slower than AVX2.
 pub fn disable_wide() {
@@ -197,6 +203,118 @@ pub fn linear(
             })())
         }
         _ => None,
+    }
+}
+
+/// An f32 weight packed once, at load, for the AVX-512 kernel (`avx512::PackedWeight`): for the
+/// image encoder's weights, which serve only its many-row products. Natively on CPUs with
+/// AVX-512 F only; the layer keeps this form alone (`unpack` gives the rows back where another
+/// path must take the product, e.g. a test that turns the kernel off).
+pub struct PackedWeight {
+    #[cfg(target_arch = "x86_64")]
+    inner: super::avx512::PackedWeight,
+}
+
+impl PackedWeight {
+    /// `w` (n × k, f32 on the CPU) packed where this process's products of `rows` rows take the
+    /// AVX-512 kernel; `None` elsewhere.
+    pub fn new(w: &Tensor, rows: usize) -> Result<Option<PackedWeight>> {
+        if !wide(rows) || w.dtype() != candle_core::DType::F32 || !w.device().is_cpu() {
+            return Ok(None);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (n, k) = w.dims2()?;
+            let rows = w.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Some(PackedWeight {
+                inner: super::avx512::PackedWeight::new(&rows, n, k),
+            }))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("wide() is false off x86-64")
+    }
+
+    /// The weight's rows again (n × k), on the CPU.
+    pub fn unpack(&self) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (n, k) = (self.inner.rows(), self.inner.inputs());
+            Ok(Tensor::from_vec(
+                self.inner.unpack(),
+                (n, k),
+                &candle_core::Device::Cpu,
+            )?)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("a PackedWeight is made on x86-64 only")
+    }
+}
+
+/// `activation(x · wᵀ + bias)` for a packed weight through the AVX-512 kernel; `None` where this
+/// product does not take the kernel (`wide(rows)` false), for the caller to take another way.
+pub fn linear_packed(
+    x: &Tensor,
+    w: &PackedWeight,
+    epilogue: Epilogue<'_>,
+) -> Option<Result<Tensor>> {
+    let (rows, _) = x.dims2().ok()?;
+    if x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() || !wide(rows) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        Some((|| {
+            Ok(x.contiguous()?
+                .apply_op1_no_bwd(&MatmulTPacked { w, epilogue })?)
+        })())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, epilogue);
+        unreachable!("wide() is false off x86-64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct MatmulTPacked<'a> {
+    w: &'a PackedWeight,
+    epilogue: Epilogue<'a>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CustomOp1 for MatmulTPacked<'_> {
+    fn name(&self) -> &'static str {
+        "gitcap-matmul-t-packed"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        x_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let w = &self.w.inner;
+        let (&[m, k], CpuStorage::F32(xd), Some((x0, x1))) =
+            (x_layout.dims(), xs, x_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("matmul_t_packed takes a contiguous f32 matrix")
+        };
+        if k != w.inputs() {
+            candle_core::bail!("matmul_t_packed: x has {k} columns, w has {}", w.inputs())
+        }
+        let n = w.rows();
+        if self.epilogue.bias.is_some_and(|b| b.len() != n) {
+            candle_core::bail!("matmul_t_packed: bias does not match the {n} columns")
+        }
+        PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        let out = multiply_wide(
+            &xd[x0..x1],
+            super::avx512::Weight::Packed(w),
+            n,
+            m,
+            k,
+            self.epilogue,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
@@ -280,7 +398,19 @@ impl CustomOp2 for MatmulT<'_> {
         let out = if applies(m) {
             multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
         } else if !few_rows && wide(m) {
-            multiply_wide(&xd[x0..x1], &w, m, k, self.epilogue)
+            #[cfg(target_arch = "x86_64")]
+            {
+                multiply_wide(
+                    &xd[x0..x1],
+                    super::avx512::Weight::Rows(w.w),
+                    n,
+                    m,
+                    k,
+                    self.epilogue,
+                )
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("wide() is false off x86-64")
         } else {
             multiply_few(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
         };
@@ -378,11 +508,17 @@ fn multiply_blocked(
 /// block starts from the bias, gets the product added and then the activation. Every output value
 /// is computed the same way whichever block holds it, so the result does not depend on the
 /// number of threads.
-fn multiply_wide(x: &[f32], w: &DenseRows, m: usize, k: usize, epilogue: Epilogue<'_>) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
+#[cfg(target_arch = "x86_64")]
+fn multiply_wide(
+    x: &[f32],
+    w: super::avx512::Weight,
+    n: usize,
+    m: usize,
+    k: usize,
+    epilogue: Epilogue<'_>,
+) -> Vec<f32> {
     {
         use super::avx512;
-        let n = w.rows();
         let mut c = vec![0f32; m * n];
         let out = SharedOut(c.as_mut_ptr());
         let packed_x = avx512::PackedX::new(x, m, k);
@@ -395,7 +531,7 @@ fn multiply_wide(x: &[f32], w: &DenseRows, m: usize, k: usize, epilogue: Epilogu
                 }
             }
             // SAFETY: `wide` checked the CPU; this call owns columns j_start..j_end.
-            unsafe { avx512::add_product(out.0, &packed_x, w.w, n, j_start, j_end) };
+            unsafe { avx512::add_product(out.0, &packed_x, w, n, j_start, j_end) };
             if let Some(activation) = epilogue.activation {
                 for i in 0..m {
                     activation(row(i));
@@ -420,10 +556,6 @@ fn multiply_wide(x: &[f32], w: &DenseRows, m: usize, k: usize, epilogue: Epilogu
             });
         }
         c
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        multiply_blocked(x, w, m, k, epilogue, false)
     }
 }
 

@@ -239,9 +239,17 @@ impl Weights {
 /// joined. Nothing is split ahead of time, so a split model holds no more memory than a whole one.
 #[derive(Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: LinearWeight,
     bias: Option<Tensor>,
     out_dim: usize,
+}
+
+/// A layer's weight: as loaded, or (natively, the image encoder's f32 weights on CPUs with
+/// AVX-512) packed once into the kernel's panels, kept in that form alone (see `prepacked`).
+#[derive(Clone)]
+enum LinearWeight {
+    Loaded(QMatMul),
+    Packed(Arc<matmul::PackedWeight>),
 }
 
 impl Linear {
@@ -251,9 +259,27 @@ impl Linear {
             QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.dim(0)?,
         };
         Ok(Self {
-            weight,
+            weight: LinearWeight::Loaded(weight),
             bias,
             out_dim,
+        })
+    }
+
+    /// The layer with its f32 weight packed for the AVX-512 kernel where products of `rows` rows
+    /// take it (natively, on CPUs with AVX-512 F); as it was elsewhere. For layers whose every
+    /// product has that many rows (the image encoder's 257 a frame): packing each product's
+    /// panels was 5% of the encoder's time natively. The packed form replaces the loaded one, so
+    /// the model holds no more memory.
+    pub fn prepacked(self, rows: usize) -> Result<Self> {
+        let LinearWeight::Loaded(QMatMul::Tensor(w)) = &self.weight else {
+            return Ok(self);
+        };
+        Ok(match matmul::PackedWeight::new(w, rows)? {
+            Some(packed) => Self {
+                weight: LinearWeight::Packed(Arc::new(packed)),
+                ..self
+            },
+            None => self,
         })
     }
 
@@ -273,6 +299,20 @@ impl Linear {
             .expect("linear input has at least one dimension");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = xs.reshape((rows, in_dim))?;
+        let weight = match &self.weight {
+            LinearWeight::Loaded(weight) => weight,
+            LinearWeight::Packed(packed) => {
+                if let Some(ys) = self.packed_forward(&flat, packed, act) {
+                    let mut out_dims = dims;
+                    *out_dims.last_mut().expect("non-empty") = self.out_dim;
+                    return Ok(ys?.reshape(out_dims)?);
+                }
+                // The kernel was turned off after loading (the tests compare it with candle's
+                // path): the rows again, the usual way.
+                let loaded = Linear::new(QMatMul::Tensor(packed.unpack()?), self.bias.clone())?;
+                return loaded.forward_with(xs, act);
+            }
+        };
         let finish = |mut ys: Tensor, bias: Option<Tensor>| -> Result<Tensor> {
             if let Some(b) = bias {
                 ys = ys.broadcast_add(&b)?;
@@ -282,7 +322,7 @@ impl Linear {
             }
             Ok(ys)
         };
-        if let Some(ys) = self.kernel_forward(&flat, act) {
+        if let Some(ys) = self.kernel_forward(weight, &flat, act) {
             let mut out_dims = dims;
             *out_dims.last_mut().expect("non-empty") = self.out_dim;
             return Ok(ys?.reshape(out_dims)?);
@@ -290,7 +330,7 @@ impl Linear {
         let dequantize = rows >= parallel::dequantize_min_rows();
         // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
         // few rows would copy its blocks on every token.
-        let splittable = !matches!(self.weight, QMatMul::QTensor(_)) || dequantize;
+        let splittable = !matches!(weight, QMatMul::QTensor(_)) || dequantize;
         let ranges = splittable
             .then(|| {
                 parallel::split(
@@ -304,7 +344,7 @@ impl Linear {
         let ys = if let Some(ranges) = ranges {
             let slices = parallel::map(ranges.len(), |i| {
                 let (start, len) = ranges[i];
-                let ys = matmul::matmul_t(&flat, &self.weight_rows_f32(start, len)?)?;
+                let ys = matmul::matmul_t(&flat, &weight_rows_f32(weight, start, len)?)?;
                 finish(
                     ys,
                     self.bias
@@ -315,7 +355,7 @@ impl Linear {
             })?;
             Tensor::cat(&slices, 1)?
         } else {
-            let ys = match &self.weight {
+            let ys = match weight {
                 QMatMul::QTensor(q) if dequantize => {
                     matmul::matmul_t(&flat, &q.dequantize(xs.device())?)?
                 }
@@ -332,11 +372,43 @@ impl Linear {
     /// The layer through the model's own matrix kernel, bias and activation included, its columns
     /// shared out over the threads when the model runs split; `None` where the kernel does not
     /// take this product (a type other than f32 and q8_0, q8_0 for few rows).
-    fn kernel_forward(&self, flat: &Tensor, act: Option<Activation>) -> Option<Result<Tensor>> {
+    fn kernel_forward(
+        &self,
+        weight: &QMatMul,
+        flat: &Tensor,
+        act: Option<Activation>,
+    ) -> Option<Result<Tensor>> {
         let (rows, in_dim) = flat.dims2().ok()?;
         if !(matmul::takes(rows) || matmul::wide(rows) || int8::takes(rows)) {
             return None;
         }
+        let split = parallel::splits_product(rows, rows * in_dim * self.out_dim);
+        self.with_epilogue(act, |epilogue| {
+            matmul::linear(flat, weight, epilogue, split)
+        })
+    }
+
+    /// The layer through the AVX-512 kernel with its packed weight; `None` where the kernel is
+    /// off for this product.
+    fn packed_forward(
+        &self,
+        flat: &Tensor,
+        packed: &matmul::PackedWeight,
+        act: Option<Activation>,
+    ) -> Option<Result<Tensor>> {
+        self.with_epilogue(act, |epilogue| {
+            matmul::linear_packed(flat, packed, epilogue)
+        })
+    }
+
+    /// `product(epilogue)` with this layer's bias and, where it has an in-place form, activation
+    /// in the epilogue (the activation applied after otherwise); `None` where the product is not
+    /// taken or the bias is not a plain f32 vector.
+    fn with_epilogue(
+        &self,
+        act: Option<Activation>,
+        product: impl FnOnce(matmul::Epilogue<'_>) -> Option<Result<Tensor>>,
+    ) -> Option<Result<Tensor>> {
         // The bias is read where it is stored, not copied on every call (this runs per token).
         let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &bias {
@@ -351,31 +423,30 @@ impl Linear {
             bias,
             activation: in_place.as_ref().map(|f| f as matmul::InPlace),
         };
-        let split = parallel::splits_product(rows, rows * in_dim * self.out_dim);
-        let ys = matmul::linear(flat, &self.weight, epilogue, split)?;
+        let ys = product(epilogue)?;
         Some(ys.and_then(|ys| match act {
             Some(act) if in_place.is_none() => Ok(act.apply(&ys)?),
             _ => Ok(ys),
         }))
     }
+}
 
-    /// Rows `start..start + len` of the weight as f32: a view of a dense weight; a quantized one's
-    /// blocks (which run along rows, so whole rows are whole blocks) expanded.
-    fn weight_rows_f32(&self, start: usize, len: usize) -> Result<Tensor> {
-        Ok(match &self.weight {
-            QMatMul::Tensor(w) => w.narrow(0, start, len)?,
-            QMatMul::TensorF16(w) => w.narrow(0, start, len)?.to_dtype(DType::F32)?,
-            QMatMul::QTensor(q) => {
-                let dtype = q.dtype();
-                let in_dim = q.shape().dims()[1];
-                let row_bytes = in_dim / dtype.block_size() * dtype.type_size();
-                let data = q.data()?;
-                let rows = &data[start * row_bytes..(start + len) * row_bytes];
-                qtensor_from_ggml(dtype, rows, vec![len, in_dim], &q.device())?
-                    .dequantize(&q.device())?
-            }
-        })
-    }
+/// Rows `start..start + len` of a weight as f32: a view of a dense weight; a quantized one's
+/// blocks (which run along rows, so whole rows are whole blocks) expanded.
+fn weight_rows_f32(weight: &QMatMul, start: usize, len: usize) -> Result<Tensor> {
+    Ok(match weight {
+        QMatMul::Tensor(w) => w.narrow(0, start, len)?,
+        QMatMul::TensorF16(w) => w.narrow(0, start, len)?.to_dtype(DType::F32)?,
+        QMatMul::QTensor(q) => {
+            let dtype = q.dtype();
+            let in_dim = q.shape().dims()[1];
+            let row_bytes = in_dim / dtype.block_size() * dtype.type_size();
+            let data = q.data()?;
+            let rows = &data[start * row_bytes..(start + len) * row_bytes];
+            qtensor_from_ggml(dtype, rows, vec![len, in_dim], &q.device())?
+                .dequantize(&q.device())?
+        }
+    })
 }
 
 /// softmax(q kᵀ · scale) v for (batch, heads, rows, head_dim) inputs, the heads split across
@@ -388,7 +459,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
             k.narrow(1, start, len)?,
             v.narrow(1, start, len)?,
         );
-        if matmul::applies(q.dim(2)?) {
+        if matmul::applies(q.dim(2)?) || matmul::wide_takes(q.dim(2)?) {
             return per_head_attention(&q, &k, &v, scale);
         }
         let scores = (q.matmul(&k.t()?)? * scale)?;
@@ -410,12 +481,22 @@ fn per_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<
     let keys = k.dim(2)?;
     let flat = |t: &Tensor, n: usize| t.reshape((b * heads, n, head_dim));
     let (q, k, v) = (flat(q, rows)?, flat(k, keys)?, flat(v, keys)?);
-    let outs = (0..b * heads)
-        .map(|i| -> Result<Tensor> {
-            let scores = (matmul::matmul_t(&q.get(i)?, &k.get(i)?)? * scale)?;
-            matmul::matmul_t(&softmax_last(&scores)?, &v.get(i)?.t()?.contiguous()?)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let head = |i: usize| -> Result<Tensor> {
+        let scores = (matmul::matmul_t(&q.get(i)?, &k.get(i)?)? * scale)?;
+        matmul::matmul_t(&softmax_last(&scores)?, &v.get(i)?.t()?.contiguous()?)
+    };
+    // Natively, through the AVX-512 kernel, the heads go to rayon's pool (one thread per core):
+    // each product alone is too small to split well (p v has 64 columns, two of its panels).
+    // candle's batched products took 5% of git-large's encoder there, these about half as long.
+    let outs = if matmul::wide_takes(rows) {
+        use rayon::prelude::*;
+        (0..b * heads)
+            .into_par_iter()
+            .map(head)
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        (0..b * heads).map(head).collect::<Result<Vec<_>>>()?
+    };
     Ok(Tensor::stack(&outs, 0)?.reshape((b, heads, rows, head_dim))?)
 }
 

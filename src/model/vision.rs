@@ -7,6 +7,11 @@ use super::config::VisionConfig;
 use super::nn::{attention, LayerNorm, Linear, Weights};
 use crate::Result;
 
+/// The rows of every product in the encoder: one per patch and the class token (per frame).
+pub fn tokens(cfg: &VisionConfig) -> usize {
+    (cfg.image_size / cfg.patch_size.max(1)).pow(2) + 1
+}
+
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
@@ -20,10 +25,10 @@ impl Attention {
     fn new(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            q_proj: w.pp("q_proj").linear(d, d)?,
-            k_proj: w.pp("k_proj").linear(d, d)?,
-            v_proj: w.pp("v_proj").linear(d, d)?,
-            out_proj: w.pp("out_proj").linear(d, d)?,
+            q_proj: w.pp("q_proj").linear(d, d)?.prepacked(tokens(cfg))?,
+            k_proj: w.pp("k_proj").linear(d, d)?.prepacked(tokens(cfg))?,
+            v_proj: w.pp("v_proj").linear(d, d)?.prepacked(tokens(cfg))?,
+            out_proj: w.pp("out_proj").linear(d, d)?.prepacked(tokens(cfg))?,
             heads: cfg.num_attention_heads,
             head_dim: d / cfg.num_attention_heads,
         })
@@ -63,8 +68,14 @@ impl EncoderLayer {
             layer_norm1: w.pp("layer_norm1").layer_norm(d, cfg.layer_norm_eps)?,
             self_attn: Attention::new(&w.pp("self_attn"), cfg)?,
             layer_norm2: w.pp("layer_norm2").layer_norm(d, cfg.layer_norm_eps)?,
-            fc1: w.pp("mlp.fc1").linear(d, cfg.intermediate_size)?,
-            fc2: w.pp("mlp.fc2").linear(cfg.intermediate_size, d)?,
+            fc1: w
+                .pp("mlp.fc1")
+                .linear(d, cfg.intermediate_size)?
+                .prepacked(tokens(cfg))?,
+            fc2: w
+                .pp("mlp.fc2")
+                .linear(cfg.intermediate_size, d)?
+                .prepacked(tokens(cfg))?,
             act: cfg.hidden_act,
         })
     }
