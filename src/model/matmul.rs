@@ -140,6 +140,35 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT::default())?)
 }
 
+/// `(x · wᵀ) · scale` (attention's scores): where the kernel takes the product, the scaling is
+/// done on each block of it as the block finishes, as candle's affine op computes it
+/// (`v · scale + 0`, the same bits), instead of in a pass of its own; natively such a pass is
+/// handed to candle's spinning thread pool, which then competes with the products' threads.
+pub fn matmul_t_scaled(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    let f32s = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
+    if !(takes(rows) || wide(rows)) || !f32s || !x.device().is_cpu() {
+        return Ok((x.matmul(&w.t()?)? * scale)?);
+    }
+    let factor = scale as f32;
+    let scale_in_place = move |row: &mut [f32]| {
+        for v in row {
+            *v = *v * factor + 0.0;
+        }
+    };
+    let epilogue = Epilogue {
+        bias: None,
+        activation: Some(&scale_in_place),
+    };
+    Ok(x.contiguous()?.apply_op2_no_bwd(
+        w,
+        &MatmulT {
+            epilogue,
+            split: false,
+        },
+    )?)
+}
+
 /// What a linear layer does to its product, done by the kernel to each block of output columns as
 /// soon as that block is complete: a product shared out over threads is then never joined or
 /// passed over again.
@@ -819,6 +848,25 @@ unsafe fn tile<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Attention's scaled scores: the scaling done in the kernel's epilogue gives the bits of the
+    /// product scaled by candle's op afterwards, with a scale that is not a power of two and rows
+    /// that are not a multiple of any tile. Natively the product runs on the AVX-512 kernel where
+    /// the CPU has it, on candle's otherwise (both sides the same way).
+    #[test]
+    fn scaled_scores_have_the_bits_of_scaling_after() {
+        use candle_core::Device;
+        let x = Tensor::randn(0f32, 3.0, (257, 64), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 3.0, (131, 64), &Device::Cpu).unwrap();
+        let scale = 0.1;
+        let want = (matmul_t(&x, &w).unwrap() * scale).unwrap();
+        let got = matmul_t_scaled(&x, &w, scale).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        assert_eq!(bits(&got), bits(&want));
+    }
 
     /// q8_0 blocks packed straight into panels give the product with the expanded weight.
     #[test]

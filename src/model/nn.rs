@@ -482,7 +482,7 @@ fn per_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<
     let flat = |t: &Tensor, n: usize| t.reshape((b * heads, n, head_dim));
     let (q, k, v) = (flat(q, rows)?, flat(k, keys)?, flat(v, keys)?);
     let head = |i: usize| -> Result<Tensor> {
-        let scores = (matmul::matmul_t(&q.get(i)?, &k.get(i)?)? * scale)?;
+        let scores = matmul::matmul_t_scaled(&q.get(i)?, &k.get(i)?, scale)?;
         matmul::matmul_t(&softmax_last(&scores)?, &v.get(i)?.t()?.contiguous()?)
     };
     // Natively, through the AVX-512 kernel, the heads go to rayon's pool (one thread per core):
