@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Runs gitcap's tests on a fresh machine, installing what is missing. Three levels:
+# Runs gitcap's tests on a fresh machine, installing what is missing. Levels:
 #
-#   ./test.sh            cargo fmt --check, the native tests (parity with transformers, kernels,
-#                        CLI, server, errors, tokenizer) and `gitcap serve`'s
-#                        HTTP tests; what CI runs
-#   ./test.sh --lint     also clippy, native and wasm, -D warnings
-#   ./test.sh --browser  also clippy, the WebAssembly page (dev profile, wasm-bindgen from tools/)
-#                        and every end-to-end test in headless Chromium (Debian's chromium), the
+#   ./test.sh            cargo fmt --check, clippy -D warnings (native and wasm), the native
+#                        tests (parity with transformers, kernels, CLI, server, errors, tokenizer,
+#                        the fuzz corpus), `gitcap serve`'s HTTP tests, and every fuzz target for
+#                        20 s under libFuzzer (fuzz/run.sh: nightly and cargo-fuzz, installed when
+#                        missing); what CI runs
+#   ./test.sh --quick    the same without clippy and fuzzing
+#   ./test.sh --browser  also the WebAssembly page (dev profile, wasm-bindgen from tools/) and
+#                        every end-to-end test in headless Chromium (Debian's chromium), the
 #                        page's main paths also in Firefox ESR (tests/e2e/firefox.test.mjs)
 #   ./test.sh --full     also the threaded and relaxed SIMD pages and the wasm unit tests
 #                        (tests/wasm.rs) in Chromium
 #
 # Why the page is not in CI's run: on CI's two cores, wasm-bindgen's generator and the dev page
-# alone took 77 minutes of its 90 (stop 18's log), before the native build had started. Why clippy
-# is not: beside it, CI's native test build took 78 of its 90 minutes (stop 20's log).
+# alone took 77 minutes of its 90 (stop 18's log), before the native build had started. Clippy
+# and the fuzz smoke run are: since the test profile compiles gitcap at opt-level 1 the whole
+# CI run takes minutes (see the step times it prints).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,13 +26,15 @@ step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*";
 
 BROWSER=0
 FULL=0
-LINT=0
+LINT=1
+FUZZ=1
 for arg in "$@"; do
   case "$arg" in
-    --lint) LINT=1 ;;
-    --browser) BROWSER=1 LINT=1 ;;
-    --full) BROWSER=1 FULL=1 LINT=1 ;;
-    *) echo "test.sh: unknown argument $arg (--lint, --browser or --full)" >&2; exit 2 ;;
+    --quick) LINT=0 FUZZ=0 ;;
+    --lint) ;; # the default now; kept for old habits
+    --browser) BROWSER=1 ;;
+    --full) BROWSER=1 FULL=1 ;;
+    *) echo "test.sh: unknown argument $arg (--quick, --browser or --full)" >&2; exit 2 ;;
   esac
 done
 
@@ -158,8 +163,18 @@ if [ -n "$LINT_PID" ]; then
   step "waiting for clippy"
   wait "$LINT_PID" || lint_status=$?
 fi
+# Last, on a machine no longer busy with the rest: every fuzz target for 20 s from its seeds
+# and regressions (the committed corpus), under AddressSanitizer.
+fuzz_status=0
+if [ "$FUZZ" = 1 ]; then
+  step "fuzz: every target for 20 s (fuzz/run.sh 20)"
+  bash fuzz/run.sh 20 || fuzz_status=$?
+fi
 if [ "$lint_status" != 0 ]; then
   echo "test.sh: clippy found problems (their lines above start with 'lint |')" >&2
+fi
+if [ "$fuzz_status" != 0 ]; then
+  echo "test.sh: a fuzz target failed (fuzz/TARGET.log, fuzz/artifacts/TARGET/)" >&2
 fi
 if [ "$native_status" != 0 ]; then
   echo "test.sh: native tests failed (their lines above start with 'native |')" >&2
@@ -167,4 +182,4 @@ fi
 if [ "$e2e_status" != 0 ]; then
   echo "test.sh: end-to-end tests failed" >&2
 fi
-[ "$native_status" = 0 ] && [ "$e2e_status" = 0 ] && [ "$lint_status" = 0 ]
+[ "$native_status" = 0 ] && [ "$e2e_status" = 0 ] && [ "$lint_status" = 0 ] && [ "$fuzz_status" = 0 ]
