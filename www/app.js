@@ -448,7 +448,7 @@ function renderRow(it) {
     const status = document.createElement('p');
     status.className = 'small row-status';
     const ta = document.createElement('textarea');
-    ta.rows = 2;
+    ta.rows = 3;
     ta.className = 'row-alt';
     ta.setAttribute('aria-label', `Alt text for ${it.name}`);
     ta.addEventListener('input', () => {

@@ -14,7 +14,7 @@ export const MODELS = [
     id: 'microsoft/git-large-r-coco',
     revision: 'refs/pr/1',
     label: 'GIT large (COCO)',
-    note: 'best captions · about 1.6 GB download',
+    note: 'best captions',
     // model.safetensors (f32) and the small files; stored as they are ('as-is').
     downloadBytes: 1_577_000_000,
     storedBytes: 1_577_000_000,
@@ -23,7 +23,7 @@ export const MODELS = [
     id: 'microsoft/git-base-coco',
     revision: 'main',
     label: 'GIT base (COCO)',
-    note: 'faster, smaller · about 0.7 GB download',
+    note: 'faster, smaller',
     downloadBytes: 707_000_000,
     storedBytes: 707_000_000,
   },

@@ -279,3 +279,17 @@ test('load: an aborted download rejects with AbortError; dispose ends the captio
   assert.equal(r.fromCache, true);
   assert.match(r.after, /disposed/);
 });
+
+test('store: a wrong value is refused; q8_0/q4k of safetensors are refused as not yet supported', async () => {
+  const r = await page.evaluate(async () => {
+    const outcome = (store) =>
+      M.Captioner.load({ model: '/models/tiny-coco/', store, threads: 1, persist: false }).then(
+        (c) => (c.dispose(), 'loaded'),
+        (e) => e.message
+      );
+    return { bad: await outcome('q9'), q8: await outcome('q8_0'), q4k: await outcome('q4k') };
+  });
+  assert.match(r.bad, /store must be one of 'q8_0', 'q4k', 'as-is'; got "q9"/);
+  assert.match(r.q8, /store: 'q8_0' .* not yet supported/);
+  assert.match(r.q4k, /store: 'q4k' .* not yet supported/);
+});
