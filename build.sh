@@ -85,24 +85,27 @@ OUT_RELAXED=www/pkg-threads-relaxed
 # shared with the demo page), module/'s package.json, gitcap.d.ts and README.md, and the wasm
 # builds www/ has. store_q8.js (quantizing while downloading) joins when it exists.
 MODULE_FILES=(gitcap.js worker.js protocol.js wasm.js model.js storage.js download.js hub.js models.js)
+# GITCAP_MODULE_OUT: another folder than dist/gitcap (the tests, which run in parallel, each
+# assemble their own).
+MODULE_OUT=${GITCAP_MODULE_OUT:-dist/gitcap}
 build_module() {
-    step "module -> dist/gitcap"
-    rm -rf dist/gitcap
-    mkdir -p dist/gitcap
-    for f in "${MODULE_FILES[@]}"; do cp "www/$f" dist/gitcap/; done
-    [ ! -f www/store_q8.js ] || cp www/store_q8.js dist/gitcap/
-    cp module/package.json module/gitcap.d.ts module/README.md dist/gitcap/
+    step "module -> $MODULE_OUT"
+    rm -rf "$MODULE_OUT"
+    mkdir -p "$MODULE_OUT"
+    for f in "${MODULE_FILES[@]}"; do cp "www/$f" "$MODULE_OUT/"; done
+    [ ! -f www/store_q8.js ] || cp www/store_q8.js "$MODULE_OUT/"
+    cp module/package.json module/gitcap.d.ts module/README.md "$MODULE_OUT/"
     for d in pkg pkg-relaxed pkg-threads pkg-threads-relaxed; do
         if [ -f "www/$d/gitcap.js" ]; then
-            cp -r "www/$d" dist/gitcap/
-            rm -f "dist/gitcap/$d/.gitignore" "dist/gitcap/$d/package.json"
+            cp -r "www/$d" "$MODULE_OUT/"
+            rm -f "$MODULE_OUT/$d/.gitignore" "$MODULE_OUT/$d/package.json"
         fi
     done
-    if [ ! -f dist/gitcap/pkg/gitcap.js ]; then
+    if [ ! -f "$MODULE_OUT/pkg/gitcap.js" ]; then
         echo "build.sh: www/pkg is missing; build the wasm first (bash build.sh --wasm-only)" >&2
         exit 1
     fi
-    ls dist/gitcap
+    ls "$MODULE_OUT"
 }
 
 step() { printf '\n== [build.sh %dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }

@@ -4,20 +4,33 @@
 // person typed.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { startServer, launch, nativeCaption, IMAGES, ROOT } from './helpers.mjs';
 import { ensureModule } from './module-helpers.mjs';
 
 let server;
 let browser;
+let site;
 before(async () => {
-  ensureModule();
-  server = await startServer({ dir: ROOT });
+  // The repository's layout, with the module as build.sh assembles it: examples/, dist/gitcap/,
+  // tests/images/.
+  site = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-examples-'));
+  for (const d of ['examples/blog', 'examples/upload', 'tests/images']) {
+    fs.cpSync(path.join(ROOT, d), path.join(site, d), { recursive: true });
+  }
+  fs.cpSync(ensureModule(), path.join(site, 'dist/gitcap'), { recursive: true });
+  // Without COOP/COEP, so single-threaded: the threaded build has its own tests (threads.test.mjs),
+  // and beside another test file on this 2-core machine the blog's threaded page stalled its
+  // captions for minutes (2 runs of 2; single-threaded, 1 of 1 passed beside the same file).
+  server = await startServer({ dir: site, isolation: false });
   browser = await launch();
 });
 after(async () => {
   await browser?.close();
   await server?.stop();
+  if (site) fs.rmSync(site, { recursive: true, force: true });
 });
 
 test('examples/blog: images without alt get the CLI caption; the decorative one is left alone', async () => {

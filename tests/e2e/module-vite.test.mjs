@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ROOT, IMAGES, startServer, launch, nativeCaption } from './helpers.mjs';
-import { DIST, ensureModule } from './module-helpers.mjs';
+import { ensureModule } from './module-helpers.mjs';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-vite-'));
 let server;
@@ -19,14 +19,14 @@ after(async () => {
 });
 
 test('the Vite example builds and captions in Chromium', async () => {
-  ensureModule();
+  const dist = ensureModule();
   const app = path.join(tmp, 'app');
   fs.cpSync(path.join(ROOT, 'examples/vite-app'), app, { recursive: true });
   fs.mkdirSync(path.join(app, 'public'));
   fs.copyFileSync(path.join(IMAGES, 'chelsea.png'), path.join(app, 'public/photo.png'));
   // As `npm install` of the package would lay it out; vite is the repository's devDependency
   // (package.json), so the test needs no network.
-  fs.cpSync(DIST, path.join(app, 'node_modules/gitcap'), { recursive: true });
+  fs.cpSync(dist, path.join(app, 'node_modules/gitcap'), { recursive: true });
   const vite = path.join(ROOT, 'node_modules/vite/bin/vite.js');
   const r = spawnSync(process.execPath, [vite, 'build', '--logLevel', 'warn'], { cwd: app, encoding: 'utf8' });
   assert.equal(r.status, 0, r.stdout + r.stderr);
