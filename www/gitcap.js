@@ -289,7 +289,9 @@ export class Captioner {
    */
   _crashed(message) {
     if (this._disposed) return;
-    const err = new Error(`gitcap: the captioner crashed (${message}); it restarts from the stored model`);
+    const err = this._info
+      ? new Error(`gitcap: the captioner crashed (${message}); it restarts from the stored model`)
+      : new Error(`gitcap: the captioner stopped while loading (${message})`);
     for (const [, p] of this._pending) p.reject(err);
     this._pending.clear();
     this._worker?.terminate();

@@ -31,16 +31,21 @@ export function resolveStore(src, store) {
 }
 
 /**
- * The hook between the network and the store for the weights: given the store choice, what the
- * loader is told the weights are (`kind`, `size`) and a `sink` that each downloaded or stored
- * chunk goes through on its way to the loader. 'as-is' passes the chunks through; a quantizing
- * store would convert here (and keep its output under its own chunk names).
+ * The hook between the network and the store for the weights, the one place a store choice acts:
+ * given the choice, what the loader is told the weights are (`kind`, `size`), whether the source's
+ * chunks are kept in the store as they arrive (`keepSourceChunks`), and a `sink` that each
+ * downloaded (or stored) chunk goes through on its way to the loader. 'as-is' keeps and passes the
+ * source's chunks; a quantizing store (www/store_q8.js, to come) would convert in `sink`, tell the
+ * loader 'gguf', keep its own output in `dir` instead of the source's chunks, and list that output
+ * in the manifest (the key already names the store choice, so it never mixes with an 'as-is' copy).
  */
-function weightsPipeline(choice, w, loader) {
+function weightsPipeline(choice, w, loader, dir) {
   if (choice !== 'as-is') throw new Error(`store '${choice}' has no pipeline`);
+  void dir; // where a converting store would write its output
   return {
     kind: w.kind,
     size: w.size,
+    keepSourceChunks: true,
     sink: (chunk) => {
       loader.pushWeights(chunk);
       wasmBytes();
@@ -188,12 +193,12 @@ export async function loadModel(req, emit, retried = false) {
       loader.addFile(f.name, bytes);
     }
     const w = files.find((x) => x.weights);
-    const pipe = weightsPipeline(store, w, loader);
+    const pipe = weightsPipeline(store, w, loader, dir);
     const type = new WeightsType(pipe.kind);
     loader.beginWeights(pipe.kind, pipe.size);
     await streamFile({
       file: w,
-      store: dir,
+      store: pipe.keepSourceChunks ? dir : null,
       progress,
       newHasher: newSha256,
       onRetry,
