@@ -4,8 +4,11 @@
 // abort rejects with an AbortError, and a trap in the worker restarts it from the stored model.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { startServer, launch, recordRequests, nativeCaption, IMAGES } from './helpers.mjs';
+import { spawnSync } from 'node:child_process';
+import { startServer, launch, recordRequests, nativeCaption, gitcapBin, IMAGES, TINY } from './helpers.mjs';
 import { makeSite } from './module-helpers.mjs';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
@@ -21,9 +24,15 @@ let browser;
 let page;
 let requests;
 
+let ggufDir;
+
 before(async () => {
   site = makeSite();
-  server = await startServer({ dir: site.dir });
+  // The tiny model as q8_0 GGUF too (gitcap quantize), for info.weights and store with a .gguf.
+  ggufDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-module-gguf-'));
+  const q = spawnSync(gitcapBin(), ['quantize', '--model', TINY, '--out', path.join(ggufDir, 'tiny-q8_0.gguf'), '--type', 'q8_0'], { encoding: 'utf8' });
+  assert.equal(q.status, 0, q.stderr);
+  server = await startServer({ dir: site.dir, modelDirs: [TINY, ggufDir] });
   browser = await launch();
   requests = recordRequests(browser.context);
   page = browser.context.pages()[0] ?? (await browser.context.newPage());
@@ -45,6 +54,7 @@ after(async () => {
   await browser?.close();
   await server?.stop();
   site?.remove();
+  if (ggufDir) fs.rmSync(ggufDir, { recursive: true, force: true });
 });
 
 test('load reports progress and info', async () => {
@@ -292,4 +302,19 @@ test('store: a wrong value is refused; q8_0/q4k of safetensors are refused as no
   assert.match(r.bad, /store must be one of 'q8_0', 'q4k', 'as-is'; got "q9"/);
   assert.match(r.q8, /store: 'q8_0' .* not yet supported/);
   assert.match(r.q4k, /store: 'q4k' .* not yet supported/);
+});
+
+test('a q8_0 .gguf source: store q8_0 keeps it as it is, info says q8_0, and ids equal the CLI on the same file', async () => {
+  const model = `/models/${path.basename(ggufDir)}/tiny-q8_0.gguf`;
+  const r = await page.evaluate(async (model) => {
+    const c = await M.Captioner.load({ model, store: 'q8_0', threads: 1, persist: false });
+    const out = { info: c.info, ids: (await c.caption('images/chelsea.png')).tokenIds };
+    c.dispose();
+    return out;
+  }, model);
+  assert.equal(r.info.weights, 'q8_0');
+  assert.equal(r.info.store, 'as-is');
+  const form = /relaxed/.test(r.info.backend) ? 'relaxed' : 'portable';
+  const native = nativeCaption(CHELSEA, [], { model: path.join(ggufDir, 'tiny-q8_0.gguf'), int8: form });
+  assert.deepEqual(r.ids, native.token_ids);
 });
