@@ -6,7 +6,7 @@
 //
 // Query parameters: ?model=<folder url | .gguf url | hf:owner/name[@rev]>, ?max_new_tokens=N,
 // ?beams=N, ?length_penalty=X, ?prompt=TEXT, ?chunk_kib=N (download chunk size, for tests),
-// ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
+// ?store=q8_0|q4k|as-is (how the weights are kept), ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
 // 1 forces the single-threaded build), ?split_min=N (threaded: split products from N multiply-adds;
 // a tuning knob, 0 in the tests so that the tiny model splits), ?split_rows=N (threaded: split
 // products of N or more rows, default 8, so decoding's are not), ?kernel_min=N (products of N or more
@@ -249,7 +249,9 @@ async function startLoad(persist) {
   try {
     const c = await Captioner.load({
       model: params.get('model') || undefined,
-      store: 'as-is',
+      // ?store=q8_0|q4k: keep a safetensors download converted while it downloads (where this
+      // build has the converter, www/store_q8.js); by default the source as it is.
+      store: params.get('store') || 'as-is',
       threads: plan.threads,
       persist,
       chunkBytes: kib > 0 ? kib * 1024 : 0,

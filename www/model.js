@@ -5,52 +5,100 @@
 import { parseModelParam } from './models.js';
 import { planFromNetwork } from './hub.js';
 import { STORE_CHOICES, errorMessage } from './protocol.js';
-import { MANIFEST, storeRoot, keyDirName, readJson, writeJson, fileSize, quotaError, storageEstimate } from './storage.js';
+import { MANIFEST, storeRoot, keyDirName, readJson, writeFile, writeJson, fileSize, quotaError, storageEstimate } from './storage.js';
 import { DEFAULT_CHUNK, Progress, CacheDamaged, streamFile, fetchSmall, clearFileChunks, chunkName } from './download.js';
 import { wasm, wasmBytes, peakBytes, plain, buildInfo, sha256Hex, newSha256, isTrap, maybeTrap } from './wasm.js';
 
 // ---------------------------------------------------------------------------------------------
 // How the weights are kept (Captioner.load's `store`): the one place that decides it.
 
+// store_q8.js (converting a safetensors download to a q8_0/q4k GGUF as it arrives, with the wasm
+// module's Quantizer) lives beside this file where that work has landed; without it, converting is
+// refused plainly. Imported by URL (a base in a variable, as in wasm.js) so that bundlers build
+// without it.
+let storeQ8; // the module, or null when absent
+async function converter() {
+  if (storeQ8 === undefined) {
+    const here = import.meta.url;
+    try {
+      storeQ8 = await import(/* @vite-ignore */ new URL('./store_q8.js', here).href);
+    } catch {
+      storeQ8 = null;
+    }
+  }
+  return storeQ8;
+}
+
 /**
  * The store choice for a source. 'as-is' keeps the source's bytes; a GGUF source is already in
- * its final form, so every choice keeps it as it is. Quantizing f32/f16 safetensors while
- * downloading ('q8_0', 'q4k') is not in this build yet: asked for, it is refused plainly.
- * Not given: 'as-is' (the default becomes 'q8_0' for f32/f16 sources once quantizing is here).
+ * its final form, so every choice keeps it as it is. 'q8_0' and 'q4k' convert f32/f16
+ * safetensors while downloading where store_q8.js is present, and are refused as not yet
+ * supported where it is not. Not given: 'as-is' (q8_0 is to become the default for f32/f16
+ * sources once converting is tested through this module).
  */
-export function resolveStore(src, store) {
+export async function resolveStore(src, store) {
   if (store != null && !STORE_CHOICES.includes(store)) {
     throw new Error(`store must be one of ${STORE_CHOICES.map((s) => `'${s}'`).join(', ')}; got ${JSON.stringify(store)}`);
   }
   if (src.kind === 'gguf') return 'as-is';
   if (store == null || store === 'as-is') return 'as-is';
-  throw new Error(
-    `store: '${store}' (quantizing the weights while downloading) is not yet supported in this build of gitcap; ` +
-      "use store: 'as-is', or a model already quantized to a .gguf file (gitcap quantize)"
-  );
+  if (!(await converter()) || typeof wasm()?.Quantizer !== 'function') {
+    throw new Error(
+      `store: '${store}' (quantizing the weights while downloading) is not yet supported in this build of gitcap; ` +
+        "use store: 'as-is', or a model already quantized to a .gguf file (gitcap quantize)"
+    );
+  }
+  return store;
 }
 
 /**
- * The hook between the network and the store for the weights, the one place a store choice acts:
- * given the choice, what the loader is told the weights are (`kind`, `size`), whether the source's
- * chunks are kept in the store as they arrive (`keepSourceChunks`), and a `sink` that each
- * downloaded (or stored) chunk goes through on its way to the loader. 'as-is' keeps and passes the
- * source's chunks; a quantizing store (www/store_q8.js, to come) would convert in `sink`, tell the
- * loader 'gguf', keep its own output in `dir` instead of the source's chunks, and list that output
- * in the manifest (the key already names the store choice, so it never mixes with an 'as-is' copy).
+ * The hook between the network and the store for the weights, the one place a store choice acts.
+ * 'as-is': the source's chunks go to the loader and, when persisting, to the store as they arrive
+ * (so an interrupted download resumes). 'q8_0'/'q4k': the download goes through store_q8.js's
+ * converter; the loader gets the GGUF it writes, the store keeps that GGUF's chunks, and `w`
+ * becomes that file in the manifest (later visits load it like any GGUF). Returns nothing; `onChunk`
+ * sees every source chunk (the weights' type is read from the first).
  */
-function weightsPipeline(choice, w, loader, dir) {
-  if (choice !== 'as-is') throw new Error(`store '${choice}' has no pipeline`);
-  void dir; // where a converting store would write its output
-  return {
-    kind: w.kind,
-    size: w.size,
-    keepSourceChunks: true,
-    sink: (chunk) => {
-      loader.pushWeights(chunk);
-      wasmBytes();
-    },
-  };
+async function receiveWeights({ choice, src, w, dir, loader, progress, onRetry, smallFiles, onChunk }) {
+  if (choice === 'as-is' || w.complete) {
+    loader.beginWeights(w.kind, w.size);
+    await streamFile({
+      file: w,
+      store: dir,
+      progress,
+      newHasher: newSha256,
+      onRetry,
+      sink: (chunk) => {
+        onChunk(chunk);
+        loader.pushWeights(chunk);
+        wasmBytes();
+      },
+    });
+    return;
+  }
+  const q = await converter();
+  const gguf = { name: `model.${choice}.gguf`, kind: 'gguf', chunkSize: w.chunkSize, sha256: undefined, url: undefined };
+  const summary = await q.downloadConverted(wasm(), {
+    type: choice,
+    name: src.hub?.id ?? src.label,
+    files: smallFiles,
+    loader,
+    chunkBytes: w.chunkSize,
+    download: (sink) =>
+      streamFile({
+        file: w,
+        store: null,
+        progress,
+        newHasher: newSha256,
+        onRetry,
+        sink: async (chunk) => {
+          await sink(chunk);
+          wasmBytes();
+        },
+      }),
+    saveChunk: (i, bytes) => (dir ? writeFile(dir, chunkName(gguf, i), bytes) : undefined),
+  });
+  Object.assign(w, gguf, { size: summary.fileBytes });
 }
 
 /** The weights' number type, from the first bytes of a safetensors header or a gitcap GGUF. */
@@ -119,7 +167,8 @@ export async function loadModel(req, emit, retried = false) {
   const t0 = performance.now();
   const gitcap = wasm();
   const src = parseModelParam(param, pageUrl);
-  const store = resolveStore(src, req.store);
+  // The module is started before the store is resolved: converting needs its Quantizer.
+  const store = await resolveStore(src, req.store);
   // The 'as-is' key is the source's own, as before the store option existed (stored models stay).
   const key = store === 'as-is' ? src.key : `${src.key}|store=${store}`;
   emit('event', { type: 'source', label: src.label, key, base: src.base, hub: src.hub ?? null, store });
@@ -184,8 +233,10 @@ export async function loadModel(req, emit, retried = false) {
   const loader = new gitcap.ModelLoader();
   let finished = false;
   try {
+    const smallFiles = new Map(); // by name: a converting store embeds them in its GGUF
     for (const f of files.filter((x) => !x.weights)) {
       const bytes = await fetchSmall({ file: f, store: dir, progress, sha256Hex, onRetry });
+      smallFiles.set(f.name, bytes);
       if (!fromCache && dir) {
         f.stored = true;
         await writeJson(dir, MANIFEST, { ...manifest, files });
@@ -193,20 +244,8 @@ export async function loadModel(req, emit, retried = false) {
       loader.addFile(f.name, bytes);
     }
     const w = files.find((x) => x.weights);
-    const pipe = weightsPipeline(store, w, loader, dir);
-    const type = new WeightsType(pipe.kind);
-    loader.beginWeights(pipe.kind, pipe.size);
-    await streamFile({
-      file: w,
-      store: pipe.keepSourceChunks ? dir : null,
-      progress,
-      newHasher: newSha256,
-      onRetry,
-      sink: (chunk) => {
-        type.push(chunk);
-        pipe.sink(chunk);
-      },
-    });
+    const type = new WeightsType(w.kind);
+    await receiveWeights({ choice: store, src, w, dir, loader, progress, onRetry, smallFiles, onChunk: (c) => type.push(c) });
     progress.emit(true);
     if (gen !== loadGen) throw new Error('superseded by another load');
     emit('progress', { phase: 'finish', file: w.name, loadedBytes: total, totalBytes: total, networkBytes: progress.net, rate: 0 });
@@ -224,7 +263,7 @@ export async function loadModel(req, emit, retried = false) {
       key,
       source: src.key,
       store,
-      weights: type.type && type.type !== 'unknown' ? type.type : core.quantized ? 'quantized' : 'f32',
+      weights: store !== 'as-is' ? store : type.type && type.type !== 'unknown' ? type.type : core.quantized ? 'quantized' : 'f32',
       frames: m.frames,
       loadMs: performance.now() - t0,
       fromCache,
