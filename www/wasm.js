@@ -61,19 +61,12 @@ function buildCandidates(threads, relaxedSimd) {
 
 /** Imports one build. pkg/ by a literal path, so bundlers (Vite) bundle it with its wasm file; the
  *  others by URL, so an app bundled without them still builds (and runs on pkg/). */
-async function importBuild(dir) {
+function importBuild(dir) {
   if (dir === 'pkg') return import('./pkg/gitcap.js');
   // The base in a variable: Vite rewrites `new URL(<template>, import.meta.url)` into a bundled
   // glob of every build, whose wasm files it then does not bundle.
   const here = import.meta.url;
-  const href = new URL(`./${dir}/gitcap.js`, here).href;
-  // Asked for first with fetch, and imported only when there: where a build is absent (a Vite
-  // bundle), Chromium's failed module imports in this worker left some of the worker's next
-  // requests pending forever in 2 loads of 6 here; fetched first, 0 of 18.
-  const res = await fetch(href);
-  if (!res.ok) throw new Error(`${href} answered HTTP ${res.status}`);
-  await res.body?.cancel();
-  return import(/* @vite-ignore */ href);
+  return import(/* @vite-ignore */ new URL(`./${dir}/gitcap.js`, here).href);
 }
 
 /**
