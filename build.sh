@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds gitcap for the browser, single-threaded (www/pkg/) and threaded (www/pkg-threads/), and,
-# unless --wasm-only is given, the native CLI. Idempotent: installs the tools it needs only when
+# Builds gitcap for the browser, single-threaded (www/pkg/) and threaded (www/pkg-threads/), the
+# embeddable module dist/gitcap/ (www/'s module files, module/'s package.json, declarations and
+# README, and the wasm builds), and, unless --wasm-only is given, the native CLI. Idempotent: installs the tools it needs only when
 # they are missing or at the wrong version, so CI can run it on a fresh machine.
 #
 #   ./build.sh              # wasm (both builds) + native CLI
-#   ./build.sh --wasm-only  # wasm only
+#   ./build.sh --wasm-only  # wasm only (and the module, dist/gitcap/)
+#   ./build.sh --module-only # only assemble dist/gitcap/ from www/ as it is (no compiling)
 #   ./build.sh --no-threads # skip the threaded wasm builds (they need a nightly toolchain)
 #   ./build.sh --no-relaxed # skip the relaxed SIMD builds (www/pkg-relaxed, www/pkg-threads-relaxed)
 #   ./build.sh --tools-only # only install the tools (wasm target, nightly + rust-src,
@@ -24,6 +26,7 @@ WASM_ONLY=0
 THREADS=1
 RELAXED=1
 TOOLS_ONLY=0
+MODULE_ONLY=0
 RUN_TESTS=0
 DEV=0
 for arg in "$@"; do
@@ -32,6 +35,7 @@ for arg in "$@"; do
         --no-threads) THREADS=0 ;;
         --no-relaxed) RELAXED=0 ;;
         --tools-only) TOOLS_ONLY=1 ;;
+        --module-only) MODULE_ONLY=1 ;;
         --test) RUN_TESTS=1 ;;
         --dev) DEV=1 ;;
         --cuda) exec bash tools/build-cuda.sh ;;
@@ -77,7 +81,39 @@ done
 OUT_SINGLE_RELAXED=www/pkg-relaxed
 OUT_RELAXED=www/pkg-threads-relaxed
 
+# The module: the files of www/ that the page side and the worker import (one implementation,
+# shared with the demo page), module/'s package.json, gitcap.d.ts and README.md, and the wasm
+# builds www/ has. store_q8.js (quantizing while downloading) joins when it exists.
+MODULE_FILES=(gitcap.js worker.js protocol.js wasm.js model.js storage.js download.js hub.js models.js)
+# GITCAP_MODULE_OUT: another folder than dist/gitcap (the tests, which run in parallel, each
+# assemble their own).
+MODULE_OUT=${GITCAP_MODULE_OUT:-dist/gitcap}
+build_module() {
+    step "module -> $MODULE_OUT"
+    rm -rf "$MODULE_OUT"
+    mkdir -p "$MODULE_OUT"
+    for f in "${MODULE_FILES[@]}"; do cp "www/$f" "$MODULE_OUT/"; done
+    [ ! -f www/store_q8.js ] || cp www/store_q8.js "$MODULE_OUT/"
+    cp module/package.json module/gitcap.d.ts module/README.md "$MODULE_OUT/"
+    for d in pkg pkg-relaxed pkg-threads pkg-threads-relaxed; do
+        if [ -f "www/$d/gitcap.js" ]; then
+            cp -r "www/$d" "$MODULE_OUT/"
+            rm -f "$MODULE_OUT/$d/.gitignore" "$MODULE_OUT/$d/package.json"
+        fi
+    done
+    if [ ! -f "$MODULE_OUT/pkg/gitcap.js" ]; then
+        echo "build.sh: www/pkg is missing; build the wasm first (bash build.sh --wasm-only)" >&2
+        exit 1
+    fi
+    ls "$MODULE_OUT"
+}
+
 step() { printf '\n== [build.sh %dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+
+if [ "$MODULE_ONLY" = 1 ]; then
+    build_module
+    exit 0
+fi
 
 # --- tools ----------------------------------------------------------------------------------------
 
@@ -222,6 +258,8 @@ fi
 if [ "$THREADS" = 1 ] && [ "$RELAXED" = 1 ]; then
     printf '%-36s %10s bytes  (gzip -9: %s)\n' "$OUT_RELAXED/gitcap_bg.wasm" "$(size "$OUT_RELAXED/gitcap_bg.wasm")" "$(gz "$OUT_RELAXED/gitcap_bg.wasm")"
 fi
+
+build_module
 
 # --- native ---------------------------------------------------------------------------------------
 

@@ -112,6 +112,13 @@ fi
 
 step "npm packages for the end-to-end tests"
 npm ci --omit=optional --no-audit --no-fund --loglevel=error # onnxruntime-web (139 MB) is only for bench/peer
+# --omit=optional also leaves out vite's native binaries (esbuild, rollup; the Vite example's
+# test builds with vite): this machine's, by name, when missing.
+platform_deps=$(node tools/npm-platform-deps.cjs)
+if [ -n "$platform_deps" ]; then
+  # shellcheck disable=SC2086 # one word per package
+  npm install --no-save --omit=optional --no-audit --no-fund --loglevel=error $platform_deps
+fi
 
 # --tests: the library's, the CLI's and the integration tests' harnesses, without compiling the
 # examples (bench tools) into test builds; clippy --all-targets still checks those.

@@ -1,58 +1,46 @@
-// The page: choose an image (picker, drag and drop, paste), watch its caption appear word by
-// word, copy it as alt text. The model lives in a module worker (worker.js); this module only
-// talks to it. Images are read into memory and handed to the worker; nothing is uploaded.
+// The demo page: choose a model, then images (picker, folder, drag and drop, paste); watch each
+// caption appear word by word, edit it as alt text, copy it or export them all. Everything runs
+// through the embeddable module (gitcap.js), like any other site using it: the model lives in its
+// worker; this file is only the interface. Images are read into memory and handed to the module;
+// nothing is uploaded.
 //
 // Query parameters: ?model=<folder url | .gguf url | hf:owner/name[@rev]>, ?max_new_tokens=N,
 // ?beams=N, ?length_penalty=X, ?prompt=TEXT, ?chunk_kib=N (download chunk size, for tests),
-// ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
+// ?store=q8_0|q4k|as-is (how the weights are kept), ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
 // 1 forces the single-threaded build), ?split_min=N (threaded: split products from N multiply-adds;
 // a tuning knob, 0 in the tests so that the tiny model splits), ?split_rows=N (threaded: split
 // products of N or more rows, default 8, so decoding's are not), ?kernel_min=N (products of N or more
 // rows use the model's own blocked SIMD kernel, default 8; a huge N compares the encoder against
 // candle's matmul), ?int8_min=N (q8_0 products of N or more rows use the integer kernel, default
 // 8), ?relaxed=0 (never the relaxed SIMD builds: what engines without relaxed SIMD run).
+//
+// When a download starts: a model already stored loads by itself; a ?model= on this site's own
+// origin (or a link from this site) starts at once; anything else waits for a click, so that a
+// link from elsewhere cannot start a large download.
 
-import { MODELS, DEFAULT_MODEL, parseModelParam, formatBytes } from './models.js';
+import {
+  Captioner, MODELS, DEFAULT_MODEL, parseModelParam, formatBytes, support, threadSupport, storedModels, clearStoredModels,
+} from './gitcap.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
-// A tiny module using i8x16.popcnt: validates only where WebAssembly SIMD is supported.
-const SIMD_PROBE = new Uint8Array([
-  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11,
-]);
-
-// A module with one shared memory: validates only where WebAssembly threads are supported.
-const SHARED_MEMORY_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 5, 4, 1, 3, 1, 1]);
-// More threads than this stop paying: the products become memory-bound and each thread is a
-// worker holding its own instance of the module.
-const MAX_THREADS = 16;
-
-/**
- * How many threads the captioner may use, and if only one, why. The threaded build needs shared
- * memory, which browsers grant only to cross-origin isolated pages (served with COOP/COEP).
- */
+/** How many threads to ask for, and if only one, why (the module's answer, and ?threads=). */
 function threadPlan() {
-  const cores = Math.max(1, navigator.hardwareConcurrency || 1);
   const asked = Number.parseInt(params.get('threads') || '', 10);
   if (asked === 1) return { threads: 1, why: 'one thread requested (?threads=1)' };
-  if (!globalThis.crossOriginIsolated) {
-    return {
-      threads: 1,
-      why: 'the page is not cross-origin isolated (its server sends no COOP/COEP headers)',
-    };
-  }
-  if (typeof SharedArrayBuffer !== 'function' || !WebAssembly.validate(SHARED_MEMORY_PROBE)) {
-    return { threads: 1, why: 'this browser does not support WebAssembly threads' };
-  }
-  const threads = Math.min(asked > 0 ? asked : cores, MAX_THREADS);
-  return { threads, why: threads === 1 ? 'the browser reports one core' : null };
+  const s = threadSupport();
+  if (s.threads === 1 && s.why !== 'the browser reports one core') return s;
+  // ?threads=N may ask for more threads than cores (up to 16): the tests use an odd count.
+  return asked > 0 ? { threads: Math.min(asked, 16), why: null } : s;
 }
 const plan = threadPlan();
 
 const el = {
   fatal: $('fatal'),
-  modelSelect: $('model-select'),
+  modelChoices: $('model-choices'),
+  modelAsk: $('model-ask'),
+  changeModel: $('change-model'),
   modelStatus: $('model-status'),
   progressWrap: $('progress-wrap'),
   progress: $('progress'),
@@ -63,6 +51,7 @@ const el = {
   retryLoad: $('retry-load'),
   drop: $('drop'),
   file: $('file'),
+  folder: $('folder'),
   stage: $('stage'),
   preview: $('preview'),
   imageName: $('image-name'),
@@ -79,20 +68,26 @@ const el = {
   maxTokens: $('max-tokens'),
   lengthPenalty: $('length-penalty'),
   prompt: $('prompt'),
-  historyCard: $('history-card'),
-  history: $('history'),
+  batchCard: $('batch-card'),
+  batch: $('batch'),
+  exportJson: $('export-json'),
+  exportCsv: $('export-csv'),
+  batchStatus: $('batch-status'),
   announce: $('announce'),
   backend: $('backend'),
   storageText: $('storage-text'),
   clearCache: $('clear-cache'),
 };
 
-let worker = null;
+let captioner = null; // the module's Captioner once loaded
+let loadAbort = null; // cancels the load in progress
+let loadFailure = null; // why the last load failed
 let modelFrames = 1;
 let modelReady = false;
 let wasmFailed = false;
 let nextId = 1;
 const items = new Map(); // id -> item
+const waiting = []; // items chosen before the model is ready, in order
 let stageItem = null;
 
 // ---------------------------------------------------------------------------------------------
@@ -115,9 +110,9 @@ function presetOptions() {
 
 function currentOptions() {
   return {
-    max_new_tokens: Math.max(1, Math.min(512, parseInt(el.maxTokens.value, 10) || 20)),
+    maxNewTokens: Math.max(1, Math.min(512, parseInt(el.maxTokens.value, 10) || 20)),
     beams: parseInt(el.beams.value, 10) || 1,
-    length_penalty: Number(el.lengthPenalty.value) || 1.0,
+    lengthPenalty: Number(el.lengthPenalty.value) || 1.0,
     prompt: el.prompt.value.trim() || undefined,
   };
 }
@@ -142,49 +137,142 @@ function fmtDuration(s) {
   return `${(s / 3600).toFixed(1)} h`;
 }
 
-function populateModelSelect() {
-  const current = params.get('model');
-  let source;
-  try {
-    source = parseModelParam(current, location.href);
-  } catch {
-    source = null;
+/** The source a choice stands for: 'hf:id@revision' for the known models, else the ?model= value. */
+const knownValue = (m) => `hf:${m.id}@${m.revision}`;
+
+/** The model choices, each with its download and storage size and a button that starts it. */
+function renderChoices(stored) {
+  el.modelChoices.replaceChildren();
+  const storedKeys = new Set(stored.filter((e) => e.complete).map((e) => e.source));
+  const custom = params.get('model');
+  const choices = MODELS.map((m) => ({
+    value: knownValue(m),
+    label: m.label,
+    note: m.note,
+    sizes: `${formatBytes(m.downloadBytes)} download · ${formatBytes(m.storedBytes)} stored`,
+  }));
+  if (custom && !choices.some((c) => parseModelParam(c.value, location.href).key === safeKey(custom))) {
+    const src = safeSource(custom);
+    if (src) choices.push({ value: custom, label: src.label, note: custom, sizes: 'size: asked when the download starts' });
   }
-  for (const m of MODELS) {
-    const opt = new Option(`${m.label} — ${m.note}`, `hf:${m.id}@${m.revision}`);
-    el.modelSelect.add(opt);
+  for (const c of choices) {
+    const li = document.createElement('li');
+    const text = document.createElement('div');
+    const name = document.createElement('strong');
+    name.textContent = c.label;
+    const note = document.createElement('span');
+    note.className = 'small muted';
+    const isStored = storedKeys.has(safeKey(c.value));
+    note.textContent = ` ${c.note} · ${isStored ? 'stored in this browser' : c.sizes}`;
+    text.append(name, note);
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.dataset.model = c.value;
+    b.textContent = isStored ? 'Load' : 'Download';
+    b.setAttribute('aria-label', `${b.textContent} ${c.label}`);
+    b.addEventListener('click', () => chooseModel(c.value));
+    li.append(text, b);
+    el.modelChoices.append(li);
   }
-  if (source && (!source.hub || !MODELS.some((m) => m.id === source.hub.id && m.revision === source.hub.revision))) {
-    const opt = new Option(`${source.label} (${current})`, current);
-    el.modelSelect.add(opt);
-  }
-  el.modelSelect.value = current
-    ? source?.hub && MODELS.some((m) => m.id === source.hub.id && m.revision === source.hub.revision)
-      ? `hf:${source.hub.id}@${source.hub.revision}`
-      : current
-    : `hf:${DEFAULT_MODEL.id}@${DEFAULT_MODEL.revision}`;
-  el.modelSelect.addEventListener('change', () => {
-    const p = new URLSearchParams(location.search);
-    const v = el.modelSelect.value;
-    if (v === `hf:${DEFAULT_MODEL.id}@${DEFAULT_MODEL.revision}`) p.delete('model');
-    else p.set('model', v);
-    location.search = p.toString();
-  });
 }
 
-function startLoad(persist) {
+const safeSource = (v) => {
+  try {
+    return parseModelParam(v, location.href);
+  } catch {
+    return null;
+  }
+};
+const safeKey = (v) => safeSource(v)?.key ?? null;
+
+/** A new choice: the page is reopened with it (the default model is the page without ?model=). */
+function chooseModel(value) {
+  const current = params.get('model');
+  const wanted = value === knownValue(DEFAULT_MODEL) ? null : value;
+  if ((current ?? null) === wanted || safeKey(current) === safeKey(value)) {
+    startLoad(params.get('nosave') !== '1' && !!navigator.storage?.getDirectory);
+    return;
+  }
+  const p = new URLSearchParams(location.search);
+  if (wanted) p.set('model', wanted);
+  else p.delete('model');
+  p.set('start', '1'); // a choice made on this page: start without asking again
+  location.search = p.toString();
+}
+
+/** Whether the ?model= value may start downloading without a click. */
+function startsByItself(src) {
+  if (params.get('start') === '1') return true;
+  if (!params.get('model')) return false;
+  if (src.kind !== 'gguf' && src.hub) return sameOriginReferrer();
+  return new URL(src.base).origin === location.origin || sameOriginReferrer();
+}
+
+function sameOriginReferrer() {
+  try {
+    return !!document.referrer && new URL(document.referrer).origin === location.origin;
+  } catch {
+    return false;
+  }
+}
+
+function showChoices(src, fromLink) {
+  el.modelChoices.hidden = false;
+  el.changeModel.hidden = true;
+  if (fromLink) {
+    el.modelAsk.hidden = false;
+    el.modelAsk.textContent =
+      `This link asks to download “${src.label}” from ${new URL(src.base).host}. ` +
+      'Nothing is downloaded until you choose it below.';
+    setModelState('choose', 'Choose the model to download.');
+  } else {
+    setModelState('choose', 'Choose a model: it is downloaded once and kept in this browser.');
+  }
+}
+
+async function startLoad(persist) {
   el.quotaActions.hidden = true;
   el.retryActions.hidden = true;
+  el.modelChoices.hidden = true;
+  el.modelAsk.hidden = true;
+  el.changeModel.hidden = false;
   modelReady = false;
+  loadFailure = null;
+  loadAbort?.abort();
+  const abort = (loadAbort = new AbortController());
   setModelState('loading', 'Preparing the model…');
   const kib = parseInt(params.get('chunk_kib') || '', 10);
-  worker.postMessage({
-    type: 'load',
-    model: params.get('model'),
-    chunkBytes: kib > 0 ? kib * 1024 : 0,
-    persist,
-    pageUrl: location.href,
-  });
+  const knob = (k) => (params.has(k) ? params.get(k) : undefined);
+  const old = captioner;
+  captioner = null;
+  old?.dispose();
+  try {
+    const c = await Captioner.load({
+      model: params.get('model') || undefined,
+      // ?store=q8_0|q4k: keep a safetensors download converted while it downloads (where this
+      // build has the converter, www/store_q8.js); by default the source as it is.
+      store: params.get('store') || 'as-is',
+      threads: plan.threads,
+      persist,
+      chunkBytes: kib > 0 ? kib * 1024 : 0,
+      signal: abort.signal,
+      onProgress,
+      onEvent: onLoadEvent,
+      tuning: {
+        minSplitMacs: knob('split_min'),
+        minSplitRows: knob('split_rows'),
+        kernelMinRows: knob('kernel_min'),
+        int8MinRows: knob('int8_min'),
+        relaxed: params.get('relaxed') === '0' ? false : undefined,
+      },
+    });
+    if (abort.signal.aborted) return c.dispose();
+    captioner = c;
+    onLoaded(c.info);
+  } catch (e) {
+    if (abort.signal.aborted) return;
+    onLoadError(e);
+  }
 }
 
 let sourceLabel = '';
@@ -193,8 +281,9 @@ const downloadText = (total) =>
   `Downloading ${sourceLabel} (${formatBytes(total)})` +
   (persisting ? ' — it is stored in this browser, so this happens once.' : ' — not stored: it is downloaded again next time.');
 const progressLog = []; // every progress report, for tests and the benchmark
-function onProgress(m) {
-  progressLog.push({ phase: m.phase, done: m.done, total: m.total, network: m.network, rate: m.rate, t: performance.now() });
+function onProgress(p) {
+  const m = { phase: p.phase, done: p.loadedBytes, total: p.totalBytes, network: p.networkBytes, rate: p.rate };
+  progressLog.push({ ...m, t: performance.now() });
   el.progressWrap.hidden = false;
   const frac = m.total ? m.done / m.total : 0;
   el.progress.value = frac;
@@ -221,15 +310,14 @@ function setPhase(state, text) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Worker messages
+// The module's load events
 
-function onWorkerMessage(e) {
-  const m = e.data;
-  switch (m.type) {
+function onLoadEvent(ev) {
+  switch (ev.type) {
     case 'wasm-ready': {
-      const b = m.build || {};
+      const b = ev.build || {};
       const threads = Number(b.threads) || 1;
-      const why = m.threadNote || (threads === 1 ? plan.why : null);
+      const why = ev.threadNote || (threads === 1 ? plan.why : null);
       el.backend.textContent =
         `Backend: WebAssembly${b.simd ? ' SIMD128' : ''}${b.relaxed ? ' + relaxed SIMD' : ''}` +
         `${b.int8 ? ` (q8_0: ${b.int8})` : ''} (candle, CPU) · ${threads} thread${threads === 1 ? '' : 's'}` +
@@ -241,103 +329,63 @@ function onWorkerMessage(e) {
       el.backend.dataset.simd = b.simd ? 'true' : 'false';
       break;
     }
-    case 'wasm-error':
-      wasmFailed = true;
-      showFatal(m.message);
-      setModelState('error', 'The captioner could not start.');
-      el.modelStatus.dataset.error = m.message;
-      break;
     case 'source':
-      sourceLabel = m.label;
+      sourceLabel = ev.label;
       break;
     case 'plan':
-      persisting = m.persist;
-      if (m.fromCache) setPhase('loading', `Loading ${sourceLabel} from this device…`);
-      else setPhase('downloading', downloadText(m.total));
-      el.modelStatus.dataset.total = m.total;
+      persisting = ev.persist;
+      if (ev.fromCache) setPhase('loading', `Loading ${sourceLabel} from this device…`);
+      else setPhase('downloading', downloadText(ev.total));
+      el.modelStatus.dataset.total = ev.total;
       break;
     case 'download-start':
       // Ask the browser to keep the model even under storage pressure.
       navigator.storage?.persist?.().catch(() => {});
       break;
-    case 'progress':
-      onProgress(m);
-      break;
     case 'retry':
-      el.progressText.textContent = `Connection interrupted (${m.message}); resuming…`;
-      break;
-    case 'loaded': {
-      modelReady = true;
-      modelFrames = m.frames || 1;
-      el.progressWrap.hidden = true;
-      const info = m.info || {};
-      const secs = (m.loadMs / 1000).toFixed(1);
-      setModelState(
-        'ready',
-        `Ready: ${m.label}${info.image_size ? ` · ${info.image_size}×${info.image_size} input` : ''}` +
-          `${info.quantized ? ' · quantized' : ''} · loaded in ${secs} s ${m.fromCache ? 'from this device' : 'after downloading'}` +
-          (m.persisted ? '' : ' (not stored: it will be downloaded again next time)')
-      );
-      Object.assign(el.modelStatus.dataset, {
-        loadMs: Math.round(m.loadMs),
-        fromCache: m.fromCache,
-        networkBytes: m.networkBytes,
-        wasmBytes: m.wasmBytes,
-      });
-      if (modelFrames > 1) el.file.accept = 'image/*,video/*';
-      refreshCache();
-      break;
-    }
-    case 'load-error':
-      el.progressWrap.hidden = true;
-      el.modelStatus.dataset.error = m.message;
-      if (wasmFailed) {
-        setModelState('error', 'The captioner could not start (see above).');
-        break;
-      }
-      setModelState('error', `The model could not be loaded: ${m.message}`);
-      if (m.code === 'quota') el.quotaActions.hidden = false;
-      else el.retryActions.hidden = false;
-      refreshCache();
-      break;
-    case 'cache-info':
-      showCache(m);
-      break;
-    case 'cache-error':
-      el.storageText.textContent = m.message;
-      break;
-    case 'caption-start':
-      onCaptionStart(m.id);
-      break;
-    case 'encoded': {
-      const it = items.get(m.id);
-      if (it === stageItem) {
-        el.captionStatus.textContent = 'Writing the caption…';
-        el.caption.dataset.encodeMs = Math.round(m.encodeMs);
-      }
-      break;
-    }
-    case 'token': {
-      const it = items.get(m.id);
-      if (!it) break;
-      it.text += m.text;
-      it.fragments++;
-      if (it === stageItem) {
-        el.caption.append(document.createTextNode(m.text));
-        el.caption.dataset.fragments = it.fragments;
-      }
-      break;
-    }
-    case 'done':
-      onCaptionDone(m);
-      break;
-    case 'cancelled':
-      onCaptionEnd(m.id, 'cancelled', 'Stopped.');
-      break;
-    case 'caption-error':
-      onCaptionEnd(m.id, 'error', m.message);
+      el.progressText.textContent = `Connection interrupted (${ev.message}); resuming…`;
       break;
   }
+}
+
+function onLoaded(info) {
+  modelReady = true;
+  modelFrames = info.frames || 1;
+  el.progressWrap.hidden = true;
+  const secs = (info.loadMs / 1000).toFixed(1);
+  setModelState(
+    'ready',
+    `Ready: ${info.model}${info.imageSize ? ` · ${info.imageSize}×${info.imageSize} input` : ''}` +
+      `${info.quantized ? ' · quantized' : ''} · loaded in ${secs} s ${info.fromCache ? 'from this device' : 'after downloading'}` +
+      (info.persisted ? '' : ' (not stored: it will be downloaded again next time)')
+  );
+  Object.assign(el.modelStatus.dataset, {
+    loadMs: Math.round(info.loadMs),
+    fromCache: info.fromCache,
+    networkBytes: info.networkBytes,
+    wasmBytes: info.wasmBytes,
+  });
+  if (modelFrames > 1) el.file.accept = 'image/*,video/*';
+  refreshCache();
+  for (const it of waiting.splice(0)) send(it);
+}
+
+function onLoadError(e) {
+  const message = e?.message || String(e);
+  loadFailure = message;
+  el.progressWrap.hidden = true;
+  el.modelStatus.dataset.error = message;
+  if (/WebAssembly module .*could not be loaded/.test(message)) {
+    wasmFailed = true;
+    showFatal(message);
+    setModelState('error', 'The captioner could not start (see above).');
+  } else {
+    setModelState('error', `The model could not be loaded: ${message}`);
+    if (e?.code === 'quota') el.quotaActions.hidden = false;
+    else el.retryActions.hidden = false;
+  }
+  for (const it of waiting.splice(0)) onCaptionEnd(it.id, 'error', `The model is not loaded: ${message}`);
+  refreshCache();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,7 +408,6 @@ function updateQueueNote() {
 
 /** Puts an item on the stage, moving the previous one to the history list. */
 function showOnStage(it) {
-  if (stageItem && stageItem !== it) archive(stageItem);
   stageItem = it;
   el.stage.hidden = false;
   el.stage.classList.toggle('no-image', !it.url);
@@ -386,36 +433,95 @@ function showOnStage(it) {
   updateQueueNote();
 }
 
-function archive(it) {
-  if (it.archived || !it.url) return;
-  it.archived = true;
-  const li = document.createElement('li');
-  const img = document.createElement('img');
-  img.src = it.url;
-  img.alt = it.alt || it.caption || '';
-  img.width = 96;
-  img.height = 96;
-  const body = document.createElement('div');
-  const p = document.createElement('p');
-  p.className = it.status === 'error' ? 'error' : '';
-  p.textContent = it.status === 'done' ? it.alt || it.caption : it.status === 'error' ? it.error : it.text ? `${it.text} (stopped)` : 'Stopped';
-  const name = document.createElement('p');
-  name.className = 'small muted';
-  name.textContent = it.name;
-  body.append(p, name);
-  li.append(img, body);
-  if (it.status === 'done') {
-    const b = document.createElement('button');
-    b.type = 'button';
-    b.textContent = 'Copy';
-    b.setAttribute('aria-label', `Copy alt text for ${it.name}`);
-    b.addEventListener('click', () => copyText(it.alt || it.caption, b));
-    li.append(b);
+// ---------------------------------------------------------------------------------------------
+// The batch: every image of this visit with its editable alt text, exportable as JSON or CSV.
+
+function renderRow(it) {
+  if (!it.row) {
+    const li = document.createElement('li');
+    const img = document.createElement('img');
+    img.alt = '';
+    img.width = 64;
+    img.height = 64;
+    if (it.url) img.src = it.url;
+    const body = document.createElement('div');
+    const name = document.createElement('p');
+    name.className = 'small muted';
+    name.textContent = it.name;
+    const status = document.createElement('p');
+    status.className = 'small row-status';
+    const ta = document.createElement('textarea');
+    ta.rows = 3;
+    ta.className = 'row-alt';
+    ta.setAttribute('aria-label', `Alt text for ${it.name}`);
+    ta.addEventListener('input', () => {
+      it.alt = ta.value;
+      it.altEdited = ta.value.trim() !== '' && ta.value !== it.caption;
+      if (it === stageItem) {
+        el.alt.value = ta.value;
+        el.preview.alt = ta.value;
+        el.copy.disabled = !ta.value;
+      }
+    });
+    const copy = document.createElement('button');
+    copy.type = 'button';
+    copy.textContent = 'Copy';
+    copy.setAttribute('aria-label', `Copy alt text for ${it.name}`);
+    copy.addEventListener('click', () => copyText(ta.value, copy));
+    body.append(name, ta, status);
+    li.append(img, body, copy);
+    li.dataset.id = it.id;
+    it.row = { li, ta, status, copy };
+    el.batch.append(li);
+    el.batchCard.hidden = false;
   }
-  el.history.prepend(li);
-  while (el.history.children.length > 30) el.history.lastElementChild.remove();
-  el.historyCard.hidden = false;
+  const { li, ta, status, copy } = it.row;
+  li.dataset.status = it.status;
+  if (document.activeElement !== ta) ta.value = it.alt || '';
+  ta.disabled = it.status === 'error';
+  copy.disabled = !(it.alt || '').trim();
+  status.classList.toggle('error', it.status === 'error');
+  status.textContent =
+    it.status === 'queued' ? 'Waiting…' : it.status === 'running' ? 'Captioning…' : it.status === 'error' ? it.error : it.status === 'cancelled' ? 'Stopped.' : '';
+  updateBatchActions();
 }
+
+function updateBatchActions() {
+  const done = [...items.values()].filter((it) => it.status === 'done');
+  el.exportJson.disabled = el.exportCsv.disabled = done.length === 0;
+  const queued = [...items.values()].filter(isActive).length;
+  el.batchStatus.textContent = `${done.length} of ${items.size} captioned${queued ? ` · ${queued} to go` : ''}.`;
+}
+
+function exportRows() {
+  return [...items.values()]
+    .filter((it) => it.status === 'done')
+    .map((it) => ({ file: it.name, alt: it.alt || '', caption: it.caption || '' }));
+}
+
+const csvCell = (v) => (/[",\n\r]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
+
+function download(name, type, text) {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(new Blob([text], { type }));
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+}
+
+function wireBatch() {
+  el.exportJson.addEventListener('click', () =>
+    download('alt-text.json', 'application/json', `${JSON.stringify(exportRows(), null, 2)}\n`)
+  );
+  el.exportCsv.addEventListener('click', () => {
+    const rows = exportRows().map((r) => [r.file, r.alt, r.caption].map(csvCell).join(','));
+    download('alt-text.csv', 'text/csv', `${['file,alt,caption', ...rows].join('\r\n')}\r\n`);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 
 function newItem(name, url) {
   const it = {
@@ -429,6 +535,9 @@ function newItem(name, url) {
     altEdited: false,
     caption: null,
     error: null,
+    input: null,
+    controller: new AbortController(),
+    row: null,
   };
   items.set(it.id, it);
   return it;
@@ -438,26 +547,53 @@ function newItem(name, url) {
 function addItem(name, url) {
   const it = newItem(name, url);
   if (!anyActiveExcept(it)) showOnStage(it);
+  renderRow(it);
   updateQueueNote();
   return it;
 }
 
-/** Hands an item's bytes (or frames) to the worker. */
-function send(it, bytes, mime) {
-  const msg = { type: 'caption', id: it.id, mime, options: currentOptions() };
-  if (Array.isArray(bytes)) {
-    msg.frames = bytes;
-    worker.postMessage(msg, bytes);
-  } else {
-    msg.bytes = bytes;
-    worker.postMessage(msg, [bytes]);
+/** Hands an item's image to the module (after the model has loaded). */
+function send(it) {
+  if (!captioner) {
+    if (loadFailure && !waiting.length && el.modelStatus.dataset.state === 'error') {
+      return onCaptionEnd(it.id, 'error', `The model is not loaded: ${loadFailure}`);
+    }
+    waiting.push(it);
+    return;
   }
+  const input = it.input;
+  it.input = null;
+  const c = captioner;
+  c.caption(input, {
+    ...currentOptions(),
+    signal: it.controller.signal,
+    onToken: (t) => {
+      if (it.status !== 'running') onCaptionStart(it.id);
+      onToken(it, t);
+    },
+    onEvent: (ev) => {
+      if (ev.type !== 'encoded') return;
+      if (it.status !== 'running') onCaptionStart(it.id);
+      if (it === stageItem) {
+        el.captionStatus.textContent = 'Writing the caption…';
+        el.caption.dataset.encodeMs = Math.round(ev.encodeMs);
+      }
+    },
+  }).then(
+    (r) => onCaptionDone(it.id, r),
+    (e) => {
+      if (e?.name === 'AbortError') onCaptionEnd(it.id, 'cancelled', 'Stopped.');
+      else onCaptionEnd(it.id, 'error', e?.message || String(e));
+    }
+  );
 }
 
-/** Sends bytes to the worker for captioning; returns the item id. Synchronous (a test hook). */
+/** Captions bytes (a test hook): returns the item id, synchronously. */
 function captionBytes(bytes, name = 'image', mime = '') {
-  const it = addItem(name, URL.createObjectURL(new Blob([bytes], mime ? { type: mime } : {})));
-  send(it, bytes, mime);
+  const blob = new Blob([bytes], mime ? { type: mime } : {});
+  const it = addItem(name, URL.createObjectURL(blob));
+  it.input = blob;
+  send(it);
   return it.id;
 }
 
@@ -508,18 +644,18 @@ async function handleFiles(fileList) {
     }
     accepted.push(f);
   }
-  if (!worker) return;
-  // Items (and the stage) first, in this task; then the bytes, in order.
-  const pending = accepted.map((f) => [f, addItem(f.name, URL.createObjectURL(f))]);
+  if (wasmFailed) return;
+  // Items (and the stage) first, in this task; then the images, in order.
+  const pending = accepted.map((f) => [f, addItem(f.webkitRelativePath || f.name, URL.createObjectURL(f))]);
   for (const [f, it] of pending) {
     try {
-      let bytes;
       if (modelFrames > 1) {
-        bytes = f.type.startsWith('video/') ? await videoFrames(f, modelFrames) : await repeatFrames(f, modelFrames);
+        const frames = f.type.startsWith('video/') ? await videoFrames(f, modelFrames) : await repeatFrames(f, modelFrames);
+        it.input = { frames };
       } else {
-        bytes = await f.arrayBuffer();
+        it.input = f;
       }
-      send(it, bytes, f.type);
+      send(it);
     } catch (e) {
       onCaptionEnd(it.id, 'error', `Could not read “${f.name}”: ${e.message || e}`);
     }
@@ -560,27 +696,39 @@ async function repeatFrames(file, n) {
 
 function onCaptionStart(id) {
   const it = items.get(id);
-  if (!it) return;
+  if (!it || it.status !== 'queued') return;
   it.status = 'running';
   if (it !== stageItem) showOnStage(it);
   el.caption.setAttribute('aria-busy', 'true');
   el.cancel.hidden = false;
-  el.captionStatus.textContent = modelReady ? 'Looking at the image…' : 'Waiting for the model to load…';
+  el.captionStatus.textContent = 'Looking at the image…';
+  renderRow(it);
   updateQueueNote();
 }
 
-function onCaptionDone(m) {
-  const it = items.get(m.id);
+function onToken(it, text) {
+  it.text += text;
+  it.fragments++;
+  if (it === stageItem) {
+    el.caption.append(document.createTextNode(text));
+    el.caption.dataset.fragments = it.fragments;
+  }
+}
+
+function onCaptionDone(id, r) {
+  const it = items.get(id);
   if (!it) return;
+  if (it.status === 'queued') onCaptionStart(id);
   it.status = 'done';
-  it.caption = m.caption;
-  if (!it.altEdited) it.alt = m.caption;
+  it.caption = r.text;
+  if (!it.altEdited) it.alt = r.text;
+  renderRow(it);
   if (it !== stageItem) return;
-  el.caption.textContent = m.caption;
-  const t = m.timings || {};
+  el.caption.textContent = r.text;
+  const t = r.timings || {};
   Object.assign(el.caption.dataset, {
     tokens: t.steps,
-    tokenIds: (m.tokenIds || []).join(','),
+    tokenIds: (r.tokenIds || []).join(','),
     encodeMs: Math.round(t.encodeMs),
     firstTokenMs: t.firstTextMs == null ? '' : Math.round(t.firstTextMs),
     decodeMs: Math.round(t.decodeMs),
@@ -591,6 +739,7 @@ function onCaptionDone(m) {
     splits: t.splits,
     int8Products: t.int8Products,
   });
+  if (r.note) el.caption.dataset.note = r.note;
   el.caption.setAttribute('aria-busy', 'false');
   el.caption.dataset.done = '';
   el.cancel.hidden = true;
@@ -598,13 +747,13 @@ function onCaptionDone(m) {
   if (it.altEdited) {
     el.altNote.hidden = false;
     el.altNote.textContent = 'Your alt text was kept.';
-    el.useCaption.hidden = m.caption === el.alt.value;
+    el.useCaption.hidden = r.text === el.alt.value;
   } else {
-    el.alt.value = m.caption;
+    el.alt.value = r.text;
   }
   el.preview.alt = it.alt;
   el.copy.disabled = !el.alt.value;
-  el.announce.textContent = m.caption ? `Caption: ${m.caption}` : 'The model wrote an empty caption.';
+  el.announce.textContent = r.text ? `Caption: ${r.text}` : 'The model wrote an empty caption.';
   updateQueueNote();
 }
 
@@ -613,6 +762,7 @@ function onCaptionEnd(id, status, message) {
   if (!it) return;
   it.status = status;
   if (status === 'error') it.error = message;
+  renderRow(it);
   if (it === stageItem) {
     if (status === 'error') {
       setCaptionError(message);
@@ -625,14 +775,20 @@ function onCaptionEnd(id, status, message) {
       el.announce.textContent = 'Caption stopped.';
     }
   }
+  // The next image takes the stage when it starts.
   updateQueueNote();
 }
 
+/** Stops a caption: the one on the stage, or the item `id`. */
 function cancel(id) {
-  if (!worker) return;
-  const target = id ?? (isActive(stageItem) ? stageItem.id : null);
-  if (target == null) return;
-  worker.postMessage({ type: 'cancel', id: target });
+  const it = id != null ? items.get(id) : isActive(stageItem) ? stageItem : null;
+  if (!it || !isActive(it)) return;
+  const i = waiting.indexOf(it);
+  if (i >= 0) {
+    waiting.splice(i, 1);
+    onCaptionEnd(it.id, 'cancelled', 'Stopped.');
+  }
+  it.controller.abort();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,6 +824,7 @@ function wireAltText() {
     stageItem.altEdited = el.alt.value.trim() !== '' && el.alt.value !== stageItem.caption;
     el.preview.alt = el.alt.value;
     el.copy.disabled = !el.alt.value;
+    renderRow(stageItem);
   });
   el.copy.addEventListener('click', () => copyText(el.alt.value, el.copy));
   el.useCaption.addEventListener('click', () => {
@@ -678,17 +835,23 @@ function wireAltText() {
     el.useCaption.hidden = true;
     el.altNote.hidden = true;
     el.copy.disabled = false;
+    renderRow(stageItem);
     el.alt.focus();
   });
 }
 
 // ---------------------------------------------------------------------------------------------
-// Input: picker, drag and drop, paste, keyboard
+// Input: picker, folder, drag and drop, paste, keyboard
 
 function wireInput() {
   el.file.addEventListener('change', () => {
     handleFiles(el.file.files);
     el.file.value = '';
+  });
+  el.folder.addEventListener('change', () => {
+    // A folder holds other files too: only its images are queued.
+    handleFiles([...el.folder.files].filter((f) => f.type.startsWith('image/')));
+    el.folder.value = '';
   });
   let depth = 0;
   document.addEventListener('dragenter', (e) => {
@@ -728,8 +891,12 @@ function wireInput() {
 // ---------------------------------------------------------------------------------------------
 // Storage
 
-function refreshCache() {
-  worker?.postMessage({ type: 'cache-info' });
+async function refreshCache() {
+  try {
+    showCache(captioner ? await captioner.storedModels() : await storedModels());
+  } catch (e) {
+    el.storageText.textContent = e.message;
+  }
 }
 
 function showCache(m) {
@@ -748,12 +915,22 @@ function showCache(m) {
 }
 
 function wireStorage() {
-  el.clearCache.addEventListener('click', () => {
+  el.clearCache.addEventListener('click', async () => {
     if (!confirm('Delete the stored models? They will be downloaded again when needed.')) return;
-    worker.postMessage({ type: 'clear-cache' });
+    try {
+      showCache(captioner ? await captioner.clearStoredModels() : (await clearStoredModels(), await storedModels()));
+    } catch (e) {
+      el.storageText.textContent = e.message;
+    }
   });
   el.loadNoSave.addEventListener('click', () => startLoad(false));
   el.retryLoad.addEventListener('click', () => startLoad(params.get('nosave') !== '1'));
+  el.changeModel.addEventListener('click', async () => {
+    el.changeModel.hidden = true;
+    el.modelChoices.hidden = false;
+    renderChoices((await storedModels().catch(() => ({ entries: [] }))).entries);
+    el.modelChoices.querySelector('button')?.focus();
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -776,51 +953,53 @@ async function registerServiceWorker() {
 
 // ---------------------------------------------------------------------------------------------
 
-function main() {
+async function main() {
   presetOptions();
   wireAltText();
   wireInput();
   wireStorage();
-  populateModelSelect();
-  window.gitcap = { captionBytes, cancel, items, progressLog, get worker() { return worker; } };
+  wireBatch();
+  window.gitcap = { captionBytes, cancel, items, progressLog, get captioner() { return captioner; } };
 
-  if (typeof WebAssembly !== 'object' || !WebAssembly.validate) {
-    showFatal('This browser cannot run WebAssembly, which the captioner needs. Try a current Chrome, Edge, Firefox or Safari.');
-    setModelState('error', 'WebAssembly is not available.');
-    el.modelStatus.dataset.error = 'no WebAssembly';
+  const s = support();
+  if (!s.ok) {
+    showFatal(s.message);
+    setModelState('error', s.reason === 'no-simd' ? 'WebAssembly SIMD is not available.' : 'WebAssembly is not available.');
+    el.modelStatus.dataset.error = s.reason === 'no-simd' ? 'no WebAssembly SIMD' : 'no WebAssembly';
+    wasmFailed = true;
     return;
   }
-  if (!WebAssembly.validate(SIMD_PROBE)) {
-    showFatal(
-      'This browser does not support WebAssembly SIMD, which the captioner needs. ' +
-        'Chrome 91+, Edge 91+, Firefox 89+ and Safari 16.4+ do; please update your browser.'
-    );
-    setModelState('error', 'WebAssembly SIMD is not available.');
-    el.modelStatus.dataset.error = 'no WebAssembly SIMD';
-    return;
-  }
+  let src;
   try {
-    parseModelParam(params.get('model'), location.href);
+    src = parseModelParam(params.get('model'), location.href);
   } catch (e) {
     showFatal(e.message);
     setModelState('error', e.message);
     el.modelStatus.dataset.error = e.message;
+    wasmFailed = true;
     return;
   }
-  const workerUrl = new URL('./worker.js', import.meta.url);
-  workerUrl.searchParams.set('threads', String(plan.threads));
-  for (const knob of ['split_min', 'split_rows', 'kernel_min', 'int8_min', 'relaxed']) {
-    if (params.has(knob)) workerUrl.searchParams.set(knob, params.get(knob));
-  }
-  worker = new Worker(workerUrl, { type: 'module', name: 'gitcap-model' });
-  worker.onmessage = onWorkerMessage;
-  worker.onerror = (e) => {
-    showFatal(`The captioner stopped: ${e.message || 'worker error'}`);
-    setModelState('error', 'The captioner stopped.');
-  };
-  startLoad(params.get('nosave') !== '1' && !!navigator.storage?.getDirectory);
-  refreshCache();
   registerServiceWorker();
+  const persist = params.get('nosave') !== '1' && !!navigator.storage?.getDirectory;
+  const stored = (await storedModels().catch(() => ({ entries: [] }))).entries;
+  showCache({ entries: stored, available: !!navigator.storage?.getDirectory });
+  renderChoices(stored);
+  const isStored = (key) => stored.some((e) => e.complete && e.source === key && e.store === 'as-is');
+  if ((persist && isStored(src.key)) || startsByItself(src)) return startLoad(persist);
+  if (!params.get('model')) {
+    // No model named: one already stored here loads by itself.
+    const known = MODELS.map((m) => parseModelParam(knownValue(m), location.href)).find((x) => isStored(x.key));
+    if (known && persist) {
+      const p = new URLSearchParams(location.search);
+      if (known.key !== src.key) {
+        p.set('model', `hf:${known.hub.id}@${known.hub.revision}`);
+        history.replaceState(null, '', `?${p}`);
+        params.set('model', p.get('model'));
+      }
+      return startLoad(persist);
+    }
+  }
+  showChoices(src, !!params.get('model'));
 }
 
 main();

@@ -1,11 +1,11 @@
-// Where models come from. Shared by the page (app.js) and the model worker (worker.js).
+// Where models come from. Shared by the page side (gitcap.js, app.js) and the model worker.
 //
 // Assumption (no network where this was written, so it could not be checked): the Hugging Face
 // hub's `microsoft/git-large-r-coco` has only pytorch_model.bin on `main`, and model.safetensors
 // at the revision `refs/pr/1` (the safetensors conversion pull request). For
 // `microsoft/git-base-coco` the revision is assumed to be `main`. Both are plain settings below;
 // when a revision turns out to have no model.safetensors, the worker looks through the repo's
-// pull-request refs for one that has (see findSafetensorsRevision in worker.js) and says so.
+// pull-request refs for one that has (see findSafetensorsRevision in hub.js) and says so.
 
 export const HUB = 'https://huggingface.co';
 
@@ -14,13 +14,18 @@ export const MODELS = [
     id: 'microsoft/git-large-r-coco',
     revision: 'refs/pr/1',
     label: 'GIT large (COCO)',
-    note: 'best captions · about 1.6 GB download',
+    note: 'best captions',
+    // model.safetensors (f32) and the small files; stored as they are ('as-is').
+    downloadBytes: 1_577_000_000,
+    storedBytes: 1_577_000_000,
   },
   {
     id: 'microsoft/git-base-coco',
     revision: 'main',
     label: 'GIT base (COCO)',
-    note: 'faster, smaller · about 0.7 GB download',
+    note: 'faster, smaller',
+    downloadBytes: 707_000_000,
+    storedBytes: 707_000_000,
   },
 ];
 

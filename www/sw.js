@@ -3,12 +3,20 @@
 // model worker in OPFS, not here. Strategy: network first (so updates show at once), the cache
 // when the network fails or is slow. Model files and ranged requests pass straight through.
 
-const CACHE = 'gitcap-shell-v4';
+const CACHE = 'gitcap-shell-v5';
 const SHELL = [
   './',
   'index.html',
   'app.js',
+  // The module the page runs on (gitcap.js and the worker's modules).
+  'gitcap.js',
   'worker.js',
+  'protocol.js',
+  'wasm.js',
+  'model.js',
+  'storage.js',
+  'download.js',
+  'hub.js',
   'models.js',
   'store_q8.js',
   'style.css',

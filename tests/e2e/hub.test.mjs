@@ -1,5 +1,5 @@
 // The default model source, the Hugging Face hub, with the hub played by Playwright (there is
-// no network here): the page asks the hub's tree API for the file list and the LFS SHA-256s,
+// no network here): after a click on the model (nothing downloads before), the page asks the hub's tree API for the file list and the LFS SHA-256s,
 // fetches `resolve/refs%2Fpr%2F1/...` with Range requests, and checks what arrives.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -72,6 +72,11 @@ test('by default the page loads microsoft/git-large-r-coco at refs/pr/1 from the
     await fakeHub(b.context, 'microsoft/git-large-r-coco', { main: ['config.json', 'tokenizer.json'], 'refs/pr/1': FILES });
     const page = await b.context.newPage();
     await page.goto(`${server.url}?chunk_kib=1024`);
+    // Nothing is downloaded before a click: the page offers the models with their sizes.
+    await page.waitForSelector('#model-status[data-state=choose]');
+    assert.match(await page.textContent('#model-choices'), /GIT large \(COCO\).*1\.6 GB download/);
+    assert.deepEqual(requests.filter((q) => q.url.startsWith(HUB)), [], 'no request to the hub before the click');
+    await page.click('#model-choices button[data-model="hf:microsoft/git-large-r-coco@refs/pr/1"]');
     await chooseFile(page, CHELSEA);
     const r = await captionResult(page);
     assert.ok(r.done, JSON.stringify(r));
@@ -98,6 +103,10 @@ test('a hub revision without model.safetensors is explained, with the revision t
     );
     const page = await b.context.newPage();
     await page.goto(`${server.url}?model=hf:microsoft/git-base-coco@main`);
+    // A ?model= link (not from this site) asks before downloading.
+    await page.waitForSelector('#model-status[data-state=choose]');
+    assert.ok(await page.isVisible('#model-ask'));
+    await page.click('#model-choices button[data-model="hf:microsoft/git-base-coco@main"]');
     await page.waitForSelector('#model-status[data-state=error]');
     const msg = await page.getAttribute('#model-status', 'data-error');
     assert.match(msg, /no model\.safetensors/);

@@ -1,0 +1,64 @@
+// examples/blog and examples/upload, served from the repository root with the module as build.sh
+// assembles it: the blog post's images without alt get the CLI's captions (the decorative one
+// keeps alt=""), and the upload form suggests the CLI's caption, which never replaces text the
+// person typed.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startServer, launch, nativeCaption, IMAGES, ROOT } from './helpers.mjs';
+import { ensureModule } from './module-helpers.mjs';
+
+let server;
+let browser;
+let site;
+before(async () => {
+  // The repository's layout, with the module as build.sh assembles it: examples/, dist/gitcap/,
+  // tests/images/.
+  site = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-examples-'));
+  for (const d of ['examples/blog', 'examples/upload', 'tests/images']) {
+    fs.cpSync(path.join(ROOT, d), path.join(site, d), { recursive: true });
+  }
+  fs.cpSync(ensureModule(), path.join(site, 'dist/gitcap'), { recursive: true });
+  // Without COOP/COEP, so single-threaded: the threaded build has its own tests (threads.test.mjs),
+  // and beside another test file on this 2-core machine the blog's threaded page stalled its
+  // captions for minutes (2 runs of 2; single-threaded, 1 of 1 passed beside the same file).
+  server = await startServer({ dir: site, isolation: false });
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+  if (site) fs.rmSync(site, { recursive: true, force: true });
+});
+
+test('examples/blog: images without alt get the CLI caption; the decorative one is left alone', async () => {
+  const page = await browser.context.newPage();
+  page.on('pageerror', (e) => console.error('# page error:', e.message));
+  await page.goto(`${server.url}examples/blog/?model=/models/tiny-coco/`);
+  await page.waitForSelector('body[data-done]', { state: 'attached' });
+  const alts = await page.$$eval('#post img', (imgs) => imgs.map((i) => ({ src: i.getAttribute('src'), alt: i.getAttribute('alt'), gen: i.dataset.altGenerated ?? null })));
+  assert.deepEqual(alts, [
+    { src: '../../tests/images/chelsea.png', alt: nativeCaption(path.join(IMAGES, 'chelsea.png')).text, gen: 'gitcap' },
+    { src: '../../tests/images/rocket.jpg', alt: nativeCaption(path.join(IMAGES, 'rocket.jpg')).text, gen: 'gitcap' },
+    { src: '../../tests/images/logo.png', alt: '', gen: null },
+  ]);
+  await page.close();
+});
+
+test('examples/upload: the chosen photo gets the CLI caption as an editable suggestion; typed text stays', async () => {
+  const page = await browser.context.newPage();
+  page.on('pageerror', (e) => console.error('# page error:', e.message));
+  await page.goto(`${server.url}examples/upload/?model=/models/tiny-coco/`);
+  await page.setInputFiles('#photo', path.join(IMAGES, 'chelsea.png'));
+  await page.waitForSelector('#alt[data-suggested]', { state: 'attached' });
+  assert.equal(await page.inputValue('#alt'), nativeCaption(path.join(IMAGES, 'chelsea.png')).text);
+  assert.match(await page.textContent('#hint'), /suggested/);
+  // The person edits it; another photo does not replace their words.
+  await page.fill('#alt', 'My cat on the windowsill');
+  await page.setInputFiles('#photo', path.join(IMAGES, 'rocket.jpg'));
+  await page.waitForFunction(() => document.getElementById('preview').src.startsWith('blob:'));
+  assert.equal(await page.inputValue('#alt'), 'My cat on the windowsill');
+  await page.close();
+});
