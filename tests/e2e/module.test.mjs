@@ -290,18 +290,23 @@ test('load: an aborted download rejects with AbortError; dispose ends the captio
   assert.match(r.after, /disposed/);
 });
 
-test('store: a wrong value is refused; q8_0/q4k of safetensors are refused as not yet supported', async () => {
+test('store: a wrong value is refused; q8_0 of a safetensors source is converted while downloading (the CLI\'s quantized ids)', async () => {
   const r = await page.evaluate(async () => {
-    const outcome = (store) =>
-      M.Captioner.load({ model: '/models/tiny-coco/', store, threads: 1, persist: false }).then(
-        (c) => (c.dispose(), 'loaded'),
-        (e) => e.message
-      );
-    return { bad: await outcome('q9'), q8: await outcome('q8_0'), q4k: await outcome('q4k') };
+    const bad = await M.Captioner.load({ model: '/models/tiny-coco/', store: 'q9', threads: 1, persist: false }).then(
+      (c) => (c.dispose(), 'loaded'),
+      (e) => e.message
+    );
+    const c = await M.Captioner.load({ model: '/models/tiny-coco/', store: 'q8_0', threads: 1, persist: false });
+    const out = { bad, info: c.info, ids: (await c.caption('images/chelsea.png')).tokenIds };
+    c.dispose();
+    return out;
   });
   assert.match(r.bad, /store must be one of 'q8_0', 'q4k', 'as-is'; got "q9"/);
-  assert.match(r.q8, /store: 'q8_0' .* not yet supported/);
-  assert.match(r.q4k, /store: 'q4k' .* not yet supported/);
+  assert.equal(r.info.weights, 'q8_0', JSON.stringify(r.info));
+  // `gitcap quantize` of the same folder, captioned by the CLI with the page's integer-kernel form.
+  const form = /relaxed/.test(r.info.backend) ? 'relaxed' : 'portable';
+  const native = nativeCaption(CHELSEA, [], { model: path.join(ggufDir, 'tiny-q8_0.gguf'), int8: form });
+  assert.deepEqual(r.ids, native.token_ids);
 });
 
 test('a q8_0 .gguf source: store q8_0 keeps it as it is, info says q8_0, and ids equal the CLI on the same file', async () => {
