@@ -385,6 +385,17 @@ mod tests {
         }
     }
 
+    /// x (m × k) and w (n × k) with varied values of both signs, the same on every run.
+    fn operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = (0..m * k)
+            .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
+            .collect();
+        let w = (0..n * k)
+            .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
+            .collect();
+        (x, w)
+    }
+
     /// A weight packed ahead gives the same bits as one packed per product, and unpacks to
     /// itself: whole and partial panels, several KC blocks with a remainder, a column range
     /// that starts at a later panel.
@@ -400,12 +411,7 @@ mod tests {
             (25, 64, KC, 32, 64),
             (257, 100, 1024, 32, 97),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
-                .collect();
+            let (x, w) = operands(m, n, k);
             let packed_w = PackedWeight::new(&w, n, k);
             assert_eq!(packed_w.unpack(), w, "({n}, {k}) unpacked");
             let packed_x = PackedX::new(&x, m, k);
@@ -454,12 +460,7 @@ mod tests {
             (12, 32, 64, 0, 32),
             (257, 100, 1024, 3, 97),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
-                .collect();
+            let (x, w) = operands(m, n, k);
             let start: Vec<f32> = (0..m * n).map(|i| (i % 13) as f32).collect();
             let mut c = start.clone();
             // SAFETY: available() above; c is m × n and only this thread's.
