@@ -17,7 +17,8 @@ if [ ${#TARGETS[@]} = 0 ]; then
 fi
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# The version this was last run with (a newer one may need a newer toolchain than the stable one).
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
 cargo +nightly fuzz build
 
 run_one() {
