@@ -19,7 +19,9 @@ use sha2::Digest;
 use crate::captioner::ModelFiles;
 use crate::gguf::QuantType;
 use crate::quantize::{check_files, encode, padding, Plan, Progress, QuantizeSummary};
-use crate::stream_load::{corrupt, header_len, parse_header, Elem, Entry};
+use crate::stream_load::{
+    corrupt, header_len, parse_header, take_front, truncation, Elem, Entry, Phase,
+};
 use crate::{Error, Result};
 
 /// Values decoded and converted per step, bounding the scratch memory (64 KB of f32).
@@ -27,16 +29,6 @@ const PIECE: usize = 16 * 1024;
 
 const STATE_MAGIC: &[u8; 4] = b"GCQS";
 const STATE_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Reading the 8-byte header length.
-    Len,
-    /// Reading the JSON header of this many bytes.
-    Header(u64),
-    /// Reading tensor data.
-    Data,
-}
 
 /// A safetensors file being converted to GGUF as it arrives; see the module documentation.
 pub struct QuantizeStream {
@@ -79,11 +71,21 @@ impl QuantizeStream {
     /// `general.name` (`gitcap quantize` records its `--model` argument).
     pub fn new(files: ModelFiles, quant_type: QuantType, source_name: &str) -> Result<Self> {
         let config = check_files(&files, "the checkpoint")?;
-        Ok(Self {
+        Ok(Self::at_start(
             quant_type,
-            source_name: source_name.to_string(),
+            source_name.to_string(),
             files,
-            tied: config.tie_word_embeddings,
+            config.tie_word_embeddings,
+        ))
+    }
+
+    /// A stream before its first byte (`new`, and `resume` before it restores the position).
+    fn at_start(quant_type: QuantType, source_name: String, files: ModelFiles, tied: bool) -> Self {
+        Self {
+            quant_type,
+            source_name,
+            files,
+            tied,
             phase: Phase::Len,
             head: Vec::with_capacity(8),
             header_json: Vec::new(),
@@ -99,7 +101,7 @@ impl QuantizeStream {
             carry_len: 0,
             pending: Vec::new(),
             failed: None,
-        })
+        }
     }
 
     /// Source bytes consumed so far: where a resumed download continues.
@@ -183,36 +185,20 @@ impl QuantizeStream {
 
     fn push_inner(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) -> Result<()> {
         while !chunk.is_empty() {
-            let n = match self.phase {
-                Phase::Len => {
-                    let n = (8 - self.head.len()).min(chunk.len());
-                    self.head.extend_from_slice(&chunk[..n]);
-                    if self.head.len() == 8 {
-                        let len = header_len(&self.head)?;
-                        self.head.clear();
-                        self.phase = Phase::Header(len);
-                    }
-                    n
+            let n = if self.phase == Phase::Data {
+                if self.next == self.entries.len() {
+                    return Err(corrupt(format!(
+                        "it is longer than its header says ({} bytes)",
+                        self.source_len().unwrap_or_default()
+                    )));
                 }
-                Phase::Header(len) => {
-                    let want = (len - self.head.len() as u64) as usize;
-                    let n = want.min(chunk.len());
-                    self.head.extend_from_slice(&chunk[..n]);
-                    if self.head.len() as u64 == len {
-                        let head = std::mem::take(&mut self.head);
-                        self.start_data(head, out)?;
-                    }
-                    n
+                self.take(chunk, out)?
+            } else {
+                let (n, header) = take_front(&mut self.phase, &mut self.head, chunk)?;
+                if let Some(head) = header {
+                    self.start_data(head, out)?;
                 }
-                Phase::Data => {
-                    if self.next == self.entries.len() {
-                        return Err(corrupt(format!(
-                            "it is longer than its header says ({} bytes)",
-                            self.source_len().unwrap_or_default()
-                        )));
-                    }
-                    self.take(chunk, out)?
-                }
+                n
             };
             self.received += n as u64;
             chunk = &chunk[n..];
@@ -309,32 +295,19 @@ impl QuantizeStream {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        match self.phase {
-            Phase::Len => Err(Error::model(format!(
-                "the weights file is truncated: got {} bytes, not even the 8-byte header length",
-                self.received
-            ))),
-            Phase::Header(len) => Err(Error::model(format!(
-                "the weights file is truncated: got {} bytes, its header alone needs {}",
-                self.received,
-                8 + len
-            ))),
-            Phase::Data if self.next < self.entries.len() => Err(Error::model(format!(
-                "the weights file is truncated: got {} of {} bytes",
-                self.received,
-                self.source_len().unwrap_or_default()
-            ))),
-            Phase::Data => {
-                let len = self.output_len().expect("planned");
-                if self.emitted != len {
-                    return Err(Error::model(format!(
-                        "internal error: produced {} GGUF bytes, planned {len}",
-                        self.emitted
-                    )));
-                }
-                Ok(self.plan.expect("planned").summary(len))
-            }
+        let total = self.source_len().unwrap_or_default();
+        let missing = self.next < self.entries.len();
+        if let Some(e) = truncation(self.phase, self.received, total, missing) {
+            return Err(e);
         }
+        let len = self.output_len().expect("planned");
+        if self.emitted != len {
+            return Err(Error::model(format!(
+                "internal error: produced {} GGUF bytes, planned {len}",
+                self.emitted
+            )));
+        }
+        Ok(self.plan.expect("planned").summary(len))
     }
 
     /// The stream's position and carries as a byte blob for [`QuantizeStream::resume`]: a few
@@ -440,25 +413,9 @@ impl QuantizeStream {
         let emitted = r.u64()?;
         let phase = r.u8()?;
         let mut s = QuantizeStream {
-            quant_type,
-            source_name,
-            files: ModelFiles::default(),
-            tied,
-            phase: Phase::Len,
-            head: Vec::new(),
-            header_json: Vec::new(),
             received,
             emitted,
-            data_len: 0,
-            entries: Vec::new(),
-            plan: None,
-            gguf_header_len: 0,
-            next: 0,
-            taken: 0,
-            carry: [0; 8],
-            carry_len: 0,
-            pending: Vec::new(),
-            failed: None,
+            ..Self::at_start(quant_type, source_name, ModelFiles::default(), tied)
         };
         match phase {
             0 => {

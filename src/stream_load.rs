@@ -96,14 +96,69 @@ pub(crate) struct Entry {
     pub(crate) end: u64,
 }
 
-#[derive(Debug)]
-enum Phase {
+/// Where a safetensors file arriving in chunks is; shared by this loader and the quantizing
+/// stream (`quantize_stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
     /// Reading the 8-byte little-endian header length.
     Len,
     /// Reading the JSON header of this many bytes.
     Header(u64),
-    /// Reading tensor data; `next` indexes `entries`.
+    /// Reading tensor data.
     Data,
+}
+
+/// Takes from `chunk` what the file's front (its 8-byte length, then its JSON header) still
+/// needs, gathering it in `head`: the bytes taken, and the whole JSON header once it is
+/// complete (the caller then moves on to `Phase::Data`).
+pub(crate) fn take_front(
+    phase: &mut Phase,
+    head: &mut Vec<u8>,
+    chunk: &[u8],
+) -> Result<(usize, Option<Vec<u8>>)> {
+    match *phase {
+        Phase::Len => {
+            let n = (8 - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..n]);
+            if head.len() == 8 {
+                *phase = Phase::Header(header_len(head)?);
+                head.clear();
+            }
+            Ok((n, None))
+        }
+        Phase::Header(len) => {
+            let n = ((len - head.len() as u64) as usize).min(chunk.len());
+            head.extend_from_slice(&chunk[..n]);
+            let done = head.len() as u64 == len;
+            Ok((n, done.then(|| std::mem::take(head))))
+        }
+        Phase::Data => unreachable!("take_front is for the file's front"),
+    }
+}
+
+/// The error for a file that ended after `received` bytes in `phase`, `total` bytes being what
+/// its header describes; `None` where nothing is missing (`tensors_missing` false in
+/// `Phase::Data`).
+pub(crate) fn truncation(
+    phase: Phase,
+    received: u64,
+    total: u64,
+    tensors_missing: bool,
+) -> Option<Error> {
+    let msg = match phase {
+        Phase::Len => format!(
+            "the weights file is truncated: got {received} bytes, not even the 8-byte header length"
+        ),
+        Phase::Header(len) => format!(
+            "the weights file is truncated: got {received} bytes, its header alone needs {}",
+            8 + len
+        ),
+        Phase::Data if tensors_missing => {
+            format!("the weights file is truncated: got {received} of {total} bytes")
+        }
+        Phase::Data => return None,
+    };
+    Some(Error::model(msg))
 }
 
 /// A safetensors file being received in chunks; see the module documentation.
@@ -215,45 +270,27 @@ impl SafetensorsStream {
 
     fn push_inner(&mut self, mut chunk: &[u8]) -> Result<()> {
         while !chunk.is_empty() {
-            match self.phase {
-                Phase::Len => {
-                    let n = (8 - self.head.len()).min(chunk.len());
-                    self.head.extend_from_slice(&chunk[..n]);
-                    self.received += n as u64;
-                    chunk = &chunk[n..];
-                    if self.head.len() == 8 {
-                        let len = header_len(&self.head)?;
-                        self.head.clear();
-                        self.phase = Phase::Header(len);
-                    }
+            let n = if self.phase == Phase::Data {
+                if self.next == self.entries.len() {
+                    return Err(corrupt(format!(
+                        "it is longer than its header says ({} bytes)",
+                        8 + self.header_len + self.data_len
+                    )));
                 }
-                Phase::Header(len) => {
-                    let want = (len - self.head.len() as u64) as usize;
-                    let n = want.min(chunk.len());
-                    self.head.extend_from_slice(&chunk[..n]);
-                    self.received += n as u64;
-                    chunk = &chunk[n..];
-                    if self.head.len() as u64 == len {
-                        let head = std::mem::take(&mut self.head);
-                        (self.entries, self.data_len) = parse_header(&head)?;
-                        self.next = 0;
-                        self.header_len = len;
-                        self.phase = Phase::Data;
-                        self.start_next()?;
-                    }
+                self.take(chunk)?
+            } else {
+                let (n, header) = take_front(&mut self.phase, &mut self.head, chunk)?;
+                if let Some(head) = header {
+                    self.header_len = head.len() as u64;
+                    (self.entries, self.data_len) = parse_header(&head)?;
+                    self.next = 0;
+                    self.phase = Phase::Data;
+                    self.start_next()?;
                 }
-                Phase::Data => {
-                    if self.next == self.entries.len() {
-                        return Err(corrupt(format!(
-                            "it is longer than its header says ({} bytes)",
-                            8 + self.header_len + self.data_len
-                        )));
-                    }
-                    let n = self.take(chunk)?;
-                    self.received += n as u64;
-                    chunk = &chunk[n..];
-                }
-            }
+                n
+            };
+            self.received += n as u64;
+            chunk = &chunk[n..];
         }
         Ok(())
     }
@@ -355,22 +392,11 @@ impl SafetensorsStream {
         if let Some(msg) = self.failed {
             return Err(Error::model(msg));
         }
-        match self.phase {
-            Phase::Len => Err(Error::model(format!(
-                "the weights file is truncated: got {} bytes, not even the 8-byte header length",
-                self.received
-            ))),
-            Phase::Header(len) => Err(Error::model(format!(
-                "the weights file is truncated: got {} bytes, its header alone needs {}",
-                self.received,
-                8 + len
-            ))),
-            Phase::Data if self.next < self.entries.len() => Err(Error::model(format!(
-                "the weights file is truncated: got {} of {} bytes",
-                self.received,
-                8 + self.header_len + self.data_len
-            ))),
-            Phase::Data => Ok(self.tensors),
+        let total = 8 + self.header_len + self.data_len;
+        let missing = self.next < self.entries.len();
+        match truncation(self.phase, self.received, total, missing) {
+            Some(e) => Err(e),
+            None => Ok(self.tensors),
         }
     }
 }
