@@ -132,12 +132,17 @@ pub fn disable_wide() {
 
 /// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let rows = x.dim(0)?;
-    let f32s = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
-    if !(takes(rows) || wide(rows)) || !f32s || !x.device().is_cpu() {
+    if !kernel_takes(x, w)? {
         return Ok(x.matmul(&w.t()?)?);
     }
     Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT::default())?)
+}
+
+/// Whether this module's kernels take the product x · wᵀ (f32 on the CPU, rows they take).
+fn kernel_takes(x: &Tensor, w: &Tensor) -> Result<bool> {
+    let rows = x.dim(0)?;
+    let f32s = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
+    Ok((takes(rows) || wide(rows)) && f32s && x.device().is_cpu())
 }
 
 /// `(x · wᵀ) · scale` (attention's scores): where the kernel takes the product, the scaling is
@@ -145,9 +150,7 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// (`v · scale + 0`, the same bits), instead of in a pass of its own; natively such a pass is
 /// handed to candle's spinning thread pool, which then competes with the products' threads.
 pub fn matmul_t_scaled(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
-    let rows = x.dim(0)?;
-    let f32s = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
-    if !(takes(rows) || wide(rows)) || !f32s || !x.device().is_cpu() {
+    if !kernel_takes(x, w)? {
         return Ok((x.matmul(&w.t()?)? * scale)?);
     }
     let factor = scale as f32;
@@ -423,10 +426,9 @@ impl CustomOp2 for MatmulT<'_> {
             candle_core::bail!("matmul_t: bias does not match the {n} columns")
         }
         // The wasm build's loops first: natively they run only when the tests ask for them.
-        let few_rows = m < FEW_ROWS_BELOW.load(Ordering::Relaxed);
         let out = if applies(m) {
             multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
-        } else if !few_rows && wide(m) {
+        } else if wide_takes(m) {
             #[cfg(target_arch = "x86_64")]
             {
                 multiply_wide(
