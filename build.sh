@@ -83,8 +83,8 @@ OUT_RELAXED=www/pkg-threads-relaxed
 
 # The module: the files of www/ that the page side and the worker import (one implementation,
 # shared with the demo page), module/'s package.json, gitcap.d.ts and README.md, and the wasm
-# builds www/ has. store_q8.js (quantizing while downloading) joins when it exists.
-MODULE_FILES=(gitcap.js worker.js protocol.js wasm.js model.js storage.js download.js hub.js models.js)
+# builds www/ has.
+MODULE_FILES=(gitcap.js worker.js protocol.js wasm.js model.js storage.js download.js hub.js models.js store_q8.js)
 # GITCAP_MODULE_OUT: another folder than dist/gitcap (the tests, which run in parallel, each
 # assemble their own).
 MODULE_OUT=${GITCAP_MODULE_OUT:-dist/gitcap}
@@ -93,7 +93,6 @@ build_module() {
     rm -rf "$MODULE_OUT"
     mkdir -p "$MODULE_OUT"
     for f in "${MODULE_FILES[@]}"; do cp "www/$f" "$MODULE_OUT/"; done
-    [ ! -f www/store_q8.js ] || cp www/store_q8.js "$MODULE_OUT/"
     cp module/package.json module/gitcap.d.ts module/README.md "$MODULE_OUT/"
     for d in pkg pkg-relaxed pkg-threads pkg-threads-relaxed; do
         if [ -f "www/$d/gitcap.js" ]; then

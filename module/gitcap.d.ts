@@ -33,8 +33,8 @@ export type CaptionEvent = { type: 'encoded'; encodeMs: number; wasmBytes: numbe
 export interface LoadOptions {
   /** Default: the default hub checkpoint (MODELS[0]). */
   model?: ModelSource;
-  /** Default: 'as-is' in this build ('q8_0' and 'q4k' are refused as not yet supported, except for a
-   *  source that is already a .gguf file, which is kept as it is). */
+  /** Default: 'as-is'. 'q8_0' and 'q4k' convert f32/f16 safetensors to a GGUF while downloading
+   *  and keep that; a source that is already a .gguf file is kept as it is. */
   store?: StoreChoice;
   /** Default: all cores when the page is cross-origin isolated, else 1. */
   threads?: number;

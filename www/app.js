@@ -249,8 +249,8 @@ async function startLoad(persist) {
   try {
     const c = await Captioner.load({
       model: params.get('model') || undefined,
-      // ?store=q8_0|q4k: keep a safetensors download converted while it downloads (where this
-      // build has the converter, www/store_q8.js); by default the source as it is.
+      // ?store=q8_0|q4k: keep a safetensors download converted while it downloads
+      // (www/store_q8.js); by default the source as it is.
       store: params.get('store') || 'as-is',
       threads: plan.threads,
       persist,

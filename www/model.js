@@ -8,47 +8,22 @@ import { STORE_CHOICES, errorMessage } from './protocol.js';
 import { MANIFEST, storeRoot, keyDirName, readJson, writeFile, writeJson, fileSize, quotaError, storageEstimate } from './storage.js';
 import { DEFAULT_CHUNK, Progress, CacheDamaged, streamFile, fetchSmall, clearFileChunks, chunkName } from './download.js';
 import { wasm, wasmBytes, peakBytes, plain, buildInfo, sha256Hex, newSha256, isTrap, maybeTrap } from './wasm.js';
+import { downloadConverted } from './store_q8.js';
 
 // ---------------------------------------------------------------------------------------------
 // How the weights are kept (Captioner.load's `store`): the one place that decides it.
 
-// store_q8.js (converting a safetensors download to a q8_0/q4k GGUF as it arrives, with the wasm
-// module's Quantizer) lives beside this file where that work has landed; without it, converting is
-// refused plainly. Imported by URL (a base in a variable, as in wasm.js) so that bundlers build
-// without it.
-let storeQ8; // the module, or null when absent
-async function converter() {
-  if (storeQ8 === undefined) {
-    const here = import.meta.url;
-    try {
-      storeQ8 = await import(/* @vite-ignore */ new URL('./store_q8.js', here).href);
-    } catch {
-      storeQ8 = null;
-    }
-  }
-  return storeQ8;
-}
-
 /**
  * The store choice for a source. 'as-is' keeps the source's bytes; a GGUF source is already in
  * its final form, so every choice keeps it as it is. 'q8_0' and 'q4k' convert f32/f16
- * safetensors while downloading where store_q8.js is present, and are refused as not yet
- * supported where it is not. Not given: 'as-is' (q8_0 is to become the default for f32/f16
- * sources once converting is tested through this module).
+ * safetensors while downloading (store_q8.js). Not given: 'as-is' (q8_0 is to become the default
+ * for f32/f16 sources once an interrupted conversion resumes).
  */
-export async function resolveStore(src, store) {
+function resolveStore(src, store) {
   if (store != null && !STORE_CHOICES.includes(store)) {
     throw new Error(`store must be one of ${STORE_CHOICES.map((s) => `'${s}'`).join(', ')}; got ${JSON.stringify(store)}`);
   }
-  if (src.kind === 'gguf') return 'as-is';
-  if (store == null || store === 'as-is') return 'as-is';
-  if (!(await converter()) || typeof wasm()?.Quantizer !== 'function') {
-    throw new Error(
-      `store: '${store}' (quantizing the weights while downloading) is not yet supported in this build of gitcap; ` +
-        "use store: 'as-is', or a model already quantized to a .gguf file (gitcap quantize)"
-    );
-  }
-  return store;
+  return src.kind === 'gguf' || store == null ? 'as-is' : store;
 }
 
 /**
@@ -76,9 +51,8 @@ async function receiveWeights({ choice, src, w, dir, loader, progress, onRetry, 
     });
     return;
   }
-  const q = await converter();
   const gguf = { name: `model.${choice}.gguf`, kind: 'gguf', chunkSize: w.chunkSize, sha256: undefined, url: undefined };
-  const summary = await q.downloadConverted(wasm(), {
+  const summary = await downloadConverted(wasm(), {
     type: choice,
     name: src.hub?.id ?? src.label,
     files: smallFiles,
@@ -167,8 +141,7 @@ export async function loadModel(req, emit, retried = false) {
   const t0 = performance.now();
   const gitcap = wasm();
   const src = parseModelParam(param, pageUrl);
-  // The module is started before the store is resolved: converting needs its Quantizer.
-  const store = await resolveStore(src, req.store);
+  const store = resolveStore(src, req.store);
   // The 'as-is' key is the source's own, as before the store option existed (stored models stay).
   const key = store === 'as-is' ? src.key : `${src.key}|store=${store}`;
   emit('event', { type: 'source', label: src.label, key, base: src.base, hub: src.hub ?? null, store });
