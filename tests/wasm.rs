@@ -504,6 +504,7 @@ fn simd_kernel_matches_candle() {
         let epilogue = matmul::Epilogue {
             bias: Some(&bias),
             activation: Some(gelu_in_place),
+            residual: None,
         };
         let got = matmul::linear(&x, &weight, epilogue, false)
             .unwrap()
@@ -560,6 +561,7 @@ fn int8_kernel_matches_candle() {
         let epilogue = matmul::Epilogue {
             bias: Some(&bias),
             activation: None,
+            residual: None,
         };
         let got = matmul::linear(&x, &weight, epilogue, false)
             .expect("the integer kernel takes q8_0 products of 8 rows or more")

@@ -17,6 +17,7 @@
 //! Compiled for x86_64 only (`model/mod.rs`).
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Output rows per microkernel tile (broadcast operands).
 pub const MR: usize = 12;
@@ -43,19 +44,24 @@ impl PackedX {
     pub fn new(x: &[f32], m: usize, k: usize) -> PackedX {
         assert!(x.len() >= m * k);
         let per_input = m.div_ceil(MR) * MR;
-        let mut data = vec![0f32; per_input * k];
-        let pack = |(b, block): (usize, &mut [f32])| {
+        // Not zeroed first (a pass on one thread): `pack_rows` writes every value.
+        let mut data = Vec::with_capacity(per_input * k);
+        let pack = |(b, block): (usize, &mut [MaybeUninit<f32>])| {
             let k0 = b * KC;
             pack_rows(block, x, m, k, k0, KC.min(k - k0));
         };
+        let spare = &mut data.spare_capacity_mut()[..per_input * k];
         if k > KC && m * k >= 1 << 16 {
             use rayon::prelude::*;
-            data.par_chunks_mut(per_input * KC)
+            spare
+                .par_chunks_mut(per_input * KC)
                 .enumerate()
                 .for_each(pack);
         } else {
-            data.chunks_mut(per_input * KC).enumerate().for_each(pack);
+            spare.chunks_mut(per_input * KC).enumerate().for_each(pack);
         }
+        // SAFETY: the chunks cover the first per_input · k values, each written by pack_rows.
+        unsafe { data.set_len(per_input * k) };
         PackedX { data, m, k }
     }
 }
@@ -194,8 +200,8 @@ pub unsafe fn add_product(
 }
 
 /// x[.., k0..k0 + kc] into row tiles: tile t holds rows t·MR.. as kc groups of MR values, one
-/// per row (zero for rows past m).
-fn pack_rows(packed: &mut [f32], x: &[f32], m: usize, k: usize, k0: usize, kc: usize) {
+/// per row (zero for rows past m). Writes all of `packed`'s first MR · ⌈m / MR⌉ · kc values.
+fn pack_rows(packed: &mut [MaybeUninit<f32>], x: &[f32], m: usize, k: usize, k0: usize, kc: usize) {
     for t in 0..m.div_ceil(MR) {
         let tile = &mut packed[t * MR * kc..][..MR * kc];
         for r in 0..MR {
@@ -203,11 +209,11 @@ fn pack_rows(packed: &mut [f32], x: &[f32], m: usize, k: usize, k0: usize, kc: u
             if i < m {
                 let row = &x[i * k + k0..][..kc];
                 for (p, &v) in row.iter().enumerate() {
-                    tile[p * MR + r] = v;
+                    tile[p * MR + r].write(v);
                 }
             } else {
                 for p in 0..kc {
-                    tile[p * MR + r] = 0.0;
+                    tile[p * MR + r].write(0.0);
                 }
             }
         }

@@ -531,9 +531,7 @@ impl CustomOp1 for LinearOp<'_> {
         if k != self.w.k || k % BLOCK != 0 {
             candle_core::bail!("int8 linear: x has {k} columns, w has {}", self.w.k)
         }
-        if self.epilogue.bias.is_some_and(|b| b.len() != n) {
-            candle_core::bail!("int8 linear: bias does not match the {n} columns")
-        }
+        self.epilogue.check("int8 linear", m, n)?;
         let out = multiply(&xd[x0..x1], &self.w, m, self.epilogue, self.split);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -614,13 +612,10 @@ unsafe fn multiply_block(
     j_end: usize,
     epilogue: Epilogue<'_>,
 ) {
+    // SAFETY: the caller's contract.
+    unsafe { out.start_block(m, n, j_start, j_end, epilogue.bias) };
     // SAFETY: row i's columns j_start..j_end lie inside the m × n output and are this call's.
     let row = |i: usize| unsafe { out.row(i, n, j_start, j_end) };
-    if let Some(bias) = epilogue.bias {
-        for i in 0..m {
-            row(i).copy_from_slice(&bias[j_start..j_end]);
-        }
-    }
     let tiles = Tiles {
         c: out,
         xq,
@@ -645,9 +640,9 @@ unsafe fn multiply_block(
             _ => unreachable!(),
         }
     }
-    if let Some(activation) = epilogue.activation {
+    if epilogue.finishes() {
         for i in 0..m {
-            activation(row(i));
+            epilogue.finish_row(row(i), i, n, j_start);
         }
     }
 }
@@ -1380,6 +1375,7 @@ mod tests {
             let epilogue = Epilogue {
                 bias: Some(&bias),
                 activation: Some(relu),
+                residual: None,
             };
             let a = Activations::default();
             let want = multiply_with(&x, &w, m, Kernel::Portable, a, epilogue, 1);
@@ -1416,6 +1412,7 @@ mod tests {
         let epilogue = Epilogue {
             bias: Some(&bias),
             activation: None,
+            residual: None,
         };
         let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
         let got = linear(&xt, &q, epilogue, false).unwrap();

@@ -162,6 +162,7 @@ pub fn matmul_t_scaled(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
     let epilogue = Epilogue {
         bias: None,
         activation: Some(&scale_in_place),
+        residual: None,
     };
     Ok(x.contiguous()?.apply_op2_no_bwd(
         w,
@@ -174,13 +175,52 @@ pub fn matmul_t_scaled(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
 
 /// What a linear layer does to its product, done by the kernel to each block of output columns as
 /// soon as that block is complete: a product shared out over threads is then never joined or
-/// passed over again.
+/// passed over again. Output = residual + activation(x · wᵀ + bias), each part optional.
 #[derive(Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// Added to every row (one value per output column).
     pub bias: Option<&'a [f32]>,
     /// Applied in place to a run of one row's finished columns.
     pub activation: Option<InPlace<'a>>,
+    /// Added last, value by value (m × n, row-major): a residual connection. The sum is the one
+    /// candle's add computes on the finished output (the same bits: addition commutes), without
+    /// the pass of its own over the output that natively goes to candle's spinning thread pool,
+    /// where the main thread then waited for a pool thread that the products' threads kept off
+    /// the cores (a tenth of git-large's image encoder on 2 threads, perf).
+    pub residual: Option<&'a [f32]>,
+}
+
+impl Epilogue<'_> {
+    /// An error naming `op` unless the bias has n values and the residual m × n.
+    pub(super) fn check(&self, op: &str, m: usize, n: usize) -> candle_core::Result<()> {
+        if self.bias.is_some_and(|b| b.len() != n) {
+            candle_core::bail!("{op}: bias does not match the {n} columns")
+        }
+        if self.residual.is_some_and(|r| r.len() != m * n) {
+            candle_core::bail!("{op}: residual does not match the {m} × {n} output")
+        }
+        Ok(())
+    }
+
+    /// Whether anything is left to do to a block once its product is complete.
+    pub(super) fn finishes(&self) -> bool {
+        self.activation.is_some() || self.residual.is_some()
+    }
+
+    /// Finishes row i's columns j_start..j_start + row.len() of an n-column output: the
+    /// activation, then the residual.
+    pub(super) fn finish_row(&self, row: &mut [f32], i: usize, n: usize, j_start: usize) {
+        if let Some(activation) = self.activation {
+            activation(row);
+        }
+        if let Some(residual) = self.residual {
+            let residual = &residual[i * n + j_start..][..row.len()];
+            for (v, &r) in row.iter_mut().zip(residual) {
+                // v + r: residual + v's bits, as addition commutes.
+                *v += r;
+            }
+        }
+    }
 }
 
 /// An elementwise function applied in place (an activation), callable from any thread.
@@ -334,9 +374,7 @@ impl CustomOp1 for MatmulTPacked<'_> {
             candle_core::bail!("matmul_t_packed: x has {k} columns, w has {}", w.inputs())
         }
         let n = w.rows();
-        if self.epilogue.bias.is_some_and(|b| b.len() != n) {
-            candle_core::bail!("matmul_t_packed: bias does not match the {n} columns")
-        }
+        self.epilogue.check("matmul_t_packed", m, n)?;
         PRODUCTS.fetch_add(1, Ordering::Relaxed);
         let out = multiply_wide(
             &xd[x0..x1],
@@ -381,9 +419,7 @@ impl CustomOp1 for MatmulTQ8_0<'_> {
             k,
         };
         let n = w.rows();
-        if self.epilogue.bias.is_some_and(|b| b.len() != n) {
-            candle_core::bail!("matmul_t_quantized: bias does not match the {n} columns")
-        }
+        self.epilogue.check("matmul_t_quantized", m, n)?;
         let out = multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -422,9 +458,7 @@ impl CustomOp2 for MatmulT<'_> {
         PRODUCTS.fetch_add(1, Ordering::Relaxed);
         let w = DenseRows { w: &wd[w0..w1], k };
         debug_assert_eq!(w.rows(), n);
-        if self.epilogue.bias.is_some_and(|b| b.len() != n) {
-            candle_core::bail!("matmul_t: bias does not match the {n} columns")
-        }
+        self.epilogue.check("matmul_t", m, n)?;
         // The wasm build's loops first: natively they run only when the tests ask for them.
         let out = if applies(m) {
             multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
@@ -550,22 +584,18 @@ fn multiply_wide(
 ) -> Vec<f32> {
     {
         use super::avx512;
-        let mut c = vec![0f32; m * n];
+        let mut c = Vec::with_capacity(m * n);
         let out = SharedOut(c.as_mut_ptr());
         let packed_x = avx512::PackedX::new(x, m, k);
         let block = |j_start: usize, j_end: usize| {
             // SAFETY: each column range goes to one call only; rows are inside the output.
+            unsafe { out.start_block(m, n, j_start, j_end, epilogue.bias) };
             let row = |i: usize| unsafe { out.row(i, n, j_start, j_end) };
-            if let Some(bias) = epilogue.bias {
-                for i in 0..m {
-                    row(i).copy_from_slice(&bias[j_start..j_end]);
-                }
-            }
             // SAFETY: `wide` checked the CPU; this call owns columns j_start..j_end.
             unsafe { avx512::add_product(out.0, &packed_x, w, n, j_start, j_end) };
-            if let Some(activation) = epilogue.activation {
+            if epilogue.finishes() {
                 for i in 0..m {
-                    activation(row(i));
+                    epilogue.finish_row(row(i), i, n, j_start);
                 }
             }
         };
@@ -586,13 +616,17 @@ fn multiply_wide(
                 }
             });
         }
+        // SAFETY: the blocks cover columns 0..n (the last ends at units · NR clipped to n) and
+        // each wrote all of its values first.
+        unsafe { c.set_len(m * n) };
         c
     }
 }
 
 /// An m × n output filled by `block(out, start, end)` over column ranges that cover 0..n once, each
 /// a whole number of `unit` columns (and at least `min_units` of them) but the last; shared out
-/// over the pool when `split` (`parallel::for_each_piece`).
+/// over the pool when `split` (`parallel::for_each_piece`). The output is not zeroed first: a
+/// block writes every value of its columns before reading any (`SharedOut::start_block`).
 pub(super) fn by_column_blocks(
     m: usize,
     n: usize,
@@ -614,12 +648,14 @@ pub(super) fn by_column_blocks_over(
     min_units: usize,
     block: impl Fn(SharedOut, usize, usize) + Sync,
 ) -> Vec<f32> {
-    let mut c = vec![0f32; m * n];
+    let mut c = Vec::with_capacity(m * n);
     let out = SharedOut(c.as_mut_ptr());
     super::parallel::for_each_piece_over(workers, n, unit, min_units, |start, len| {
         block(out, start, start + len)
     });
-    // Every block has returned: c is this thread's alone again.
+    // SAFETY: every block has returned, having written each value of its columns (`block`'s
+    // contract), and the blocks cover 0..n: c is initialised and this thread's alone again.
+    unsafe { c.set_len(m * n) };
     c
 }
 
@@ -641,6 +677,36 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    /// Writes columns `j_start..j_end` of every row of an m × n output: the bias's values, or
+    /// zero. A block's first step: outputs are allocated without being zeroed, since zeroing the
+    /// whole of one was a pass on one thread before the product (1% of git-large's image
+    /// encoder natively), and each block now starts its own columns on its own thread.
+    ///
+    /// # Safety
+    /// The columns lie inside the output and no other thread touches them during the call.
+    pub(super) unsafe fn start_block(
+        &self,
+        m: usize,
+        n: usize,
+        j_start: usize,
+        j_end: usize,
+        bias: Option<&[f32]>,
+    ) {
+        let len = j_end - j_start;
+        for i in 0..m {
+            // SAFETY: the caller's contract; raw writes, since the values may not be initialised.
+            unsafe {
+                let dst = self.0.add(i * n + j_start);
+                match bias {
+                    Some(bias) => {
+                        std::ptr::copy_nonoverlapping(bias[j_start..j_end].as_ptr(), dst, len)
+                    }
+                    None => std::ptr::write_bytes(dst, 0, len),
+                }
+            }
+        }
+    }
+
     /// Row i's columns j_start..j_end of an n-column output.
     ///
     /// # Safety
@@ -677,10 +743,10 @@ impl SharedOut {
                 unsafe { *self.0.add(i * n + j) = dot(xs, row) + bias };
             }
         }
-        if let Some(activation) = epilogue.activation {
+        if epilogue.finishes() {
             for i in 0..m {
                 // SAFETY: the caller's contract.
-                activation(unsafe { self.row(i, n, j_start, j_end) });
+                epilogue.finish_row(unsafe { self.row(i, n, j_start, j_end) }, i, n, j_start);
             }
         }
     }
@@ -699,13 +765,10 @@ impl SharedOut {
             n,
             epilogue,
         } = p;
+        // SAFETY: the caller's contract.
+        unsafe { self.start_block(m, n, j_start, j_end, epilogue.bias) };
         // SAFETY: row i's columns j_start..j_end lie inside the m × n output and are this call's.
         let row = |i: usize| unsafe { self.row(i, n, j_start, j_end) };
-        if let Some(bias) = epilogue.bias {
-            for i in 0..m {
-                row(i).copy_from_slice(&bias[j_start..j_end]);
-            }
-        }
         let mut panel = vec![0f32; KC * NW];
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
@@ -728,9 +791,9 @@ impl SharedOut {
                 }
             }
         }
-        if let Some(activation) = epilogue.activation {
+        if epilogue.finishes() {
             for i in 0..m {
-                activation(row(i));
+                epilogue.finish_row(row(i), i, n, j_start);
             }
         }
     }
@@ -870,6 +933,98 @@ mod tests {
         assert_eq!(bits(&got), bits(&want));
     }
 
+    /// A residual in the epilogue is added after the bias and the activation, with the bits of
+    /// candle's add on the finished output, in every loop (blocked, few rows, AVX-512 with rows
+    /// or a packed weight, the integer kernel) and however the columns are shared out; a
+    /// residual of the wrong size is refused.
+    #[test]
+    fn residual_is_added_last_with_the_bits_of_candles_add() {
+        use candle_core::quantized::QTensor;
+        use candle_core::Device;
+        let relu: InPlace = &|xs: &mut [f32]| {
+            xs.iter_mut().for_each(|x| *x = x.max(0.0));
+        };
+        let _parts = crate::model::parallel::PARTS_LOCK.lock();
+        for &(m, n, k) in &[(10, 1000, 64), (9, 100, 608), (3, 13, 32), (27, 70, 96)] {
+            let (x, wv) = matrices(m, n, k);
+            let bias: Vec<f32> = (0..n).map(|j| (j % 17) as f32 - 8.0).collect();
+            let residual: Vec<f32> = (0..m * n)
+                .map(|i| ((i * 6151) % 101) as f32 * 0.37 - 17.0)
+                .collect();
+            let plain = Epilogue {
+                bias: Some(&bias),
+                activation: Some(relu),
+                residual: None,
+            };
+            let with = Epilogue {
+                residual: Some(&residual),
+                ..plain
+            };
+            let added = |c: Vec<f32>| -> Vec<u32> {
+                let r = Tensor::from_vec(residual.clone(), (m, n), &Device::Cpu).unwrap();
+                let c = Tensor::from_vec(c, (m, n), &Device::Cpu).unwrap();
+                let sum = (r + c).unwrap().flatten_all().unwrap();
+                sum.to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            let bits = |c: Vec<f32>| -> Vec<u32> { c.iter().map(|v| v.to_bits()).collect() };
+            let w = DenseRows { w: &wv, k };
+            let q = QTensor::quantize(
+                &Tensor::from_vec(wv.clone(), (n, k), &Device::Cpu).unwrap(),
+                GgmlDType::Q8_0,
+            )
+            .unwrap();
+            let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+            let int8 = |epilogue, split| -> Vec<f32> {
+                let c = crate::model::int8::linear(&xt, &q, epilogue, split).unwrap();
+                c.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            for parts in [1, 3] {
+                crate::model::parallel::set_parts(parts);
+                let split = parts > 1;
+                let what = format!("({m},{n},{k}) over {parts}");
+                let blocked = |e| multiply_blocked(&x, &w, m, k, e, split);
+                assert_eq!(bits(blocked(with)), added(blocked(plain)), "blocked {what}");
+                let few = |e| multiply_few(&x, &w, m, k, e, split);
+                assert_eq!(bits(few(with)), added(few(plain)), "few rows {what}");
+                assert_eq!(
+                    bits(int8(with, split)),
+                    added(int8(plain, split)),
+                    "int8 {what}"
+                );
+            }
+            crate::model::parallel::set_parts(1);
+            #[cfg(target_arch = "x86_64")]
+            if super::super::avx512::available() {
+                use super::super::avx512::{PackedWeight, Weight};
+                let packed = PackedWeight::new(&wv, n, k);
+                for weight in [Weight::Rows(&wv), Weight::Packed(&packed)] {
+                    let wide = |e| multiply_wide(&x, weight, n, m, k, e);
+                    assert_eq!(
+                        bits(wide(with)),
+                        added(wide(plain)),
+                        "AVX-512 ({m},{n},{k})"
+                    );
+                }
+            }
+            let short = &residual[1..];
+            let err = crate::model::int8::linear(
+                &xt,
+                &q,
+                Epilogue {
+                    residual: Some(short),
+                    ..plain
+                },
+                false,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("residual does not match"), "{err}");
+        }
+    }
+
     /// q8_0 blocks packed straight into panels give the product with the expanded weight.
     #[test]
     fn q8_0_rows_match_their_expansion() {
@@ -942,6 +1097,7 @@ mod tests {
             let epilogue = Epilogue {
                 bias: Some(&bias),
                 activation: Some(relu),
+                residual: None,
             };
             for few_rows in [false, true] {
                 let multiply = |split| match few_rows {

@@ -265,6 +265,11 @@ impl Linear {
         })
     }
 
+    /// A layer without bias over `weight` (out × in, f32).
+    pub fn from_weight(weight: Tensor) -> Result<Self> {
+        Linear::new(QMatMul::Tensor(weight), None)
+    }
+
     /// The layer with its f32 weight packed for the AVX-512 kernel where products of `rows` rows
     /// take it (natively, on CPUs with AVX-512 F); as it was elsewhere. For layers whose every
     /// product has that many rows (the image encoder's 257 a frame): packing each product's
@@ -284,35 +289,77 @@ impl Linear {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, None)
+        self.forward_with(xs, None, None)
     }
 
     /// The layer followed by `act`, applied to each thread's slice where it was computed.
     pub fn forward_then(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
-        self.forward_with(xs, Some(act))
+        self.forward_with(xs, Some(act), None)
     }
 
-    fn forward_with(&self, xs: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+    /// `residual + self.forward(xs)` (a residual connection; `residual` has the output's shape),
+    /// the sum done by the kernel on each block of the output as it finishes where the kernel
+    /// takes the product: the same bits.
+    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, None, Some(residual))
+    }
+
+    fn forward_with(
+        &self,
+        xs: &Tensor,
+        act: Option<Activation>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let dims = xs.dims().to_vec();
         let in_dim = *dims
             .last()
             .expect("linear input has at least one dimension");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = xs.reshape((rows, in_dim))?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = self.out_dim;
+        if let Some(residual) = residual {
+            if residual.dims() != out_dims.as_slice() {
+                return Err(crate::Error::invalid(format!(
+                    "residual of shape {:?} for a linear layer's output of {out_dims:?}",
+                    residual.dims()
+                )));
+            }
+        }
+        // The residual as the kernel reads it: contiguous f32 values on the CPU.
+        let residual_storage = residual.map(|r| r.storage_and_layout());
+        let residual_values = match &residual_storage {
+            Some((storage, layout)) => match (&**storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(&v[start..end]),
+                _ => None,
+            },
+            None => None,
+        };
+        let fused = ProductEnd {
+            act,
+            residual: residual_values,
+        };
         let weight = match &self.weight {
             LinearWeight::Loaded(weight) => weight,
             LinearWeight::Packed(packed) => {
-                if let Some(ys) = self.packed_forward(&flat, packed, act) {
-                    let mut out_dims = dims;
-                    *out_dims.last_mut().expect("non-empty") = self.out_dim;
-                    return Ok(ys?.reshape(out_dims)?);
+                if residual.is_none() || residual_values.is_some() {
+                    if let Some(ys) = self.packed_forward(&flat, packed, fused) {
+                        return Ok(ys?.reshape(out_dims)?);
+                    }
                 }
                 // The kernel was turned off after loading (the tests compare it with candle's
                 // path): the rows again, the usual way.
                 let loaded = Linear::new(QMatMul::Tensor(packed.unpack()?), self.bias.clone())?;
-                return loaded.forward_with(xs, act);
+                drop(residual_storage);
+                return loaded.forward_with(xs, act, residual);
             }
         };
+        if residual.is_none() || residual_values.is_some() {
+            if let Some(ys) = self.kernel_forward(weight, &flat, fused) {
+                return Ok(ys?.reshape(out_dims)?);
+            }
+        }
+        drop(residual_storage);
         let finish = |mut ys: Tensor, bias: Option<Tensor>| -> Result<Tensor> {
             if let Some(b) = bias {
                 ys = ys.broadcast_add(&b)?;
@@ -322,11 +369,6 @@ impl Linear {
             }
             Ok(ys)
         };
-        if let Some(ys) = self.kernel_forward(weight, &flat, act) {
-            let mut out_dims = dims;
-            *out_dims.last_mut().expect("non-empty") = self.out_dim;
-            return Ok(ys?.reshape(out_dims)?);
-        }
         let dequantize = rows >= parallel::dequantize_min_rows();
         // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
         // few rows would copy its blocks on every token.
@@ -364,9 +406,11 @@ impl Linear {
             };
             finish(ys, self.bias.clone())?
         };
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = self.out_dim;
-        Ok(ys.reshape(out_dims)?)
+        let ys = ys.reshape(out_dims)?;
+        Ok(match residual {
+            Some(residual) => (residual + ys)?,
+            None => ys,
+        })
     }
 
     /// The layer through the model's own matrix kernel, bias and activation included, its columns
@@ -376,14 +420,14 @@ impl Linear {
         &self,
         weight: &QMatMul,
         flat: &Tensor,
-        act: Option<Activation>,
+        end: ProductEnd<'_>,
     ) -> Option<Result<Tensor>> {
         let (rows, in_dim) = flat.dims2().ok()?;
         if !(matmul::takes(rows) || matmul::wide(rows) || int8::takes(rows)) {
             return None;
         }
         let split = parallel::splits_product(rows, rows * in_dim * self.out_dim);
-        self.with_epilogue(act, |epilogue| {
+        self.with_epilogue(end, |epilogue| {
             matmul::linear(flat, weight, epilogue, split)
         })
     }
@@ -394,21 +438,23 @@ impl Linear {
         &self,
         flat: &Tensor,
         packed: &matmul::PackedWeight,
-        act: Option<Activation>,
+        end: ProductEnd<'_>,
     ) -> Option<Result<Tensor>> {
-        self.with_epilogue(act, |epilogue| {
+        self.with_epilogue(end, |epilogue| {
             matmul::linear_packed(flat, packed, epilogue)
         })
     }
 
-    /// `product(epilogue)` with this layer's bias and, where it has an in-place form, activation
-    /// in the epilogue (the activation applied after otherwise); `None` where the product is not
-    /// taken or the bias is not a plain f32 vector.
+    /// `product(epilogue)` with this layer's bias and `end` in the epilogue: the activation where
+    /// it has an in-place form (applied after otherwise, and then the residual too, which must
+    /// come after it); `None` where the product is not taken or the bias is not a plain f32
+    /// vector.
     fn with_epilogue(
         &self,
-        act: Option<Activation>,
+        end: ProductEnd<'_>,
         product: impl FnOnce(matmul::Epilogue<'_>) -> Option<Result<Tensor>>,
     ) -> Option<Result<Tensor>> {
+        let ProductEnd { act, residual } = end;
         // The bias is read where it is stored, not copied on every call (this runs per token).
         let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &bias {
@@ -419,16 +465,33 @@ impl Linear {
             },
         };
         let in_place = act.and_then(Activation::in_place);
+        let act_after = act.filter(|_| in_place.is_none());
         let epilogue = matmul::Epilogue {
             bias,
             activation: in_place.as_ref().map(|f| f as matmul::InPlace),
+            residual: residual.filter(|_| act_after.is_none()),
         };
         let ys = product(epilogue)?;
-        Some(ys.and_then(|ys| match act {
-            Some(act) if in_place.is_none() => Ok(act.apply(&ys)?),
-            _ => Ok(ys),
+        Some(ys.and_then(|ys| {
+            let Some(act) = act_after else { return Ok(ys) };
+            let ys = act.apply(&ys)?;
+            Ok(match residual {
+                Some(r) => {
+                    let r = Tensor::from_slice(r, ys.shape(), ys.device())?;
+                    (r + ys)?
+                }
+                None => ys,
+            })
         }))
     }
+}
+
+/// What follows a layer's product: its activation, then a residual's values (the output's
+/// shape, row-major).
+#[derive(Clone, Copy)]
+struct ProductEnd<'a> {
+    act: Option<Activation>,
+    residual: Option<&'a [f32]>,
 }
 
 /// Rows `start..start + len` of a weight as f32: a view of a dense weight; a quantized one's

@@ -214,10 +214,10 @@ impl DecoderLayer {
     fn feed_forward(&self, xs: &Tensor, ctx: &Tensor) -> Result<Tensor> {
         let attn = self
             .attention_norm
-            .forward(&(self.attention_output.forward(ctx)? + xs)?)?;
+            .forward(&self.attention_output.forward_add(ctx, xs)?)?;
         let inter = self.intermediate.forward_then(&attn, self.act)?;
         self.output_norm
-            .forward(&(self.output.forward(&inter)? + attn)?)
+            .forward(&self.output.forward_add(&inter, &attn)?)
     }
 }
 
