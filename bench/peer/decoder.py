@@ -44,6 +44,9 @@ args = ap.parse_args()
 peer = Path(args.peer)
 
 model = GitForCausalLM.from_pretrained(args.checkpoint, attn_implementation="eager").eval()
+# Prefix and Step below use the model's modules without registering them as their own
+# submodules, so the tracer sees the weights as constants: they must not require grad.
+model.requires_grad_(False)
 git, cfg = model.git, model.config
 layers = git.encoder.layer
 heads = cfg.num_attention_heads
