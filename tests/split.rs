@@ -2,7 +2,7 @@
 //! linear layer's output columns and every attention's heads in uneven parts on the rayon pool must
 //! give transformers' results, and the same ids as the unsplit model, dense and quantized. Each
 //! test gives its models the policy it checks; the statistics it checks are that policy's own, so
-//! the tests run side by side.
+//! the tests run side by side (and the last one runs a split and a whole model at the same time).
 
 // Native only: these tests read fixtures from disk (the wasm tests are tests/wasm.rs).
 #![cfg(not(target_arch = "wasm32"))]
@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{ids, max_abs_diff, model_dir, Reference};
-use gitcap::checkpoint::{load_dir, load_gguf};
+use gitcap::checkpoint::{load_dir, load_dir_with_policy, load_gguf};
 use gitcap::gguf::QuantType;
 use gitcap::model::Policy;
 use gitcap::quantize::quantize_checkpoint;
@@ -188,6 +188,48 @@ fn own_kernels_match_transformers() {
             }
         }
     }
+}
+
+/// Two models in one process, one split into 3 parts and one whole, captioning at the same time on
+/// two threads, each computing by its own policy (the blocked kernel for every product, which gives
+/// the same bits however a product is shared out): their features, logits and ids are bit for bit
+/// the same, and each policy counts its own model's work alone: the same products, splits for the
+/// split one only.
+#[test]
+fn models_with_different_policies_run_side_by_side() {
+    let reference = Reference::load("tiny-coco");
+    let blocked = &OWN_KERNELS[0];
+    let (split, whole) = (blocked.select(own_loops(3)), blocked.select(own_loops(1)));
+    let load = |policy: &Policy| {
+        load_dir_with_policy(&model_dir("tiny-coco"), &Device::Cpu, policy.clone()).unwrap()
+    };
+    let (split_model, whole_model) = (load(&split), load(&whole));
+    let start = std::sync::Barrier::new(2);
+    let run = |model: &Captioner| {
+        start.wait();
+        let mut results = Vec::new();
+        for case in reference.cases() {
+            let key = case["key"].as_str().unwrap();
+            let (features, logits) = reference.features_and_logits(model.model(), key);
+            let bits = [features, logits].map(|t| {
+                let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            });
+            results.push((bits, reference.caption_ids(model, key, BEAM4)));
+        }
+        results
+    };
+    let (split_results, whole_results) = std::thread::scope(|s| {
+        let split_run = s.spawn(|| run(&split_model));
+        let whole_run = s.spawn(|| run(&whole_model));
+        (split_run.join().unwrap(), whole_run.join().unwrap())
+    });
+    assert!(split_results == whole_results, "split and whole differ");
+    let (split, whole) = (split.stats(), whole.stats());
+    assert!(split.splits() > 0, "the split model did not split");
+    assert_eq!(whole.splits(), 0, "the whole model's policy counted splits");
+    assert!(whole.kernel_products() > 0, "the kernel did not run");
+    assert_eq!(split.kernel_products(), whole.kernel_products());
 }
 
 /// `split_everything(parts)` with the wasm build's elementwise loops too.
