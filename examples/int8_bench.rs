@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use gitcap::model::{int8, matmul};
+use gitcap::model::{int8, matmul, Policy};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -56,9 +56,17 @@ fn main() -> Result<()> {
         let q = QTensor::quantize(&q.dequantize(&dev)?, GgmlDType::Q8_0)?;
         candle_q.push(QMatMul::from_qtensor(q)?);
     }
-    let int8 = |i: usize| -> Result<Tensor> {
+    let best = Policy::default();
+    let portable = Policy::default().with_portable_int8(true);
+    let int8 = |policy: &Policy, i: usize| -> Result<Tensor> {
         let (x, _, q) = &layer[i];
-        Ok(int8::linear(x, q, matmul::Epilogue::default(), false)?)
+        Ok(int8::linear(
+            policy,
+            x,
+            q,
+            matmul::Epilogue::default(),
+            false,
+        )?)
     };
     type Path<'a> = (&'a str, Box<dyn Fn(usize) -> Result<Tensor> + 'a>);
     let paths: Vec<Path> = vec![
@@ -70,20 +78,8 @@ fn main() -> Result<()> {
             "candle q8_0",
             Box::new(|i| Ok(candle_q[i].forward(&layer[i].0)?)),
         ),
-        (
-            "int8 best",
-            Box::new(|i| {
-                int8::set_portable(false);
-                int8(i)
-            }),
-        ),
-        (
-            "int8 portable",
-            Box::new(|i| {
-                int8::set_portable(true);
-                int8(i)
-            }),
-        ),
+        ("int8 best", Box::new(|i| int8(&best, i))),
+        ("int8 portable", Box::new(|i| int8(&portable, i))),
     ];
     for (name, f) in &paths {
         let mut times = Vec::new();
@@ -97,8 +93,10 @@ fn main() -> Result<()> {
         let t = median(times);
         println!(
             "{}",
-            serde_json::json!({"path": name, "kernel": if name.starts_with("int8") {
-                    int8::kernel().describe() } else { "" },
+            serde_json::json!({"path": name, "kernel": match *name {
+                    "int8 best" => int8::kernel(&best).describe(),
+                    "int8 portable" => int8::kernel(&portable).describe(),
+                    _ => "" },
                 "threads": rayon::current_num_threads(),
                 "layer_ms": t * 1e3, "encoder_products_s": t * LAYERS as f64,
                 "gflops": flops / t / 1e9})

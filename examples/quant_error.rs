@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, D};
 use gitcap::image::{decode_image, pixel_values, ImageLimits};
-use gitcap::model::TextCache;
+use gitcap::model::{Policy, TextCache};
 use gitcap::Captioner;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -100,32 +100,27 @@ fn final_logits(c: &Captioner, features: &Tensor, ids: &[u32]) -> Result<Tensor>
     Ok(model.next_logits(&t, &prefix, &mut TextCache::new())?)
 }
 
-/// Sets the product knobs for one of `--paths`' names.
-fn use_path(path: &str) -> Result<()> {
-    use gitcap::model::{int8, matmul, parallel};
-    let int8_rows = |rows| int8::set_min_rows(Some(rows));
-    int8::set_activations(None);
-    matmul::set_min_rows(None);
-    parallel::set_dequantize_min_rows(None);
-    int8::set_min_rows(None);
-    match path {
-        "default" => {}
-        "candle" => int8_rows(usize::MAX),
-        "f32" => {
-            int8_rows(usize::MAX);
-            matmul::set_min_rows(Some(8));
-            parallel::set_dequantize_min_rows(Some(8));
-        }
+/// The policy of one of `--paths`' names.
+fn path_policy(path: &str) -> Result<Policy> {
+    use gitcap::model::int8::Activations;
+    let default = Policy::default();
+    Ok(match path {
+        "default" => default,
+        "candle" => default.with_int8_min_rows(usize::MAX),
+        "f32" => default
+            .with_int8_min_rows(usize::MAX)
+            .with_kernel_min_rows(8)
+            .with_dequantize_min_rows(8),
         "int8" | "int8-row" | "int8-63" => {
-            int8_rows(8);
-            int8::set_activations(Some(int8::Activations {
-                levels: if path == "int8-63" { 63 } else { 127 },
-                per_row: path == "int8-row",
-            }));
+            default
+                .with_int8_min_rows(8)
+                .with_int8_activations(Activations {
+                    levels: if path == "int8-63" { 63 } else { 127 },
+                    per_row: path == "int8-row",
+                })
         }
         _ => return Err(format!("unknown path {path}").into()),
-    }
-    Ok(())
+    })
 }
 
 fn errors(checkpoint: &Path, image_dir: &Path, ggufs: &[PathBuf], paths: &[String]) -> Result<()> {
@@ -142,9 +137,9 @@ fn errors(checkpoint: &Path, image_dir: &Path, ggufs: &[PathBuf], paths: &[Strin
     }
     drop(reference);
     for gguf in ggufs {
-        let model = load(gguf)?;
+        let mut model = load(gguf)?;
         for path in paths {
-            use_path(path)?;
+            model.set_policy(path_policy(path)?);
             let (mut fe_max, mut le_max, mut fe_sum, mut le_sum) = (0f64, 0f64, 0f64, 0f64);
             let mut same_argmax = 0;
             for ((name, _), (px, features, ids, logits)) in imgs.iter().zip(&want) {

@@ -5,7 +5,7 @@ use image::RgbImage;
 
 use crate::generate::{Decoding, GenerateOptions, Generator, Step};
 use crate::image::{pixel_values, PreprocessorConfig};
-use crate::model::{GenerationConfig, Git, GitConfig, ImagePrefix, Weights};
+use crate::model::{GenerationConfig, Git, GitConfig, ImagePrefix, Policy, Weights};
 use crate::tokenizer::{CaptionTokenizer, TextStream};
 use crate::{Error, Result};
 
@@ -85,7 +85,9 @@ pub struct Captioner {
 }
 
 impl Captioner {
-    pub fn new(files: &ModelFiles, weights: &Weights) -> Result<Self> {
+    /// The captioner of a checkpoint's files and weights, its model computing by `policy`
+    /// (`Policy::default()`: the fastest choices for this build).
+    pub fn new(files: &ModelFiles, weights: &Weights, policy: Policy) -> Result<Self> {
         let config = GitConfig::from_json(&files.config)?;
         let generation = match &files.generation_config {
             Some(b) => GenerationConfig::from_json(b)?,
@@ -111,7 +113,7 @@ impl Captioner {
         } else {
             preprocess.with_image_size(size)
         };
-        let model = Git::new(weights, &config)?;
+        let model = Git::new(weights, &config, policy)?;
         Ok(Self {
             bos: generation.bos_token_id.unwrap_or(config.bos_token_id),
             eos: generation
@@ -131,6 +133,16 @@ impl Captioner {
 
     pub fn model(&self) -> &Git {
         &self.model
+    }
+
+    /// The policy the model computes by, with its statistics.
+    pub fn policy(&self) -> &Policy {
+        self.model.policy()
+    }
+
+    /// Makes the model compute by `policy` from now on (see `Git::set_policy`).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.model.set_policy(policy);
     }
 
     pub fn tokenizer(&self) -> &CaptionTokenizer {

@@ -5,6 +5,7 @@ use std::path::Path;
 use candle_core::Device;
 
 use crate::captioner::{Captioner, ModelFiles};
+use crate::model::Policy;
 use crate::weights::{find_in_dir, load_file};
 use crate::{Error, Result};
 
@@ -38,15 +39,26 @@ pub fn read_model_files(dir: &Path) -> Result<ModelFiles> {
     })
 }
 
-/// Loads a captioner from a checkpoint folder.
+/// Loads a captioner from a checkpoint folder, computing by the default policy.
 pub fn load_dir(dir: &Path, device: &Device) -> Result<Captioner> {
+    load_dir_with_policy(dir, device, Policy::default())
+}
+
+/// Loads a captioner from a checkpoint folder, computing by `policy`.
+pub fn load_dir_with_policy(dir: &Path, device: &Device, policy: Policy) -> Result<Captioner> {
     let files = read_model_files(dir)?;
     let weights = load_file(dir, &find_in_dir(dir)?, device)?;
-    Captioner::new(&files, &weights)
+    Captioner::new(&files, &weights, policy)
 }
 
 /// Loads a captioner from a single GGUF file (weights plus the checkpoint's files as metadata),
-/// as `gitcap quantize` writes it; see `crate::gguf` for the layout.
+/// as `gitcap quantize` writes it, computing by the default policy; see `crate::gguf` for the
+/// layout.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<Captioner> {
-    crate::gguf::load_file(path, device)
+    load_gguf_with_policy(path, device, Policy::default())
+}
+
+/// `load_gguf`, computing by `policy`.
+pub fn load_gguf_with_policy(path: &Path, device: &Device, policy: Policy) -> Result<Captioner> {
+    crate::gguf::load_file(path, device, policy)
 }

@@ -41,7 +41,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 
 use crate::captioner::{Captioner, ModelFiles};
-use crate::model::{GitConfig, QuantizedTensors, Weights};
+use crate::model::{GitConfig, Policy, QuantizedTensors, Weights};
 use crate::{Error, Result};
 
 /// The layout this build writes and the newest it reads.
@@ -373,15 +373,25 @@ pub fn inspect(bytes: &[u8]) -> Result<GgufInfo> {
     info_from_content(&content, what)
 }
 
-/// Loads a captioner from a gitcap GGUF file held in memory (the browser's path).
+/// Loads a captioner from a gitcap GGUF file held in memory (the browser's path), computing by the
+/// default policy.
 pub fn captioner_from_gguf(bytes: &[u8], device: &Device) -> Result<Captioner> {
+    captioner_from_gguf_with_policy(bytes, device, Policy::default())
+}
+
+/// `captioner_from_gguf`, computing by `policy`.
+pub fn captioner_from_gguf_with_policy(
+    bytes: &[u8],
+    device: &Device,
+    policy: Policy,
+) -> Result<Captioner> {
     let what = "the GGUF file";
     let mut reader = Cursor::new(bytes);
     let content = read_content(&mut reader, bytes.len() as u64, what)?;
     let files = model_files_from_content(&content, what)?;
     let tensors =
         QuantizedTensors::read(&content, &mut reader, device).map_err(|e| corrupt(what, e))?;
-    Captioner::new(&files, &Weights::quantized(tensors))
+    Captioner::new(&files, &Weights::quantized(tensors), policy)
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -393,8 +403,8 @@ mod native {
     use std::path::Path;
 
     /// Loads a captioner from a gitcap GGUF file on disk, reading tensors straight from the file
-    /// (the file is not held in memory besides the weights).
-    pub fn load_file(path: &Path, device: &Device) -> Result<Captioner> {
+    /// (the file is not held in memory besides the weights), computing by `policy`.
+    pub fn load_file(path: &Path, device: &Device, policy: Policy) -> Result<Captioner> {
         let what = path.display().to_string();
         let open = || {
             std::fs::File::open(path).map_err(|e| Error::model(format!("cannot open {what}: {e}")))
@@ -410,7 +420,7 @@ mod native {
         // Tensors are read one at a time from the file, so it is never held in memory whole.
         let tensors =
             QuantizedTensors::read(&content, &mut reader, device).map_err(|e| corrupt(&what, e))?;
-        Captioner::new(&files, &Weights::quantized(tensors))
+        Captioner::new(&files, &Weights::quantized(tensors), policy)
     }
 
     /// Describes a gitcap GGUF file on disk without loading its weights.

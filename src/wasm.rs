@@ -26,6 +26,7 @@
 //! buildInfo();                                 // {simd, threaded, threads, splits, version,
 //!                                              //  relaxed, int8, int8Products}
 //! setMinSplitMacs(n);                          // threaded: split products from n multiply-adds
+//! setMinSplitRows(n);                          // threaded: split products from n rows
 //! setKernelMinRows(n);                         // own SIMD kernel for products of >= n rows
 //! setInt8MinRows(n);                           // integer kernel for q8_0 products of >= n rows
 //! ```
@@ -34,10 +35,17 @@
 //! once after `init()` and before loading a model; models loaded afterwards split their large
 //! products over the `n` threads (src/model/parallel.rs).
 //!
+//! `startThreads` and the `set...` knobs change this worker's execution policy (`model::Policy`),
+//! which each model is given when `finish()` builds it: they apply to models loaded afterwards,
+//! and a loaded model keeps the policy it was built with (the page sets them all once, in
+//! `initWasm`, before any model). Every model of the worker counts into the worker policy's
+//! statistics, which `buildInfo()` reports (`splits`, `int8Products`).
+//!
 //! Every failure is thrown as a JS `Error` with a readable message; nothing is left to a panic
 //! (a panic in wasm is a trap that kills the module). The panic hook is installed anyway, so a
 //! bug shows its message in the console.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use candle_core::Device;
@@ -49,6 +57,7 @@ use wasm_bindgen::JsCast;
 use crate::captioner::{CaptionJob as CoreJob, JobEvent};
 use crate::gguf::QuantType;
 use crate::image::{decode_image, rgba_to_rgb, ImageLimits};
+use crate::model::Policy;
 use crate::quantize_stream::QuantizeStream;
 use crate::stream_load::SafetensorsStream;
 use crate::{Caption, CaptionOptions, Captioner, Decoding, Error, ModelFiles};
@@ -125,11 +134,31 @@ fn invalid(msg: impl Into<String>) -> JsError {
     js_err(Error::invalid(msg))
 }
 
+thread_local! {
+    /// The policy of the models this worker loads from now on (see the module's documentation).
+    /// Thread-local: only the worker's own thread calls the bindings (the rayon pool's threads
+    /// run the model's work, with the policy the model passes them).
+    static WORKER_POLICY: RefCell<Policy> = RefCell::new(Policy::default());
+}
+
+/// The policy a model loaded now is given: the worker's, sharing its statistics.
+fn worker_policy() -> Policy {
+    WORKER_POLICY.with(|p| p.borrow().clone())
+}
+
+/// Changes the worker's policy for the models loaded from now on.
+fn change_worker_policy(change: impl FnOnce(Policy) -> Policy) {
+    WORKER_POLICY.with(|p| {
+        let changed = change(p.borrow().clone());
+        *p.borrow_mut() = changed;
+    });
+}
+
 /// Builds a captioner from a whole GGUF file (which carries the checkpoint's small files as
 /// metadata; files given to `addFile` are not used). For a build without GGUF support, make this
 /// `Err(Error::model("GGUF support is not in this build"))`.
-fn captioner_from_gguf(bytes: &[u8]) -> crate::Result<Captioner> {
-    crate::gguf::captioner_from_gguf(bytes, &Device::Cpu)
+fn captioner_from_gguf(bytes: &[u8], policy: Policy) -> crate::Result<Captioner> {
+    crate::gguf::captioner_from_gguf_with_policy(bytes, &Device::Cpu, policy)
 }
 
 /// The names `addFile` accepts.
@@ -286,6 +315,7 @@ impl ModelLoader {
                 ))));
             }
         }
+        let policy = worker_policy();
         let (captioner, quantized) = match weights {
             Incoming::None => {
                 return Err(invalid(
@@ -294,11 +324,11 @@ impl ModelLoader {
             }
             Incoming::Safetensors(stream) => {
                 let weights = stream.finish(&Device::Cpu).map_err(js_err)?;
-                let c = Captioner::new(&files, &weights).map_err(js_err)?;
+                let c = Captioner::new(&files, &weights, policy).map_err(js_err)?;
                 (c, false)
             }
             Incoming::Gguf(buf) => {
-                let c = captioner_from_gguf(&buf).map_err(js_err)?;
+                let c = captioner_from_gguf(&buf, policy).map_err(js_err)?;
                 drop(buf);
                 (c, true)
             }
@@ -550,7 +580,8 @@ impl Model {
     fn start(&self, images: &[::image::RgbImage], opts: &CaptionOptions) -> Result<Job, JsError> {
         let captioner: &Captioner = &self.captioner;
         let prefix =
-            crate::model::parallel::on_pool(|| captioner.encode(images)).map_err(js_err)?;
+            crate::model::parallel::on_pool(captioner.policy(), || captioner.encode(images))
+                .map_err(js_err)?;
         let job = self.captioner.start(prefix, opts).map_err(js_err)?;
         Ok(Job {
             captioner: Rc::clone(&self.captioner),
@@ -617,7 +648,7 @@ impl Job {
             }
             JobState::Running(job) => {
                 let captioner: &Captioner = &self.captioner;
-                crate::model::parallel::on_pool(|| job.step(captioner))
+                crate::model::parallel::on_pool(captioner.policy(), || job.step(captioner))
             }
         };
         match event {
@@ -870,7 +901,7 @@ impl Sha256 {
 }
 
 /// Starts `threads` web workers sharing this module's memory as the rayon pool (wasm-bindgen-rayon)
-/// and makes models loaded from now on split their work over them.
+/// and makes models loaded from now on split their work over them (the worker's policy).
 #[cfg(feature = "threads")]
 #[wasm_bindgen(js_name = startThreads)]
 pub fn start_threads(threads: usize) -> Result<js_sys::Promise, JsError> {
@@ -878,7 +909,7 @@ pub fn start_threads(threads: usize) -> Result<js_sys::Promise, JsError> {
     if threads == 0 {
         return Err(JsError::new("startThreads needs at least one thread"));
     }
-    crate::model::parallel::set_parts(threads);
+    change_worker_policy(|p| p.with_parts(threads));
     Ok(wasm_bindgen_rayon::init_thread_pool(threads))
 }
 
@@ -887,48 +918,52 @@ struct BuildInfo {
     simd: bool,
     /// Built with shared memory and a thread pool.
     threaded: bool,
-    /// Threads the model splits its work over now (1 until `startThreads` has run).
+    /// Threads the models loaded now split their work over (1 until `startThreads` has run).
     threads: u32,
-    /// How many products have been split across threads so far.
+    /// How many products the worker's models have split across threads so far.
     splits: u32,
     version: &'static str,
     /// Built with relaxed SIMD.
     relaxed: bool,
     /// The integer kernel's form for q8_0 products.
     int8: &'static str,
-    /// How many products the integer kernel has computed so far.
+    /// How many products the integer kernel has computed so far, for the worker's models.
     #[serde(rename = "int8Products")]
     int8_products: u32,
 }
 
 /// Products smaller than `macs` multiply-adds run on one thread (default 2^21; 0 splits every
-/// product). A tuning knob, and how the tests make the tiny fixture model split its work.
+/// product), in models loaded from now on. A tuning knob, and how the tests make the tiny fixture
+/// model split its work.
 #[wasm_bindgen(js_name = setMinSplitMacs)]
 pub fn set_min_split_macs(macs: f64) {
-    crate::model::parallel::set_min_split_macs(Some(macs.max(0.0) as usize));
+    change_worker_policy(|p| p.with_min_split_macs(macs.max(0.0) as usize));
 }
 
 /// Products of fewer than `rows` input rows run on one thread (default 8: decoding a token or a few
-/// beams is not shared out). A tuning knob, for comparing decoding split and whole.
+/// beams is not shared out), in models loaded from now on. A tuning knob, for comparing decoding
+/// split and whole.
 #[wasm_bindgen(js_name = setMinSplitRows)]
 pub fn set_min_split_rows(rows: f64) {
-    crate::model::parallel::set_min_split_rows(Some(rows.max(0.0) as usize));
+    change_worker_policy(|p| p.with_min_split_rows(rows.max(0.0) as usize));
 }
 
 /// Products of fewer than `rows` input rows use candle's matmul instead of the model's own SIMD
 /// kernel (src/model/matmul.rs; default 8, so decoding a token or a few beams stays on candle's
-/// matrix-vector path). A tuning knob: a huge value turns the kernel off, for comparisons.
+/// matrix-vector path), in models loaded from now on. A tuning knob: a huge value turns the kernel
+/// off, for comparisons.
 #[wasm_bindgen(js_name = setKernelMinRows)]
 pub fn set_kernel_min_rows(rows: f64) {
-    crate::model::matmul::set_min_rows(Some(rows.max(0.0) as usize));
+    change_worker_policy(|p| p.with_kernel_min_rows(rows.max(0.0) as usize));
 }
 
 /// Products of q8_0 weights with fewer than `rows` input rows do not take the integer kernel
 /// (src/model/int8.rs; default 8): they go to the f32 kernel (expanding the weight) or candle's
-/// int8 kernels. A tuning knob: a huge value turns the integer kernel off, for comparisons.
+/// int8 kernels; in models loaded from now on. A tuning knob: a huge value turns the integer
+/// kernel off, for comparisons.
 #[wasm_bindgen(js_name = setInt8MinRows)]
 pub fn set_int8_min_rows(rows: f64) {
-    crate::model::int8::set_min_rows(Some(rows.max(0.0) as usize));
+    change_worker_policy(|p| p.with_int8_min_rows(rows.max(0.0) as usize));
 }
 
 /// {simd, threaded, threads, splits, version, relaxed, int8, int8Products}: how this build was compiled and how many threads
@@ -936,17 +971,18 @@ pub fn set_int8_min_rows(rows: f64) {
 #[wasm_bindgen(js_name = buildInfo, unchecked_return_type = "BuildInfo")]
 pub fn build_info() -> Result<JsValue, JsError> {
     hook();
+    let policy = worker_policy();
     to_js(&BuildInfo {
         simd: cfg!(target_feature = "simd128"),
         threaded: cfg!(feature = "threads"),
-        threads: crate::model::parallel::parts() as u32,
-        splits: crate::model::parallel::splits() as u32,
+        threads: policy.parts() as u32,
+        splits: policy.stats().splits() as u32,
         version: env!("CARGO_PKG_VERSION"),
         relaxed: cfg!(any(
             target_feature = "relaxed-simd",
             feature = "relaxed-simd"
         )),
-        int8: crate::model::int8::Kernel::best().describe(),
-        int8_products: crate::model::int8::products() as u32,
+        int8: crate::model::int8::kernel(&policy).describe(),
+        int8_products: policy.stats().int8_products() as u32,
     })
 }

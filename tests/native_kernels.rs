@@ -1,8 +1,8 @@
 //! The native build's paths for products, each against transformers: for f32, the AVX-512 kernel
 //! (src/model/avx512.rs, chosen at run time where the CPU has it) for every product down to two
 //! rows, and candle's kernels, which every other CPU runs; for q8_0, the integer kernel
-//! (src/model/int8.rs: portable everywhere, AVX-512 VNNI where the CPU has it) and candle's. A test
-//! binary of its own: the kernel choice is process-wide (and the tests take turns at it).
+//! (src/model/int8.rs: portable everywhere, AVX-512 VNNI where the CPU has it) and candle's. Each
+//! run gives the model the policy of the path it checks, and checks that policy's statistics.
 
 // Native only: these tests read fixtures from disk (the wasm tests are tests/wasm.rs).
 #![cfg(not(target_arch = "wasm32"))]
@@ -13,14 +13,11 @@ use candle_core::{Device, Tensor};
 use common::{ids, max_abs_diff, model_dir, Reference, TempDir};
 use gitcap::checkpoint::{load_dir, load_gguf};
 use gitcap::gguf::QuantType;
-use gitcap::model::{int8, matmul};
+use gitcap::model::{int8, matmul, Policy};
 use gitcap::quantize::quantize_checkpoint;
 use gitcap::{Captioner, Decoding};
 
 const TOL: f32 = 1e-4;
-
-/// Held by each test while it sets the process-wide kernel choice.
-static KERNEL_CHOICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Features and logits within 1e-4 of transformers', greedy and 4-beam ids identical.
 fn assert_matches_transformers(
@@ -63,28 +60,31 @@ fn assert_matches_transformers(
 
 #[test]
 fn avx512_kernel_and_candle_both_match_transformers() {
-    let _turn = KERNEL_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
-    let wide_here = matmul::wide(usize::MAX / 2);
+    let wide_here = matmul::wide(&Policy::default(), usize::MAX / 2);
     if !wide_here {
         println!("this CPU has no AVX-512 F: only candle's path is checked");
     }
     for name in ["tiny-coco", "tiny-vatex"] {
         let reference = Reference::load(name);
-        let model = load_dir(&model_dir(name), &Device::Cpu).unwrap();
+        let mut model = load_dir(&model_dir(name), &Device::Cpu).unwrap();
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
-            matmul::set_wide_min_rows(Some(usize::MAX));
-            let before = matmul::products();
+            let candle = Policy::default().with_avx512(false);
+            model.set_policy(candle.clone());
             let (f_candle, l_candle) =
                 assert_matches_transformers(&model, &reference, key, &format!("{name} candle"));
-            assert_eq!(matmul::products(), before, "candle's path ran the kernel");
+            assert_eq!(
+                candle.stats().kernel_products(),
+                0,
+                "candle's path ran the kernel"
+            );
             if wide_here {
-                matmul::set_wide_min_rows(Some(2));
-                let before = matmul::products();
+                let wide = Policy::default().with_avx512(true);
+                model.set_policy(wide.clone());
                 let (f_wide, l_wide) =
                     assert_matches_transformers(&model, &reference, key, &format!("{name} avx512"));
                 assert!(
-                    matmul::products() > before,
+                    wide.stats().kernel_products() > 0,
                     "the AVX-512 kernel did not run"
                 );
                 println!(
@@ -93,7 +93,6 @@ fn avx512_kernel_and_candle_both_match_transformers() {
                     max_abs_diff(&l_wide, &l_candle)
                 );
             }
-            matmul::set_wide_min_rows(None);
         }
     }
 }
@@ -119,7 +118,6 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 /// kernels also quantize the activations, per block of 32, to 8 bits).
 #[test]
 fn integer_kernel_and_candle_both_match_transformers_within_q8_0() {
-    let _turn = KERNEL_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
     let reference = Reference::load("tiny-coco");
     let dir = TempDir::new("native-kernels-q8_0");
     let file = dir.0.join("tiny-coco-q8_0.gguf");
@@ -131,10 +129,10 @@ fn integer_kernel_and_candle_both_match_transformers_within_q8_0() {
         &mut |_| {},
     )
     .unwrap();
-    let model = load_gguf(&file, &Device::Cpu).unwrap();
+    let mut model = load_gguf(&file, &Device::Cpu).unwrap();
     let want_features = reference.tensor("case0.image_features");
     let want_logits = reference.tensor("case0.logits");
-    let run = |what: &str| {
+    let run = |model: &Captioner, what: &str| {
         let (features, logits) = reference.features_and_logits(model.model(), "case0");
         let features = features.squeeze(0).unwrap();
         let (fe, le) = (
@@ -147,34 +145,43 @@ fn integer_kernel_and_candle_both_match_transformers_within_q8_0() {
         (features, logits)
     };
 
-    int8::set_min_rows(Some(usize::MAX));
-    let before = int8::products();
-    let (f_candle, l_candle) = run("candle");
+    let candle = Policy::default().with_int8_min_rows(usize::MAX);
+    model.set_policy(candle.clone());
+    let (f_candle, l_candle) = run(&model, "candle");
     assert_eq!(
-        int8::products(),
-        before,
+        candle.stats().int8_products(),
+        0,
         "candle's path ran the integer kernel"
     );
 
-    int8::set_min_rows(Some(1));
-    int8::set_portable(true);
-    let before = int8::products();
-    let (f_portable, l_portable) = run("portable int8");
-    assert!(int8::products() > before, "the integer kernel did not run");
+    // Every q8_0 product through the integer kernel (a policy of its own each time: clones share
+    // their statistics).
+    let every_product = || Policy::default().with_int8_min_rows(1);
+    let portable = every_product().with_portable_int8(true);
+    model.set_policy(portable.clone());
+    let (f_portable, l_portable) = run(&model, "portable int8");
+    assert!(
+        portable.stats().int8_products() > 0,
+        "the integer kernel did not run"
+    );
     println!(
         "portable int8 vs candle's q8_0: features {:.2e}, logits {:.2e}",
         rel_err(&f_portable, &f_candle),
         rel_err(&l_portable, &l_candle)
     );
 
-    int8::set_portable(false);
-    let best = int8::Kernel::best();
+    let fastest = every_product();
+    let best = int8::kernel(&fastest);
     if best == int8::Kernel::Portable {
         println!("this CPU has no faster integer form: only the portable one is checked");
     } else {
-        let (f_best, l_best) = run(best.describe());
+        model.set_policy(fastest.clone());
+        let (f_best, l_best) = run(&model, best.describe());
+        assert!(
+            fastest.stats().int8_products() > 0,
+            "the integer kernel did not run"
+        );
         assert_eq!(max_abs_diff(&f_best, &f_portable), 0.0, "{best:?} features");
         assert_eq!(max_abs_diff(&l_best, &l_portable), 0.0, "{best:?} logits");
     }
-    int8::set_min_rows(None);
 }

@@ -451,10 +451,9 @@ fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 fn simd_kernel_matches_candle() {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Tensor};
-    use gitcap::model::matmul;
-    let before = matmul::products();
+    use gitcap::model::{matmul, Policy};
     // q8_0 weights here check the f32 kernel's packing, not the integer kernel (tested below).
-    gitcap::model::int8::set_min_rows(Some(usize::MAX));
+    let policy = Policy::default().with_int8_min_rows(usize::MAX);
     // The blocked kernel (8 rows or more), then the few-rows loop (decoding).
     let shapes = [(8, 12, 4), (10, 25, 517), (257, 64, 1100), (9, 1, 3)];
     let few = [(1, 30, 1024), (4, 7, 37), (3, 5, 3)];
@@ -462,7 +461,7 @@ fn simd_kernel_matches_candle() {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let want = x.matmul(&w.t().unwrap()).unwrap();
-        let got = matmul::matmul_t(&x, &w).unwrap();
+        let got = matmul::matmul_t(&policy, &x, &w).unwrap();
         let err = max_abs_diff(&got, &want);
         assert!(err < 1e-3, "({m}, {n}, {k}): differs by {err}");
     }
@@ -471,12 +470,8 @@ fn simd_kernel_matches_candle() {
     // from 32 rows on); against candle's ops on the expanded weight.
     let gelu_in_place: &(dyn Fn(&mut [f32]) + Sync) =
         &gitcap::model::elementwise::quick_gelu_in_place;
-    let candle_gelu = |t: &Tensor| {
-        gitcap::model::elementwise::set_enabled(Some(false));
-        let y = gitcap::model::elementwise::quick_gelu(t).unwrap();
-        gitcap::model::elementwise::set_enabled(None);
-        y
-    };
+    let candle = Policy::default().with_own_elementwise(false);
+    let candle_gelu = |t: &Tensor| gitcap::model::elementwise::quick_gelu(&candle, t).unwrap();
     for (m, n, k, quantized) in [
         (10, 25, 517, false),
         (33, 19, 1024, true),
@@ -506,7 +501,7 @@ fn simd_kernel_matches_candle() {
             activation: Some(gelu_in_place),
             residual: None,
         };
-        let got = matmul::linear(&x, &weight, epilogue, false)
+        let got = matmul::linear(&policy, &x, &weight, epilogue, false)
             .unwrap()
             .unwrap();
         let err = max_abs_diff(&got, &want);
@@ -515,8 +510,11 @@ fn simd_kernel_matches_candle() {
             "linear ({m}, {n}, {k}, q8_0 {quantized}): differs by {err}"
         );
     }
-    gitcap::model::int8::set_min_rows(None);
-    assert_eq!(matmul::products(), before + 10, "the kernel did not run");
+    assert_eq!(
+        policy.stats().kernel_products(),
+        10,
+        "the kernel did not run"
+    );
 }
 
 /// The integer kernel's SIMD form (i16 dot, or relaxed SIMD's i8 dot in a relaxed build) through
@@ -527,8 +525,9 @@ fn simd_kernel_matches_candle() {
 fn int8_kernel_matches_candle() {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Tensor};
-    use gitcap::model::{int8, matmul};
-    let kernel = int8::Kernel::best();
+    use gitcap::model::{int8, matmul, Policy};
+    let policy = Policy::default();
+    let kernel = int8::kernel(&policy);
     // test.sh --full runs this test in both builds.
     let want = if cfg!(feature = "relaxed-simd") {
         int8::Kernel::RelaxedSimd
@@ -537,7 +536,6 @@ fn int8_kernel_matches_candle() {
     };
     assert_eq!(kernel, want);
     let levels = kernel.max_levels() as f32;
-    let before = int8::products();
     let shapes = [
         (8, 12, 32),
         (10, 25, 544),
@@ -563,7 +561,7 @@ fn int8_kernel_matches_candle() {
             activation: None,
             residual: None,
         };
-        let got = matmul::linear(&x, &weight, epilogue, false)
+        let got = matmul::linear(&policy, &x, &weight, epilogue, false)
             .expect("the integer kernel takes q8_0 products of 8 rows or more")
             .unwrap();
         let (got, want) = (
@@ -605,8 +603,8 @@ fn int8_kernel_matches_candle() {
         assert!(rel < 2e-2, "({m}, {n}, {k}): relative RMS error {rel}");
     }
     assert_eq!(
-        int8::products(),
-        before + shapes.len(),
+        policy.stats().int8_products(),
+        shapes.len(),
         "the kernel did not run"
     );
 }
@@ -640,7 +638,7 @@ fn int8_quantizer_matches_its_definition() {
             }
         })
         .collect();
-    gitcap::model::int8::check_quantizer(&x, m, k).unwrap();
+    gitcap::model::int8::check_quantizer(&gitcap::model::Policy::default(), &x, m, k).unwrap();
 }
 
 /// The vector packing of q8_0 weight panels gives the scalar definition's bits in both forms'
@@ -666,20 +664,22 @@ fn int8_packing_matches_its_definition() {
 #[wasm_bindgen_test]
 fn simd_elementwise_matches_candle() {
     use candle_core::{Device, Tensor};
-    use gitcap::model::elementwise;
+    use gitcap::model::{elementwise, Policy};
+    let (own, candle) = (
+        Policy::default(),
+        Policy::default().with_own_elementwise(false),
+    );
     for width in [1usize, 6, 257] {
         let xs = (Tensor::randn(0f32, 1.0, (7, width), &Device::Cpu).unwrap() * 8.0).unwrap();
-        elementwise::set_enabled(Some(false));
         let (soft, gelu) = (
-            elementwise::softmax_last(&xs).unwrap(),
-            elementwise::quick_gelu(&xs).unwrap(),
+            elementwise::softmax_last(&candle, &xs).unwrap(),
+            elementwise::quick_gelu(&candle, &xs).unwrap(),
         );
-        elementwise::set_enabled(None);
-        assert!(max_abs_diff(&elementwise::softmax_last(&xs).unwrap(), &soft) < 1e-6);
-        assert!(max_abs_diff(&elementwise::quick_gelu(&xs).unwrap(), &gelu) < 1e-5);
+        assert!(max_abs_diff(&elementwise::softmax_last(&own, &xs).unwrap(), &soft) < 1e-6);
+        assert!(max_abs_diff(&elementwise::quick_gelu(&own, &xs).unwrap(), &gelu) < 1e-5);
     }
     let masked = Tensor::new(&[[1.5f32, f32::NEG_INFINITY, -3.0]], &Device::Cpu).unwrap();
-    let p: Vec<f32> = elementwise::softmax_last(&masked)
+    let p: Vec<f32> = elementwise::softmax_last(&own, &masked)
         .unwrap()
         .flatten_all()
         .unwrap()

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use gitcap::image::{decode_image, ImageLimits};
+use gitcap::model::Policy;
 use gitcap::{CaptionOptions, Captioner, Decoding};
 use image::RgbImage;
 
@@ -108,11 +109,12 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
     Ok(decode_image(&bytes, &ImageLimits::default())?)
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
+/// Captions as `args` say, the model computing by `policy`.
+pub fn run(args: Args, policy: Policy) -> Result<ExitCode> {
     let opts = args.options()?;
     let device = model_source::device(args.device)?;
     let started = Instant::now();
-    let captioner = model_source::load(&args.model, &device)?;
+    let captioner = model_source::load(&args.model, &device, policy)?;
     if args.timings {
         eprintln!(
             "timing: model loaded in {:.1} ms on the {}",

@@ -2,5 +2,6 @@
 
 pub mod caption;
 pub mod model_source;
+pub mod policy;
 pub mod quantize;
 pub mod serve;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use gitcap::captioner::ModelFiles;
+use gitcap::model::Policy;
 use gitcap::Captioner;
 
 pub const DEFAULT_MODEL: &str = "microsoft/git-large-r-coco";
@@ -151,13 +152,13 @@ pub fn device_name(device: &Device) -> &'static str {
     }
 }
 
-/// Loads the captioner `--model` names.
-pub fn load(arg: &str, device: &Device) -> Result<Captioner> {
+/// Loads the captioner `--model` names, computing by `policy`.
+pub fn load(arg: &str, device: &Device, policy: Policy) -> Result<Captioner> {
     let source = ModelSource::parse(arg)?;
     let path = source.materialize()?;
     let captioner = match source {
-        ModelSource::Gguf(_) => gitcap::checkpoint::load_gguf(&path, device),
-        _ => gitcap::checkpoint::load_dir(&path, device),
+        ModelSource::Gguf(_) => gitcap::checkpoint::load_gguf_with_policy(&path, device, policy),
+        _ => gitcap::checkpoint::load_dir_with_policy(&path, device, policy),
     }
     .with_context(|| format!("cannot load the model from {}", path.display()))?;
     Ok(captioner)

@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 use serde::Deserialize;
 
+use super::policy::Policy;
 use crate::{Error, Result};
 
 /// The activations GIT checkpoints name in their configs (`hidden_act`).
@@ -22,18 +23,20 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    /// The activation of `xs`, computed as `policy` says.
+    pub fn apply(self, policy: &Policy, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::Gelu => xs.gelu_erf(),
-            Activation::QuickGelu => super::elementwise::quick_gelu(xs),
+            Activation::QuickGelu => super::elementwise::quick_gelu(policy, xs),
             Activation::GeluTanh => xs.gelu(),
             Activation::Relu => xs.relu(),
         }
     }
 
-    /// The activation as an in-place function on f32 values giving exactly what `apply` gives, for
-    /// the matrix kernel to apply to each block of columns it finishes; `None` where there is none.
-    pub fn in_place(self) -> Option<fn(&mut [f32])> {
+    /// The activation as an in-place function on f32 values giving exactly what `apply` gives
+    /// under `policy`, for the matrix kernel to apply to each block of columns it finishes; `None`
+    /// where there is none.
+    pub fn in_place(self, policy: &Policy) -> Option<fn(&mut [f32])> {
         match self {
             // candle's gelu_erf for f32, written out.
             Activation::Gelu => Some(|xs| {
@@ -44,7 +47,7 @@ impl Activation {
                         * v;
                 }
             }),
-            Activation::QuickGelu if super::elementwise::enabled() => {
+            Activation::QuickGelu if policy.own_quick_gelu() => {
                 Some(super::elementwise::quick_gelu_in_place)
             }
             Activation::Relu => Some(|xs| xs.iter_mut().for_each(|x| *x = x.max(0.0))),

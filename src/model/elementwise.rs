@@ -5,45 +5,29 @@
 //! arrays the compiler vectorises natively, split over the rayon pool there) they take a fraction
 //! of that.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
+use super::policy::Policy;
 use super::simd::{self, V};
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Turns these loops off (or back on, with `None`), so that the tests can compare them with
-/// candle's ops.
-pub fn set_enabled(on: Option<bool>) {
-    ENABLED.store(on.unwrap_or(true), Ordering::Relaxed);
-    FORCED.store(on == Some(true), Ordering::Relaxed);
+/// Whether these loops can take `xs`: contiguous f32 values on the CPU.
+fn takes(xs: &Tensor) -> bool {
+    xs.dtype() == DType::F32 && xs.device().is_cpu() && xs.is_contiguous()
 }
 
-/// Set by the tests to run the wasm build's choices natively too.
-static FORCED: AtomicBool = AtomicBool::new(false);
-
-/// Whether these loops are on (they are unless a test turned them off).
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
-fn applies(xs: &Tensor) -> bool {
-    enabled() && xs.dtype() == DType::F32 && xs.device().is_cpu() && xs.is_contiguous()
-}
-
-/// x · sigmoid(1.702 x), CLIP's activation.
-pub fn quick_gelu(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if applies(xs) {
+/// x · sigmoid(1.702 x), CLIP's activation: in these loops where `policy` has them on.
+pub fn quick_gelu(policy: &Policy, xs: &Tensor) -> candle_core::Result<Tensor> {
+    if policy.own_quick_gelu() && takes(xs) {
         return xs.apply_op1_no_bwd(&QuickGelu);
     }
     xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
 }
 
-/// Softmax over the last dimension. Natively candle's is already split over threads and no
-/// slower, and keeps the logits nearer transformers' (its exp is libm's).
-pub fn softmax_last(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if applies(xs) && (cfg!(target_arch = "wasm32") || FORCED.load(Ordering::Relaxed)) {
+/// Softmax over the last dimension: in these loops where `policy` has them on (by default in
+/// wasm only: natively candle's is already split over threads and no slower, and keeps the logits
+/// nearer transformers', its exp being libm's).
+pub fn softmax_last(policy: &Policy, xs: &Tensor) -> candle_core::Result<Tensor> {
+    if policy.own_softmax() && takes(xs) {
         return xs.apply_op1_no_bwd(&SoftmaxLast);
     }
     candle_nn::ops::softmax_last_dim(xs)
@@ -157,18 +141,18 @@ mod tests {
     /// Widths that are and are not multiples of four, large and masked (-inf) inputs.
     #[test]
     fn match_candle() {
-        set_enabled(Some(true));
+        let own = Policy::default().with_own_elementwise(true);
         let dev = Device::Cpu;
         for width in [1usize, 3, 4, 7, 257] {
             let xs = (Tensor::randn(0f32, 4.0, (5, width), &dev).unwrap() * 3.0).unwrap();
             let want = candle_nn::ops::softmax_last_dim(&xs).unwrap();
             assert!(
-                max_diff(&softmax_last(&xs).unwrap(), &want) < 1e-6,
+                max_diff(&softmax_last(&own, &xs).unwrap(), &want) < 1e-6,
                 "softmax {width}"
             );
             let want = (&xs * candle_nn::ops::sigmoid(&(&xs * 1.702).unwrap()).unwrap()).unwrap();
             assert!(
-                max_diff(&quick_gelu(&xs).unwrap(), &want) < 1e-5,
+                max_diff(&quick_gelu(&own, &xs).unwrap(), &want) < 1e-5,
                 "gelu {width}"
             );
         }
@@ -177,9 +161,8 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let got = softmax_last(&masked).unwrap();
+        let got = softmax_last(&own, &masked).unwrap();
         let want = candle_nn::ops::softmax_last_dim(&masked).unwrap();
         assert!(max_diff(&got, &want) < 1e-6);
-        set_enabled(None);
     }
 }

@@ -1,10 +1,12 @@
 //! GitForCausalLM: image encoder, temporal embeddings for video checkpoints, visual projection,
-//! and the text decoder, under the checkpoint's own tensor names.
+//! and the text decoder, under the checkpoint's own tensor names. The model holds the `Policy` it
+//! computes by and passes it down every forward.
 
 use candle_core::{Device, Tensor, D};
 
 use super::config::GitConfig;
 use super::nn::{LayerNorm, Linear, Weights};
+use super::policy::Policy;
 use super::text::{ImagePrefix, TextCache, TextDecoder};
 use super::vision::VisionTransformer;
 use crate::{Error, Result};
@@ -18,13 +20,16 @@ pub struct Git {
     projection_norm: LayerNorm,
     text: TextDecoder,
     device: Device,
+    policy: Policy,
 }
 
 impl Git {
-    pub fn new(weights: &Weights, config: &GitConfig) -> Result<Self> {
+    /// The model from `weights`, computing by `policy` (which also decides how the image
+    /// encoder's weights are laid out: packed for the AVX-512 kernel where it takes them).
+    pub fn new(weights: &Weights, config: &GitConfig, policy: Policy) -> Result<Self> {
         let vcfg = &config.vision_config;
         let git = weights.pp("git");
-        let vision = VisionTransformer::new(&git.pp("image_encoder.vision_model"), vcfg)?;
+        let vision = VisionTransformer::new(&git.pp("image_encoder.vision_model"), vcfg, &policy)?;
         let temporal_embeddings = match config.num_image_with_embedding {
             None => Vec::new(),
             Some(frames) => (0..frames)
@@ -48,14 +53,27 @@ impl Git {
             projection: proj
                 .pp("0")
                 .linear(vcfg.hidden_size, config.hidden_size)?
-                .prepacked(super::vision::tokens(vcfg))?,
+                .prepacked(&policy, super::vision::tokens(vcfg))?,
             projection_norm: proj
                 .pp("1")
                 .layer_norm(config.hidden_size, vcfg.layer_norm_eps)?,
             text: TextDecoder::new(weights, config)?,
             device: weights.device(),
             config: config.clone(),
+            policy,
         })
+    }
+
+    /// The policy the model computes by, with its statistics.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Makes the model compute by `policy` from now on. Weights keep the layout the policy given
+    /// at load chose; a policy that turns the AVX-512 kernel off gives the same results, more
+    /// slowly (see `Policy::with_avx512`).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     pub fn config(&self) -> &GitConfig {
@@ -80,7 +98,8 @@ impl Git {
                 format!("this video checkpoint takes exactly {want} frames, got {frames}")
             }));
         }
-        let mut feats = self.vision.forward(pixel_values)?;
+        let policy = &self.policy;
+        let mut feats = self.vision.forward(policy, pixel_values)?;
         if !self.temporal_embeddings.is_empty() {
             let temporal = Tensor::stack(&self.temporal_embeddings, 0)?.unsqueeze(1)?;
             feats = feats.broadcast_add(&temporal)?;
@@ -88,12 +107,12 @@ impl Git {
         let (f, n, d) = feats.dims3()?;
         let feats = feats.reshape((1, f * n, d))?;
         self.projection_norm
-            .forward(&self.projection.forward(&feats)?)
+            .forward(&self.projection.forward(policy, &feats)?)
     }
 
     /// The image's keys and values in every decoder layer, computed once per image.
     pub fn image_prefix(&self, image_features: &Tensor) -> Result<ImagePrefix> {
-        self.text.image_prefix(image_features)
+        self.text.image_prefix(&self.policy, image_features)
     }
 
     /// Feeds token ids (beams, new) and returns the logits of the last new position (beams, vocab).
@@ -103,10 +122,10 @@ impl Git {
         prefix: &ImagePrefix,
         cache: &mut TextCache,
     ) -> Result<Tensor> {
-        let hidden = self.text.forward(ids, prefix, cache)?;
+        let hidden = self.text.forward(&self.policy, ids, prefix, cache)?;
         let l = hidden.dim(1)?;
         let last = hidden.narrow(1, l - 1, 1)?.squeeze(1)?;
-        self.text.logits(&last)
+        self.text.logits(&self.policy, &last)
     }
 
     /// Logits at every new position (beams, new, vocab): what `GitForCausalLM.forward` returns for
@@ -117,8 +136,8 @@ impl Git {
         prefix: &ImagePrefix,
         cache: &mut TextCache,
     ) -> Result<Tensor> {
-        let hidden = self.text.forward(ids, prefix, cache)?;
-        let logits = self.text.logits(&hidden)?;
+        let hidden = self.text.forward(&self.policy, ids, prefix, cache)?;
+        let logits = self.text.logits(&self.policy, &hidden)?;
         debug_assert_eq!(logits.dim(D::Minus1)?, self.config.vocab_size);
         Ok(logits)
     }

@@ -23,12 +23,11 @@
 //! packed into the form's integer layout with one f32 scale and one starting sum per block and
 //! column, then every few rows of x accumulate a tile of the output.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-
 use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::matmul::{by_column_blocks_over, Epilogue, SharedOut};
+use super::policy::{Policy, Stats};
 use crate::Result;
 
 /// Inputs per q8_0 block, for the weight and the quantized activations alike.
@@ -92,18 +91,9 @@ impl Kernel {
     }
 }
 
-/// 0: the best form; 1: the portable one (for the tests).
-static FORCE_PORTABLE: AtomicU8 = AtomicU8::new(0);
-
-/// Makes the products run the portable form (`true`) or the best one (`false`), so that the
-/// tests can compare them.
-pub fn set_portable(portable: bool) {
-    FORCE_PORTABLE.store(portable as u8, Ordering::Relaxed);
-}
-
-/// The form products run now.
-pub fn kernel() -> Kernel {
-    if FORCE_PORTABLE.load(Ordering::Relaxed) == 1 {
+/// The form products run under `policy`: the best one, or the portable one where it asks for it.
+pub fn kernel(policy: &Policy) -> Kernel {
+    if policy.portable_int8() {
         Kernel::Portable
     } else {
         Kernel::best()
@@ -127,50 +117,26 @@ impl Default for Activations {
     }
 }
 
-static LEVELS: AtomicU8 = AtomicU8::new(127);
-static PER_ROW: AtomicU8 = AtomicU8::new(0);
-
-/// Overrides (or restores, with `None`) how the activations are quantized.
-pub fn set_activations(a: Option<Activations>) {
-    let a = a.unwrap_or_default();
-    LEVELS.store(a.levels.clamp(1, 127) as u8, Ordering::Relaxed);
-    PER_ROW.store(a.per_row as u8, Ordering::Relaxed);
-}
-
-/// How the activations of the form `kernel` are quantized now.
-fn activations(kernel: Kernel) -> Activations {
+/// How `policy` has the activations of the form `kernel` quantized (levels capped by the form).
+fn activations(policy: &Policy, kernel: Kernel) -> Activations {
+    let a = policy.int8_activations();
     Activations {
-        levels: i32::from(LEVELS.load(Ordering::Relaxed)).min(kernel.max_levels()),
-        per_row: PER_ROW.load(Ordering::Relaxed) == 1,
+        levels: a.levels.min(kernel.max_levels()),
+        per_row: a.per_row,
     }
 }
 
 /// Products of at least this many rows (the encoder, a prompt) go through the integer kernel where
-/// its form is fast; decoding's single rows keep candle's int8 matrix-vector kernels.
+/// its form is fast, unless the policy sets a bound of its own; decoding's single rows keep
+/// candle's int8 matrix-vector kernels.
 const DEFAULT_MIN_ROWS: usize = 8;
-/// 0: the default (`DEFAULT_MIN_ROWS` where the form is fast, else never).
-static MIN_ROWS: AtomicUsize = AtomicUsize::new(0);
 
-/// Overrides (or restores, with `None`) the row count from which q8_0 products take the integer
-/// kernel in whatever form `kernel()` is, so that the tests can run it anywhere (and a huge value
-/// turns it off, for comparisons).
-pub fn set_min_rows(rows: Option<usize>) {
-    MIN_ROWS.store(rows.map_or(0, |r| r.max(1)), Ordering::Relaxed);
-}
-
-/// Whether a q8_0 product of `rows` rows goes to the integer kernel.
-pub fn takes(rows: usize) -> bool {
-    match MIN_ROWS.load(Ordering::Relaxed) {
-        0 => kernel().fast() && rows >= DEFAULT_MIN_ROWS,
-        min => rows >= min,
+/// Whether a q8_0 product of `rows` rows goes to the integer kernel under `policy`.
+pub fn takes(policy: &Policy, rows: usize) -> bool {
+    match policy.int8_min_rows() {
+        None => kernel(policy).fast() && rows >= DEFAULT_MIN_ROWS,
+        Some(min) => rows >= min,
     }
-}
-
-static PRODUCTS: AtomicUsize = AtomicUsize::new(0);
-
-/// How many products the integer kernel has computed (lets the tests check that it ran).
-pub fn products() -> usize {
-    PRODUCTS.load(Ordering::Relaxed)
 }
 
 /// x (m × k, row-major) quantized per row and block: `words` holds each row's values packed four
@@ -296,13 +262,18 @@ fn quantize_block(xs: &[f32], inverse: f32, words: &mut [u32], per: usize, offse
 }
 
 /// Checks the quantizer this build runs against `quantize_block`, the scalar definition, on
-/// `x` (m × k): the words and scales must be the same bits. For the wasm tests, where the
-/// vector form runs.
+/// `x` (m × k), activations quantized as `policy` says, over its threads: the words and scales
+/// must be the same bits. For the wasm tests, where the vector form runs.
 #[doc(hidden)]
-pub fn check_quantizer(x: &[f32], m: usize, k: usize) -> std::result::Result<(), String> {
+pub fn check_quantizer(
+    policy: &Policy,
+    x: &[f32],
+    m: usize,
+    k: usize,
+) -> std::result::Result<(), String> {
     let kernel = Kernel::best();
-    let a = activations(kernel);
-    let got = quantize_x(x, m, k, kernel, a, super::parallel::parts());
+    let a = activations(policy, kernel);
+    let got = quantize_x(x, m, k, kernel, a, policy.parts());
     let per = per_word(kernel);
     let offset = offset(kernel) as i8;
     let levels = a.levels as f32;
@@ -490,9 +461,16 @@ fn step(acc: f32, sw: f32, sx: f32, sum: i32) -> f32 {
 /// this many multiply-adds are shared out over the rayon pool.
 const NATIVE_MIN_SPLIT_MACS: usize = 1 << 21;
 
-/// `activation(x · wᵀ + bias)` for a q8_0 weight through the integer kernel (`matmul::linear`
-/// sends it here when `takes`); `split` as there (the threaded wasm build's decision).
-pub fn linear(x: &Tensor, q: &QTensor, epilogue: Epilogue<'_>, split: bool) -> Result<Tensor> {
+/// `activation(x · wᵀ + bias)` for a q8_0 weight through the integer kernel in the form `policy`
+/// asks for (`matmul::linear` sends it here when `takes`); `split` as there (the threaded wasm
+/// build's decision).
+pub fn linear(
+    policy: &Policy,
+    x: &Tensor,
+    q: &QTensor,
+    epilogue: Epilogue<'_>,
+    split: bool,
+) -> Result<Tensor> {
     let (_, k) = x.dims2()?;
     let data = q.data()?;
     let w = Q8_0Weight { blocks: &data, k };
@@ -502,14 +480,19 @@ pub fn linear(x: &Tensor, q: &QTensor, epilogue: Epilogue<'_>, split: bool) -> R
             q.shape()
         )));
     }
-    Ok(x.contiguous()?
-        .apply_op1_no_bwd(&LinearOp { w, epilogue, split })?)
+    Ok(x.contiguous()?.apply_op1_no_bwd(&LinearOp {
+        w,
+        epilogue,
+        split,
+        policy,
+    })?)
 }
 
 struct LinearOp<'a> {
     w: Q8_0Weight<'a>,
     epilogue: Epilogue<'a>,
     split: bool,
+    policy: &'a Policy,
 }
 
 impl CustomOp1 for LinearOp<'_> {
@@ -532,25 +515,33 @@ impl CustomOp1 for LinearOp<'_> {
             candle_core::bail!("int8 linear: x has {k} columns, w has {}", self.w.k)
         }
         self.epilogue.check("int8 linear", m, n)?;
-        let out = multiply(&xd[x0..x1], &self.w, m, self.epilogue, self.split);
+        let out = multiply(
+            self.policy,
+            &xd[x0..x1],
+            &self.w,
+            m,
+            self.epilogue,
+            self.split,
+        );
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
-/// c (m × n) = epilogue(x (m × k) · wᵀ) through the integer kernel in form `kernel()`, for a
-/// q8_0 weight (k a multiple of 32); when `split`, its column blocks are shared out over the
-/// threads like `matmul`'s kernel's.
+/// c (m × n) = epilogue(x (m × k) · wᵀ) through the integer kernel in the form `policy` asks for,
+/// for a q8_0 weight (k a multiple of 32); when `split`, its column blocks are shared out over the
+/// policy's threads like `matmul`'s kernel's. Counted in the policy's statistics.
 pub fn multiply(
+    policy: &Policy,
     x: &[f32],
     w: &Q8_0Weight,
     m: usize,
     epilogue: Epilogue<'_>,
     split: bool,
 ) -> Vec<f32> {
-    PRODUCTS.fetch_add(1, Ordering::Relaxed);
+    policy.stats().count_int8_product();
     let workers = if cfg!(target_arch = "wasm32") {
         if split {
-            super::parallel::parts()
+            policy.parts()
         } else {
             1
         }
@@ -559,11 +550,14 @@ pub fn multiply(
     } else {
         1
     };
-    let kernel = kernel();
-    multiply_with(x, w, m, kernel, activations(kernel), epilogue, workers)
+    let kernel = kernel(policy);
+    let a = activations(policy, kernel);
+    multiply_with(x, w, m, kernel, a, epilogue, workers, policy.stats())
 }
 
-/// `multiply` in form `kernel`, activations quantized as `a`, over `workers` threads.
+/// `multiply` in form `kernel`, activations quantized as `a`, over `workers` threads (a split
+/// counted in `stats`).
+#[allow(clippy::too_many_arguments)]
 fn multiply_with(
     x: &[f32],
     w: &Q8_0Weight,
@@ -572,6 +566,7 @@ fn multiply_with(
     a: Activations,
     epilogue: Epilogue<'_>,
     workers: usize,
+    stats: &Stats,
 ) -> Vec<f32> {
     let k = w.k;
     assert!(k.is_multiple_of(BLOCK) && x.len() == m * k);
@@ -591,7 +586,7 @@ fn multiply_with(
         // SAFETY: by_column_blocks_over hands each column range to one call only.
         unsafe { multiply_block(out, &xq, w, m, n, kernel, j_start, j_end, epilogue) }
     };
-    by_column_blocks_over(workers, m, n, nw, MIN_BLOCK_PANELS, block)
+    by_column_blocks_over(stats, workers, m, n, nw, MIN_BLOCK_PANELS, block)
 }
 
 /// Columns j_start..j_end of c (m × n): the bias, then every `KC` inputs' contribution, then the
@@ -1322,7 +1317,7 @@ mod tests {
         // (check_quantizer would compare the scalar form with itself here: it runs in the wasm
         // tests, where the vector form is the one built.)
         let kernel = Kernel::best();
-        let a = activations(kernel);
+        let a = activations(&Policy::default(), kernel);
         let whole = quantize_x(&x, m, k, kernel, a, 1);
         let split = quantize_x(&x, m, k, kernel, a, 3);
         assert_eq!(whole.words, split.words);
@@ -1331,6 +1326,7 @@ mod tests {
 
     #[test]
     fn portable_form_matches_the_quantized_product() {
+        let stats = Stats::default();
         for (m, n, k) in shapes() {
             let (blocks, expanded) = weight(n, k);
             let w = Q8_0Weight { blocks: &blocks, k };
@@ -1346,7 +1342,16 @@ mod tests {
                     per_row: true,
                 },
             ] {
-                let c = multiply_with(&x, &w, m, Kernel::Portable, a, Epilogue::default(), 1);
+                let c = multiply_with(
+                    &x,
+                    &w,
+                    m,
+                    Kernel::Portable,
+                    a,
+                    Epilogue::default(),
+                    1,
+                    &stats,
+                );
                 assert_product(&c, &expand_quantized(&x, k, a), &expanded, &[], m, k);
             }
         }
@@ -1367,6 +1372,7 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
+        let stats = Stats::default();
         for (m, n, k) in shapes().into_iter().chain([(37, 100, 1088)]) {
             let (blocks, expanded) = weight(n, k);
             let w = Q8_0Weight { blocks: &blocks, k };
@@ -1378,16 +1384,16 @@ mod tests {
                 residual: None,
             };
             let a = Activations::default();
-            let want = multiply_with(&x, &w, m, Kernel::Portable, a, epilogue, 1);
-            let got = multiply_with(&x, &w, m, best, a, epilogue, 1);
+            let want = multiply_with(&x, &w, m, Kernel::Portable, a, epilogue, 1, &stats);
+            let got = multiply_with(&x, &w, m, best, a, epilogue, 1, &stats);
             assert!(got == want, "({m},{n},{k}): {best:?} differs from portable");
-            let shared = pool.install(|| multiply_with(&x, &w, m, best, a, epilogue, 3));
+            let shared = pool.install(|| multiply_with(&x, &w, m, best, a, epilogue, 3, &stats));
             assert!(
                 shared == want,
                 "({m},{n},{k}): {best:?} over 3 threads differs"
             );
             let xhat = expand_quantized(&x, k, a);
-            let plain = multiply_with(&x, &w, m, best, a, Epilogue::default(), 1);
+            let plain = multiply_with(&x, &w, m, best, a, Epilogue::default(), 1, &stats);
             assert_product(&plain, &xhat, &expanded, &[], m, k);
         }
     }
@@ -1415,7 +1421,7 @@ mod tests {
             residual: None,
         };
         let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-        let got = linear(&xt, &q, epilogue, false).unwrap();
+        let got = linear(&Policy::default(), &xt, &q, epilogue, false).unwrap();
         let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mut largest_error = 0f64;
         for i in 0..m {

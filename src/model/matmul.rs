@@ -19,9 +19,9 @@
 //! out over the threads, all writing into one output.
 //!
 //! Natively candle's kernels are faster, so the kernel runs there only when the tests ask for it
-//! (`set_min_rows`): the same blocking code compiles to plain four-lane arrays, so the native
-//! tests check every edge of it against transformers' fixtures and the wasm tests check the SIMD
-//! lanes in Chromium.
+//! (`Policy::with_kernel_min_rows`): the same blocking code compiles to plain four-lane arrays, so
+//! the native tests check every edge of it against transformers' fixtures and the wasm tests check
+//! the SIMD lanes in Chromium.
 //!
 //! Layout: for each block of `KC` inputs and each panel of `NW` output columns, the weight's panel
 //! is packed input-major (`KC × NW`, zero-padded past the last column); then every `MR` rows of x
@@ -29,11 +29,10 @@
 //! input. 3 × 12 keeps 9 accumulators and 4 operands within the 16 vector registers V8 has on
 //! x86-64: the larger tiles tried (4 × 12, 6 × 8, 3 × 16) spill and run at 21–23 GFLOP/s.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use candle_core::quantized::GgmlDType;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
+use super::policy::{Policy, Stats};
 use super::simd;
 use crate::Result;
 
@@ -50,107 +49,72 @@ const MIN_BLOCK_PANELS: usize = 4;
 /// once from memory): fewer would cost more in hand-outs than they save.
 const MIN_FEW_BLOCK_COLUMNS: usize = 32;
 
-const DEFAULT_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
-    8
-} else {
-    usize::MAX
-};
-static MIN_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_ROWS);
-
-/// Overrides (or restores, with `None`) the row count from which products use this kernel, so
-/// that the native tests can run the wasm build's path.
-pub fn set_min_rows(rows: Option<usize>) {
-    MIN_ROWS.store(rows.unwrap_or(DEFAULT_MIN_ROWS), Ordering::Relaxed);
+/// Whether a product of `rows` input rows goes to the blocked kernel under `policy`.
+pub fn applies(policy: &Policy, rows: usize) -> bool {
+    rows >= policy.kernel_min_rows()
 }
 
-static PRODUCTS: AtomicUsize = AtomicUsize::new(0);
-
-/// How many products this kernel has computed (lets the tests check that it ran).
-pub fn products() -> usize {
-    PRODUCTS.load(Ordering::Relaxed)
-}
-
-/// Whether a product of `rows` input rows goes to the blocked kernel.
-pub fn applies(rows: usize) -> bool {
-    rows >= MIN_ROWS.load(Ordering::Relaxed)
-}
-
-/// Products of fewer rows than this (decoding) take the matrix-vector loop. A bound of its own, so
-/// that `?kernel_min=N` moves only the blocked kernel's: the rows between go to candle.
-const DEFAULT_FEW_ROWS_BELOW: usize = if cfg!(target_arch = "wasm32") { 8 } else { 0 };
-static FEW_ROWS_BELOW: AtomicUsize = AtomicUsize::new(DEFAULT_FEW_ROWS_BELOW);
-
-/// Overrides (or restores, with `None`) the row count below which products take the
-/// matrix-vector loop, so that the native tests can run the wasm build's decoding path.
-pub fn set_few_rows_below(rows: Option<usize>) {
-    FEW_ROWS_BELOW.store(rows.unwrap_or(DEFAULT_FEW_ROWS_BELOW), Ordering::Relaxed);
-}
-
-/// Whether a product of `rows` rows goes to one of this module's loops.
-pub fn takes(rows: usize) -> bool {
-    applies(rows) || rows < FEW_ROWS_BELOW.load(Ordering::Relaxed)
+/// Whether a product of `rows` rows goes to one of this module's loops under `policy`.
+pub fn takes(policy: &Policy, rows: usize) -> bool {
+    applies(policy, rows) || rows < policy.few_rows_below()
 }
 
 /// Natively, products of this many rows or more with f32 weights go through the AVX-512 kernel
-/// (`avx512.rs`) on CPUs that have it: the image encoder's 257 rows, prompts, beams. Decoding's
-/// single row is bound by memory, where candle's loop is no slower.
-const DEFAULT_WIDE_MIN_ROWS: usize = 2;
-static WIDE_MIN_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_WIDE_MIN_ROWS);
+/// (`avx512.rs`) on CPUs that have it, unless the policy turns it off: the image encoder's 257
+/// rows, prompts, beams. Decoding's single row is bound by memory, where candle's loop is no
+/// slower.
+#[cfg(target_arch = "x86_64")]
+const WIDE_MIN_ROWS: usize = 2;
 
-/// Overrides (or restores, with `None`) the row count from which f32 products take the AVX-512
-/// kernel where the CPU has it; `Some(usize::MAX)` turns it off, so that the tests run both paths.
-pub fn set_wide_min_rows(rows: Option<usize>) {
-    WIDE_MIN_ROWS.store(rows.unwrap_or(DEFAULT_WIDE_MIN_ROWS), Ordering::Relaxed);
-}
-
-/// Whether this process's f32 products of `rows` rows run on the AVX-512 kernel.
-pub fn wide(rows: usize) -> bool {
+/// Whether f32 products of `rows` rows run on the AVX-512 kernel under `policy` (on this CPU).
+pub fn wide(policy: &Policy, rows: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        rows >= WIDE_MIN_ROWS.load(Ordering::Relaxed)
-            && *AVAILABLE.get_or_init(super::avx512::available)
+        policy.avx512() && rows >= WIDE_MIN_ROWS && *AVAILABLE.get_or_init(super::avx512::available)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = rows;
+        let _ = (policy, rows);
         false
     }
 }
 
 /// Whether an f32 product of `rows` rows runs on the AVX-512 kernel: `wide`, and not taken by
 /// the wasm build's loops (which the native tests can turn on for every product).
-pub fn wide_takes(rows: usize) -> bool {
-    wide(rows) && !applies(rows) && rows >= FEW_ROWS_BELOW.load(Ordering::Relaxed)
+pub fn wide_takes(policy: &Policy, rows: usize) -> bool {
+    wide(policy, rows) && !applies(policy, rows) && rows >= policy.few_rows_below()
 }
 
-/// Turns the AVX-512 kernel off for the whole process (`GITCAP_NO_AVX512=1` in the CLI), for
-/// comparisons and for CPUs whose AVX-512 runs slower than AVX2.
-pub fn disable_wide() {
-    set_wide_min_rows(Some(usize::MAX));
-}
-
-/// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k).
-pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !kernel_takes(x, w)? {
+/// `x · wᵀ` for x (rows × k) and an f32 weight w (n × k), through this module's kernels where
+/// `policy` sends the product to them.
+pub fn matmul_t(policy: &Policy, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !kernel_takes(policy, x, w)? {
         return Ok(x.matmul(&w.t()?)?);
     }
-    Ok(x.contiguous()?.apply_op2_no_bwd(w, &MatmulT::default())?)
+    Ok(x.contiguous()?.apply_op2_no_bwd(
+        w,
+        &MatmulT {
+            epilogue: Epilogue::default(),
+            split: false,
+            policy,
+        },
+    )?)
 }
 
 /// Whether this module's kernels take the product x · wᵀ (f32 on the CPU, rows they take).
-fn kernel_takes(x: &Tensor, w: &Tensor) -> Result<bool> {
+fn kernel_takes(policy: &Policy, x: &Tensor, w: &Tensor) -> Result<bool> {
     let rows = x.dim(0)?;
     let f32s = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
-    Ok((takes(rows) || wide(rows)) && f32s && x.device().is_cpu())
+    Ok((takes(policy, rows) || wide(policy, rows)) && f32s && x.device().is_cpu())
 }
 
 /// `(x · wᵀ) · scale` (attention's scores): where the kernel takes the product, the scaling is
 /// done on each block of it as the block finishes, as candle's affine op computes it
 /// (`v · scale + 0`, the same bits), instead of in a pass of its own; natively such a pass is
 /// handed to candle's spinning thread pool, which then competes with the products' threads.
-pub fn matmul_t_scaled(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
-    if !kernel_takes(x, w)? {
+pub fn matmul_t_scaled(policy: &Policy, x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
+    if !kernel_takes(policy, x, w)? {
         return Ok((x.matmul(&w.t()?)? * scale)?);
     }
     let factor = scale as f32;
@@ -169,6 +133,7 @@ pub fn matmul_t_scaled(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
         &MatmulT {
             epilogue,
             split: false,
+            policy,
         },
     )?)
 }
@@ -228,12 +193,14 @@ pub type InPlace<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
 
 /// `activation(x · wᵀ + bias)` for a linear layer's weight through this module's loops: a dense
 /// f32 weight through the blocked kernel or, for few rows, the matrix-vector loop; a q8_0 one
-/// through the blocked kernel from `parallel::dequantize_min_rows()` rows on. When `split`, the output's column
-/// blocks are handed out over the rayon pool as threads come free (`parallel::for_each_piece`),
-/// all writing into one output. `None` where the kernel does not take this product, for the caller to
-/// take another way. Each output value is computed the same way however the columns are shared
-/// out, so the result does not depend on the number of threads.
+/// through the integer kernel where `int8::takes`, else through the blocked kernel from the
+/// policy's `dequantize_min_rows()` rows on. When `split`, the output's column blocks are handed
+/// out over the policy's threads as they come free (`parallel::for_each_piece_over`), all writing
+/// into one output. `None` where `policy` does not send this product to the kernels, for the
+/// caller to take another way. Each output value is computed the same way however the columns
+/// are shared out, so the result does not depend on the number of threads.
 pub fn linear(
+    policy: &Policy,
     x: &Tensor,
     weight: &candle_core::quantized::QMatMul,
     epilogue: Epilogue<'_>,
@@ -245,24 +212,30 @@ pub fn linear(
         return None;
     }
     if let QMatMul::QTensor(q) = weight {
-        if q.dtype() == GgmlDType::Q8_0 && k % Q8_0_BLOCK == 0 && super::int8::takes(rows) {
-            return Some(super::int8::linear(x, q, epilogue, split));
+        if q.dtype() == GgmlDType::Q8_0 && k % Q8_0_BLOCK == 0 && super::int8::takes(policy, rows) {
+            return Some(super::int8::linear(policy, x, q, epilogue, split));
         }
     }
     let f32_weight = matches!(weight, QMatMul::Tensor(w) if w.dtype() == candle_core::DType::F32);
-    if !(takes(rows) || (f32_weight && wide(rows))) {
+    if !(takes(policy, rows) || (f32_weight && wide(policy, rows))) {
         return None;
     }
     match weight {
         QMatMul::Tensor(w) if w.dtype() == candle_core::DType::F32 => Some((|| {
-            Ok(x.contiguous()?
-                .apply_op2_no_bwd(w, &MatmulT { epilogue, split })?)
+            Ok(x.contiguous()?.apply_op2_no_bwd(
+                w,
+                &MatmulT {
+                    epilogue,
+                    split,
+                    policy,
+                },
+            )?)
         })()),
         QMatMul::QTensor(q)
             if q.dtype() == GgmlDType::Q8_0
                 && k % Q8_0_BLOCK == 0
-                && applies(rows)
-                && rows >= super::parallel::dequantize_min_rows() =>
+                && applies(policy, rows)
+                && rows >= policy.dequantize_min_rows() =>
         {
             Some((|| {
                 let data = q.data()?;
@@ -271,6 +244,7 @@ pub fn linear(
                     k,
                     epilogue,
                     split,
+                    policy,
                 })?)
             })())
         }
@@ -288,10 +262,10 @@ pub struct PackedWeight {
 }
 
 impl PackedWeight {
-    /// `w` (n × k, f32 on the CPU) packed where this process's products of `rows` rows take the
-    /// AVX-512 kernel; `None` elsewhere.
-    pub fn new(w: &Tensor, rows: usize) -> Result<Option<PackedWeight>> {
-        if !wide(rows) || w.dtype() != candle_core::DType::F32 || !w.device().is_cpu() {
+    /// `w` (n × k, f32 on the CPU) packed where products of `rows` rows take the AVX-512 kernel
+    /// under `policy`; `None` elsewhere.
+    pub fn new(policy: &Policy, w: &Tensor, rows: usize) -> Result<Option<PackedWeight>> {
+        if !wide(policy, rows) || w.dtype() != candle_core::DType::F32 || !w.device().is_cpu() {
             return Ok(None);
         }
         #[cfg(target_arch = "x86_64")]
@@ -323,21 +297,26 @@ impl PackedWeight {
 }
 
 /// `activation(x · wᵀ + bias)` for a packed weight through the AVX-512 kernel; `None` where this
-/// product does not take the kernel (`wide(rows)` false), for the caller to take another way.
+/// product does not take the kernel (`wide` false under `policy`), for the caller to take another
+/// way.
 pub fn linear_packed(
+    policy: &Policy,
     x: &Tensor,
     w: &PackedWeight,
     epilogue: Epilogue<'_>,
 ) -> Option<Result<Tensor>> {
     let (rows, _) = x.dims2().ok()?;
-    if x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() || !wide(rows) {
+    if x.dtype() != candle_core::DType::F32 || !x.device().is_cpu() || !wide(policy, rows) {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
     {
         Some((|| {
-            Ok(x.contiguous()?
-                .apply_op1_no_bwd(&MatmulTPacked { w, epilogue })?)
+            Ok(x.contiguous()?.apply_op1_no_bwd(&MatmulTPacked {
+                w,
+                epilogue,
+                stats: policy.stats(),
+            })?)
         })())
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -351,6 +330,7 @@ pub fn linear_packed(
 struct MatmulTPacked<'a> {
     w: &'a PackedWeight,
     epilogue: Epilogue<'a>,
+    stats: &'a Stats,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -375,7 +355,7 @@ impl CustomOp1 for MatmulTPacked<'_> {
         }
         let n = w.rows();
         self.epilogue.check("matmul_t_packed", m, n)?;
-        PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_kernel_product();
         let out = multiply_wide(
             &xd[x0..x1],
             super::avx512::Weight::Packed(w),
@@ -393,6 +373,7 @@ struct MatmulTQ8_0<'a> {
     k: usize,
     epilogue: Epilogue<'a>,
     split: bool,
+    policy: &'a Policy,
 }
 
 impl CustomOp1 for MatmulTQ8_0<'_> {
@@ -413,22 +394,31 @@ impl CustomOp1 for MatmulTQ8_0<'_> {
         if k != self.k {
             candle_core::bail!("matmul_t_quantized: x has {k} columns, w has {}", self.k)
         }
-        PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        self.policy.stats().count_kernel_product();
         let w = Q8_0Rows {
             blocks: self.blocks,
             k,
         };
         let n = w.rows();
         self.epilogue.check("matmul_t_quantized", m, n)?;
-        let out = multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split);
+        let out = multiply_blocked(
+            self.policy,
+            &xd[x0..x1],
+            &w,
+            m,
+            k,
+            self.epilogue,
+            self.split,
+        );
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
-#[derive(Default)]
 struct MatmulT<'a> {
     epilogue: Epilogue<'a>,
     split: bool,
+    /// Which loop takes the product, over how many threads, and where it is counted.
+    policy: &'a Policy,
 }
 
 impl CustomOp2 for MatmulT<'_> {
@@ -455,14 +445,15 @@ impl CustomOp2 for MatmulT<'_> {
         let (CpuStorage::F32(wd), Some((w0, w1))) = (ws, w_layout.contiguous_offsets()) else {
             candle_core::bail!("matmul_t takes contiguous f32 matrices")
         };
-        PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        let policy = self.policy;
+        policy.stats().count_kernel_product();
         let w = DenseRows { w: &wd[w0..w1], k };
         debug_assert_eq!(w.rows(), n);
         self.epilogue.check("matmul_t", m, n)?;
         // The wasm build's loops first: natively they run only when the tests ask for them.
-        let out = if applies(m) {
-            multiply_blocked(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
-        } else if wide_takes(m) {
+        let out = if applies(policy, m) {
+            multiply_blocked(policy, &xd[x0..x1], &w, m, k, self.epilogue, self.split)
+        } else if wide_takes(policy, m) {
             #[cfg(target_arch = "x86_64")]
             {
                 multiply_wide(
@@ -477,7 +468,7 @@ impl CustomOp2 for MatmulT<'_> {
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("wide() is false off x86-64")
         } else {
-            multiply_few(&xd[x0..x1], &w, m, k, self.epilogue, self.split)
+            multiply_few(policy, &xd[x0..x1], &w, m, k, self.epilogue, self.split)
         };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -545,7 +536,9 @@ impl WeightRows for Q8_0Rows<'_> {
 
 /// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ), all row-major, one block of output columns at a
 /// time: for each `KC` inputs, each panel of the block is packed and every row accumulated into it.
+/// When `split`, the blocks are shared out over the policy's threads.
 fn multiply_blocked(
+    policy: &Policy,
     x: &[f32],
     w: &impl WeightRows,
     m: usize,
@@ -562,10 +555,18 @@ fn multiply_blocked(
         n,
         epilogue,
     };
-    by_column_blocks(m, n, NW, MIN_BLOCK_PANELS, split, |out, j_start, j_end| {
-        // SAFETY: by_column_blocks hands each column range to one call only.
-        unsafe { out.multiply_block(&p, w, j_start, j_end) };
-    })
+    by_column_blocks(
+        policy,
+        split,
+        m,
+        n,
+        NW,
+        MIN_BLOCK_PANELS,
+        |out, j_start, j_end| {
+            // SAFETY: by_column_blocks hands each column range to one call only.
+            unsafe { out.multiply_block(&p, w, j_start, j_end) };
+        },
+    )
 }
 
 /// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ) through the AVX-512 kernel, in blocks of output
@@ -625,22 +626,25 @@ fn multiply_wide(
 
 /// An m × n output filled by `block(out, start, end)` over column ranges that cover 0..n once, each
 /// a whole number of `unit` columns (and at least `min_units` of them) but the last; shared out
-/// over the pool when `split` (`parallel::for_each_piece`). The output is not zeroed first: a
-/// block writes every value of its columns before reading any (`SharedOut::start_block`).
+/// over the policy's threads when `split` (`parallel::for_each_piece_over`). The output is not
+/// zeroed first: a block writes every value of its columns before reading any
+/// (`SharedOut::start_block`).
 pub(super) fn by_column_blocks(
+    policy: &Policy,
+    split: bool,
     m: usize,
     n: usize,
     unit: usize,
     min_units: usize,
-    split: bool,
     block: impl Fn(SharedOut, usize, usize) + Sync,
 ) -> Vec<f32> {
-    let workers = if split { super::parallel::parts() } else { 1 };
-    by_column_blocks_over(workers, m, n, unit, min_units, block)
+    let workers = if split { policy.parts() } else { 1 };
+    by_column_blocks_over(policy.stats(), workers, m, n, unit, min_units, block)
 }
 
-/// `by_column_blocks` shared out over `workers` threads of the pool.
+/// `by_column_blocks` shared out over `workers` threads of the pool, counted in `stats`.
 pub(super) fn by_column_blocks_over(
+    stats: &Stats,
     workers: usize,
     m: usize,
     n: usize,
@@ -650,7 +654,7 @@ pub(super) fn by_column_blocks_over(
 ) -> Vec<f32> {
     let mut c = Vec::with_capacity(m * n);
     let out = SharedOut(c.as_mut_ptr());
-    super::parallel::for_each_piece_over(workers, n, unit, min_units, |start, len| {
+    super::parallel::for_each_piece_over(stats, workers, n, unit, min_units, |start, len| {
         block(out, start, start + len)
     });
     // SAFETY: every block has returned, having written each value of its columns (`block`'s
@@ -802,6 +806,7 @@ impl SharedOut {
 /// `multiply_blocked` for a few rows: each weight row is read from memory once and dotted with
 /// every row of x while it is in L1.
 fn multiply_few(
+    policy: &Policy,
     x: &[f32],
     w: &DenseRows,
     m: usize,
@@ -819,11 +824,12 @@ fn multiply_few(
         epilogue,
     };
     by_column_blocks(
+        policy,
+        split,
         m,
         n,
         1,
         MIN_FEW_BLOCK_COLUMNS,
-        split,
         |out, j_start, j_end| {
             // SAFETY: by_column_blocks hands each column range to one call only.
             unsafe { out.dot_block(&p, w, j_start, j_end) };
@@ -924,8 +930,9 @@ mod tests {
         let x = Tensor::randn(0f32, 3.0, (257, 64), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 3.0, (131, 64), &Device::Cpu).unwrap();
         let scale = 0.1;
-        let want = (matmul_t(&x, &w).unwrap() * scale).unwrap();
-        let got = matmul_t_scaled(&x, &w, scale).unwrap();
+        let policy = Policy::default();
+        let want = (matmul_t(&policy, &x, &w).unwrap() * scale).unwrap();
+        let got = matmul_t_scaled(&policy, &x, &w, scale).unwrap();
         let bits = |t: &Tensor| -> Vec<u32> {
             let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             v.iter().map(|x| x.to_bits()).collect()
@@ -944,7 +951,6 @@ mod tests {
         let relu: InPlace = &|xs: &mut [f32]| {
             xs.iter_mut().for_each(|x| *x = x.max(0.0));
         };
-        let _parts = crate::model::parallel::PARTS_LOCK.lock();
         for &(m, n, k) in &[(10, 1000, 64), (9, 100, 608), (3, 13, 32), (27, 70, 96)] {
             let (x, wv) = matrices(m, n, k);
             let bias: Vec<f32> = (0..n).map(|j| (j % 17) as f32 - 8.0).collect();
@@ -978,25 +984,20 @@ mod tests {
             )
             .unwrap();
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-            let int8 = |epilogue, split| -> Vec<f32> {
-                let c = crate::model::int8::linear(&xt, &q, epilogue, split).unwrap();
-                c.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            };
             for parts in [1, 3] {
-                crate::model::parallel::set_parts(parts);
+                let policy = Policy::default().with_parts(parts);
                 let split = parts > 1;
                 let what = format!("({m},{n},{k}) over {parts}");
-                let blocked = |e| multiply_blocked(&x, &w, m, k, e, split);
+                let blocked = |e| multiply_blocked(&policy, &x, &w, m, k, e, split);
                 assert_eq!(bits(blocked(with)), added(blocked(plain)), "blocked {what}");
-                let few = |e| multiply_few(&x, &w, m, k, e, split);
+                let few = |e| multiply_few(&policy, &x, &w, m, k, e, split);
                 assert_eq!(bits(few(with)), added(few(plain)), "few rows {what}");
-                assert_eq!(
-                    bits(int8(with, split)),
-                    added(int8(plain, split)),
-                    "int8 {what}"
-                );
+                let int8 = |epilogue| -> Vec<f32> {
+                    let c = crate::model::int8::linear(&policy, &xt, &q, epilogue, split).unwrap();
+                    c.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                };
+                assert_eq!(bits(int8(with)), added(int8(plain)), "int8 {what}");
             }
-            crate::model::parallel::set_parts(1);
             #[cfg(target_arch = "x86_64")]
             if super::super::avx512::available() {
                 use super::super::avx512::{PackedWeight, Weight};
@@ -1012,6 +1013,7 @@ mod tests {
             }
             let short = &residual[1..];
             let err = crate::model::int8::linear(
+                &Policy::default(),
                 &xt,
                 &q,
                 Epilogue {
@@ -1030,6 +1032,7 @@ mod tests {
     fn q8_0_rows_match_their_expansion() {
         use candle_core::quantized::QTensor;
         use candle_core::Device;
+        let policy = Policy::default();
         let (n, k) = (29, 2 * KC + 64);
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
@@ -1044,7 +1047,7 @@ mod tests {
             let want = x.matmul(&expanded.t().unwrap()).unwrap();
             let want = want.narrow(1, 3, n - 3).unwrap();
             let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let c = multiply_blocked(&x, &w, m, k, Epilogue::default(), false);
+            let c = multiply_blocked(&policy, &x, &w, m, k, Epilogue::default(), false);
             let got = Tensor::from_vec(c, (m, n - 3), &Device::Cpu).unwrap();
             let err = crate::model::max_abs_diff(&got, &want);
             assert!(err < 1e-3, "{m} rows: {err}");
@@ -1089,7 +1092,6 @@ mod tests {
         let relu: InPlace = &|xs: &mut [f32]| {
             xs.iter_mut().for_each(|x| *x = x.max(0.0));
         };
-        let _parts = crate::model::parallel::PARTS_LOCK.lock();
         for &(m, n, k, parts) in &[(10, 1000, 70, 2), (9, 100, 600, 3), (8, 13, 5, 4)] {
             let (x, w) = matrices(m, n, k);
             let bias: Vec<f32> = (0..n).map(|j| (j % 17) as f32 - 8.0).collect();
@@ -1100,20 +1102,18 @@ mod tests {
                 residual: None,
             };
             for few_rows in [false, true] {
-                let multiply = |split| match few_rows {
-                    false => multiply_blocked(&x, &w, m, k, epilogue, split),
-                    true => multiply_few(&x, &w, m, k, epilogue, split),
+                let multiply = |policy: &Policy, split| match few_rows {
+                    false => multiply_blocked(policy, &x, &w, m, k, epilogue, split),
+                    true => multiply_few(policy, &x, &w, m, k, epilogue, split),
                 };
                 let splits_here = match few_rows {
                     false => n.div_ceil(NW) >= 2 * MIN_BLOCK_PANELS,
                     true => n >= 2 * MIN_FEW_BLOCK_COLUMNS,
                 };
-                let one = multiply(false);
-                crate::model::parallel::set_parts(parts);
-                let splits = crate::model::parallel::splits();
-                let shared = multiply(true);
-                let split = crate::model::parallel::splits() > splits;
-                crate::model::parallel::set_parts(1);
+                let one = multiply(&Policy::default(), false);
+                let threads = Policy::default().with_parts(parts);
+                let shared = multiply(&threads, true);
+                let split = threads.stats().splits() > 0;
                 assert_eq!(split, splits_here, "({m},{n},{k})");
                 assert!(one == shared, "({m},{n},{k}) over {parts} threads");
                 assert_product(&one, &x, &w, m, &bias, true);
@@ -1125,6 +1125,7 @@ mod tests {
     /// several KC blocks with a remainder; against a plain f64 dot product.
     #[test]
     fn matches_dot_products_at_every_edge() {
+        let policy = Policy::default();
         for &(m, n, k) in &[
             (1, 1, 1),
             (2, 13, 5),
@@ -1137,8 +1138,8 @@ mod tests {
             let (x, w) = matrices(m, n, k);
             let w = DenseRows { w: &w, k };
             for c in [
-                multiply_blocked(&x, &w, m, k, Epilogue::default(), false),
-                multiply_few(&x, &w, m, k, Epilogue::default(), false),
+                multiply_blocked(&policy, &x, &w, m, k, Epilogue::default(), false),
+                multiply_few(&policy, &x, &w, m, k, Epilogue::default(), false),
             ] {
                 assert_product(&c, &x, &w, m, &[], false);
             }

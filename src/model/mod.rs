@@ -9,6 +9,7 @@ pub mod int8;
 pub mod matmul;
 pub mod nn;
 pub mod parallel;
+pub mod policy;
 mod simd;
 pub mod text;
 pub mod vision;
@@ -16,6 +17,7 @@ pub mod vision;
 pub use config::{GenerationConfig, GitConfig, VisionConfig};
 pub use git::Git;
 pub use nn::{QuantizedTensors, Weights};
+pub use policy::{Policy, Stats};
 pub use text::{ImagePrefix, TextCache};
 
 /// max |a − b| over all elements, for the kernels' unit tests.

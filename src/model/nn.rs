@@ -11,6 +11,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Shape, Storage, Tensor};
 
 use super::config::Activation;
+use super::policy::Policy;
 use super::{int8, matmul, parallel};
 use crate::{Error, Result};
 
@@ -229,10 +230,11 @@ impl Weights {
 /// y = act(x Wᵀ + b), with W dense or quantized. Inputs of any rank are folded into one matrix
 /// product, which is both what candle's quantized kernels expect and the fastest dense path.
 ///
-/// Where the model's own kernel takes the product (the wasm build: f32 weights, q8_0 ones for the
-/// encoder's rows), it adds the bias and applies the activation to each block of output columns as
-/// it finishes it; when the model runs split across threads (`parallel::parts() > 1`, the threaded
-/// wasm build) those column blocks are shared out over the pool, all writing into one output.
+/// Every forward takes the model's `Policy`, which chooses the path. Where the model's own kernel
+/// takes the product (the wasm build: f32 weights, q8_0 ones for the encoder's rows), it adds the
+/// bias and applies the activation to each block of output columns as it finishes it; when the
+/// policy splits the model across threads (`parts() > 1`, the threaded wasm build) those column
+/// blocks are shared out over the pool, all writing into one output.
 /// Elsewhere a large enough split product is cut by output columns: each thread multiplies by a
 /// block of the weight's rows (a view of a dense weight; for a quantized one, its rows expanded to
 /// f32 by that thread) and adds its slice of the bias and the activation; the slices are then
@@ -271,15 +273,15 @@ impl Linear {
     }
 
     /// The layer with its f32 weight packed for the AVX-512 kernel where products of `rows` rows
-    /// take it (natively, on CPUs with AVX-512 F); as it was elsewhere. For layers whose every
-    /// product has that many rows (the image encoder's 257 a frame): packing each product's
-    /// panels was 5% of the encoder's time natively. The packed form replaces the loaded one, so
-    /// the model holds no more memory.
-    pub fn prepacked(self, rows: usize) -> Result<Self> {
+    /// take it under `policy` (natively, on CPUs with AVX-512 F); as it was elsewhere. For layers
+    /// whose every product has that many rows (the image encoder's 257 a frame): packing each
+    /// product's panels was 5% of the encoder's time natively. The packed form replaces the
+    /// loaded one, so the model holds no more memory.
+    pub fn prepacked(self, policy: &Policy, rows: usize) -> Result<Self> {
         let LinearWeight::Loaded(QMatMul::Tensor(w)) = &self.weight else {
             return Ok(self);
         };
-        Ok(match matmul::PackedWeight::new(w, rows)? {
+        Ok(match matmul::PackedWeight::new(policy, w, rows)? {
             Some(packed) => Self {
                 weight: LinearWeight::Packed(Arc::new(packed)),
                 ..self
@@ -288,24 +290,25 @@ impl Linear {
         })
     }
 
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, None, None)
+    pub fn forward(&self, policy: &Policy, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(policy, xs, None, None)
     }
 
     /// The layer followed by `act`, applied to each thread's slice where it was computed.
-    pub fn forward_then(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
-        self.forward_with(xs, Some(act), None)
+    pub fn forward_then(&self, policy: &Policy, xs: &Tensor, act: Activation) -> Result<Tensor> {
+        self.forward_with(policy, xs, Some(act), None)
     }
 
     /// `residual + self.forward(xs)` (a residual connection; `residual` has the output's shape),
     /// the sum done by the kernel on each block of the output as it finishes where the kernel
     /// takes the product: the same bits.
-    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, None, Some(residual))
+    pub fn forward_add(&self, policy: &Policy, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_with(policy, xs, None, Some(residual))
     }
 
     fn forward_with(
         &self,
+        policy: &Policy,
         xs: &Tensor,
         act: Option<Activation>,
         residual: Option<&Tensor>,
@@ -343,19 +346,19 @@ impl Linear {
             LinearWeight::Loaded(weight) => weight,
             LinearWeight::Packed(packed) => {
                 if residual.is_none() || residual_values.is_some() {
-                    if let Some(ys) = self.packed_forward(&flat, packed, fused) {
+                    if let Some(ys) = self.packed_forward(policy, &flat, packed, fused) {
                         return Ok(ys?.reshape(out_dims)?);
                     }
                 }
-                // The kernel was turned off after loading (the tests compare it with candle's
-                // path): the rows again, the usual way.
+                // The policy turned the kernel off after loading (the tests compare it with
+                // candle's path): the rows again, the usual way.
                 let loaded = Linear::new(QMatMul::Tensor(packed.unpack()?), self.bias.clone())?;
                 drop(residual_storage);
-                return loaded.forward_with(xs, act, residual);
+                return loaded.forward_with(policy, xs, act, residual);
             }
         };
         if residual.is_none() || residual_values.is_some() {
-            if let Some(ys) = self.kernel_forward(weight, &flat, fused) {
+            if let Some(ys) = self.kernel_forward(policy, weight, &flat, fused) {
                 return Ok(ys?.reshape(out_dims)?);
             }
         }
@@ -365,17 +368,18 @@ impl Linear {
                 ys = ys.broadcast_add(&b)?;
             }
             if let Some(act) = act {
-                ys = act.apply(&ys)?;
+                ys = act.apply(policy, &ys)?;
             }
             Ok(ys)
         };
-        let dequantize = rows >= parallel::dequantize_min_rows();
+        let dequantize = rows >= policy.dequantize_min_rows();
         // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
         // few rows would copy its blocks on every token.
         let splittable = !matches!(weight, QMatMul::QTensor(_)) || dequantize;
         let ranges = splittable
             .then(|| {
                 parallel::split(
+                    policy,
                     self.out_dim,
                     rows,
                     rows * in_dim * self.out_dim,
@@ -384,9 +388,9 @@ impl Linear {
             })
             .flatten();
         let ys = if let Some(ranges) = ranges {
-            let slices = parallel::map(ranges.len(), |i| {
+            let slices = parallel::map(policy.stats(), ranges.len(), |i| {
                 let (start, len) = ranges[i];
-                let ys = matmul::matmul_t(&flat, &weight_rows_f32(weight, start, len)?)?;
+                let ys = matmul::matmul_t(policy, &flat, &weight_rows_f32(weight, start, len)?)?;
                 finish(
                     ys,
                     self.bias
@@ -399,9 +403,9 @@ impl Linear {
         } else {
             let ys = match weight {
                 QMatMul::QTensor(q) if dequantize => {
-                    matmul::matmul_t(&flat, &q.dequantize(xs.device())?)?
+                    matmul::matmul_t(policy, &flat, &q.dequantize(xs.device())?)?
                 }
-                QMatMul::Tensor(w) => matmul::matmul_t(&flat, w)?,
+                QMatMul::Tensor(w) => matmul::matmul_t(policy, &flat, w)?,
                 weight => weight.forward(&flat)?,
             };
             finish(ys, self.bias.clone())?
@@ -414,34 +418,37 @@ impl Linear {
     }
 
     /// The layer through the model's own matrix kernel, bias and activation included, its columns
-    /// shared out over the threads when the model runs split; `None` where the kernel does not
-    /// take this product (a type other than f32 and q8_0, q8_0 for few rows).
+    /// shared out over the threads when the policy splits the model; `None` where the policy does
+    /// not send this product to the kernel (a type other than f32 and q8_0, q8_0 for few rows).
     fn kernel_forward(
         &self,
+        policy: &Policy,
         weight: &QMatMul,
         flat: &Tensor,
         end: ProductEnd<'_>,
     ) -> Option<Result<Tensor>> {
         let (rows, in_dim) = flat.dims2().ok()?;
-        if !(matmul::takes(rows) || matmul::wide(rows) || int8::takes(rows)) {
+        if !(matmul::takes(policy, rows) || matmul::wide(policy, rows) || int8::takes(policy, rows))
+        {
             return None;
         }
-        let split = parallel::splits_product(rows, rows * in_dim * self.out_dim);
-        self.with_epilogue(end, |epilogue| {
-            matmul::linear(flat, weight, epilogue, split)
+        let split = parallel::splits_product(policy, rows, rows * in_dim * self.out_dim);
+        self.with_epilogue(policy, end, |epilogue| {
+            matmul::linear(policy, flat, weight, epilogue, split)
         })
     }
 
-    /// The layer through the AVX-512 kernel with its packed weight; `None` where the kernel is
-    /// off for this product.
+    /// The layer through the AVX-512 kernel with its packed weight; `None` where the policy has
+    /// the kernel off for this product.
     fn packed_forward(
         &self,
+        policy: &Policy,
         flat: &Tensor,
         packed: &matmul::PackedWeight,
         end: ProductEnd<'_>,
     ) -> Option<Result<Tensor>> {
-        self.with_epilogue(end, |epilogue| {
-            matmul::linear_packed(flat, packed, epilogue)
+        self.with_epilogue(policy, end, |epilogue| {
+            matmul::linear_packed(policy, flat, packed, epilogue)
         })
     }
 
@@ -451,6 +458,7 @@ impl Linear {
     /// vector.
     fn with_epilogue(
         &self,
+        policy: &Policy,
         end: ProductEnd<'_>,
         product: impl FnOnce(matmul::Epilogue<'_>) -> Option<Result<Tensor>>,
     ) -> Option<Result<Tensor>> {
@@ -464,7 +472,7 @@ impl Linear {
                 _ => return None,
             },
         };
-        let in_place = act.and_then(Activation::in_place);
+        let in_place = act.and_then(|act| act.in_place(policy));
         let act_after = act.filter(|_| in_place.is_none());
         let epilogue = matmul::Epilogue {
             bias,
@@ -474,7 +482,7 @@ impl Linear {
         let ys = product(epilogue)?;
         Some(ys.and_then(|ys| {
             let Some(act) = act_after else { return Ok(ys) };
-            let ys = act.apply(&ys)?;
+            let ys = act.apply(policy, &ys)?;
             Ok(match residual {
                 Some(r) => {
                     let r = Tensor::from_slice(r, ys.shape(), ys.device())?;
@@ -513,8 +521,14 @@ fn weight_rows_f32(weight: &QMatMul, start: usize, len: usize) -> Result<Tensor>
 }
 
 /// softmax(q kᵀ · scale) v for (batch, heads, rows, head_dim) inputs, the heads split across
-/// threads when the model runs split (see `parallel`).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// threads when the policy splits the model (see `parallel`).
+pub fn attention(
+    policy: &Policy,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
     let heads = q.dim(1)?;
     let one = |start: usize, len: usize| -> Result<Tensor> {
         let (q, k, v) = (
@@ -522,36 +536,46 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
             k.narrow(1, start, len)?,
             v.narrow(1, start, len)?,
         );
-        if matmul::applies(q.dim(2)?) || matmul::wide_takes(q.dim(2)?) {
-            return per_head_attention(&q, &k, &v, scale);
+        let rows = q.dim(2)?;
+        if matmul::applies(policy, rows) || matmul::wide_takes(policy, rows) {
+            return per_head_attention(policy, &q, &k, &v, scale);
         }
         let scores = (q.matmul(&k.t()?)? * scale)?;
-        Ok(softmax_last(&scores)?.matmul(&v)?)
+        Ok(softmax_last(policy, &scores)?.matmul(&v)?)
     };
     let (b, rows, head_dim) = (q.dim(0)?, q.dim(2)?, q.dim(3)?);
     let macs = 2 * b * heads * rows * k.dim(2)? * head_dim;
-    let Some(ranges) = parallel::split(heads, rows, macs, 1) else {
+    let Some(ranges) = parallel::split(policy, heads, rows, macs, 1) else {
         return one(0, heads);
     };
-    let groups = parallel::map(ranges.len(), |i| one(ranges[i].0, ranges[i].1))?;
+    let groups = parallel::map(policy.stats(), ranges.len(), |i| {
+        one(ranges[i].0, ranges[i].1)
+    })?;
     Ok(Tensor::cat(&groups, 1)?)
 }
 
 /// `attention` one head at a time through the model's own matrix kernel (`matmul`), which takes
 /// x · Wᵀ: q kᵀ is that form already, and p v is p (vᵀ)ᵀ.
-fn per_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+fn per_head_attention(
+    policy: &Policy,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, heads, rows, head_dim) = q.dims4()?;
     let keys = k.dim(2)?;
     let flat = |t: &Tensor, n: usize| t.reshape((b * heads, n, head_dim));
     let (q, k, v) = (flat(q, rows)?, flat(k, keys)?, flat(v, keys)?);
     let head = |i: usize| -> Result<Tensor> {
-        let scores = matmul::matmul_t_scaled(&q.get(i)?, &k.get(i)?, scale)?;
-        matmul::matmul_t(&softmax_last(&scores)?, &v.get(i)?.t()?.contiguous()?)
+        let scores = matmul::matmul_t_scaled(policy, &q.get(i)?, &k.get(i)?, scale)?;
+        let probs = softmax_last(policy, &scores)?;
+        matmul::matmul_t(policy, &probs, &v.get(i)?.t()?.contiguous()?)
     };
     // Natively, through the AVX-512 kernel, the heads go to rayon's pool (one thread per core):
     // each product alone is too small to split well (p v has 64 columns, two of its panels).
     // candle's batched products took 5% of git-large's encoder there, these about half as long.
-    let outs = if matmul::wide_takes(rows) {
+    let outs = if matmul::wide_takes(policy, rows) {
         use rayon::prelude::*;
         (0..b * heads)
             .into_par_iter()
@@ -622,7 +646,7 @@ impl Embedding {
     }
 }
 
-/// Softmax over the last dimension, in f32.
-pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
-    Ok(super::elementwise::softmax_last(xs)?)
+/// Softmax over the last dimension, in f32, computed as `policy` says.
+pub fn softmax_last(policy: &Policy, xs: &Tensor) -> Result<Tensor> {
+    Ok(super::elementwise::softmax_last(policy, xs)?)
 }

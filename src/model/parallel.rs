@@ -1,11 +1,12 @@
 //! Splitting the model's large products over threads where candle cannot.
 //!
-//! Natively candle threads its own kernels, so the model runs every product whole (`parts() == 1`).
-//! In the threaded WebAssembly build candle's kernels stay single-threaded (it sees one CPU), so
-//! once the page has started the thread pool (`startThreads` in src/wasm.rs sets the part count)
-//! the model itself shares out each large linear layer's output columns and each attention's heads
-//! over the rayon threads: the model's own matrix kernel hands out blocks of columns of one output
-//! as threads come free (`for_each_piece`); other products (candle's, for weight types the kernel
+//! Natively candle threads its own kernels, so the model runs every product whole (its policy's
+//! `parts()` is 1). In the threaded WebAssembly build candle's kernels stay single-threaded (it
+//! sees one CPU), so once the page has started the thread pool (`startThreads` in src/wasm.rs sets
+//! the part count of the models loaded afterwards) the model itself shares out each large linear
+//! layer's output columns and each attention's heads over the rayon threads: the model's own
+//! matrix kernel hands out blocks of columns of one output as threads come free
+//! (`for_each_piece_over`); other products (candle's, for weight types the kernel
 //! does not take) and attention heads are cut into pieces (`split`, `map`) and joined.
 //! Through the own kernels the split changes nothing (every output value is computed the same way
 //! whichever thread computes it; tests/split.rs checks bit equality); through candle's products
@@ -14,58 +15,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::policy::{Policy, Stats};
 use crate::Result;
-
-/// The unit tests that change the part count take turns through this.
-#[cfg(test)]
-pub(crate) static PARTS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// 0 and 1 both mean whole.
-static PARTS: AtomicUsize = AtomicUsize::new(1);
-
-/// Products smaller than this many multiply-adds run whole even when the model is split: handing
-/// work to the pool costs more than it saves (decoding one token's 1024×1024 projections).
-const DEFAULT_MIN_SPLIT_MACS: usize = 1 << 21;
-static MIN_SPLIT_MACS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_SPLIT_MACS);
-
-/// Products of fewer input rows than this run whole even when the model is split: decoding (one
-/// row per beam) streams each weight once and is bound by memory, not arithmetic; in Chromium on 2
-/// threads, splitting it made f32 tokens slower (13–21 ms against 11–17 ms on one thread).
-const DEFAULT_MIN_SPLIT_ROWS: usize = 8;
-static MIN_SPLIT_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_SPLIT_ROWS);
-
-/// Lowers (or restores, with `None`) the row count from which products are split, so that the
-/// tests can split decoding's products too.
-pub fn set_min_split_rows(rows: Option<usize>) {
-    MIN_SPLIT_ROWS.store(rows.unwrap_or(DEFAULT_MIN_SPLIT_ROWS), Ordering::Relaxed);
-}
-
-/// In wasm, from this many input rows on, a quantized weight is expanded to f32 for the product
-/// (one weight, or one thread's block of it, at a time, so memory stays quantized): there candle's
-/// quantized kernels run at about half the speed of its f32 matrix kernel, which wins once the
-/// expansion is shared by enough rows (the image encoder's 257); decoding a token, or a few beams,
-/// keeps the quantized kernels, which read 4× fewer bytes. Natively candle's AVX2 int8 kernels beat
-/// its f32 kernel even on the encoder (q8_0 encode 0.85 s vs f32 1.8 s on 2 threads), so weights
-/// stay quantized there.
-const DEFAULT_DEQUANTIZE_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
-    32
-} else {
-    usize::MAX
-};
-static DEQUANTIZE_MIN_ROWS: AtomicUsize = AtomicUsize::new(DEFAULT_DEQUANTIZE_MIN_ROWS);
-
-pub fn dequantize_min_rows() -> usize {
-    DEQUANTIZE_MIN_ROWS.load(Ordering::Relaxed)
-}
-
-/// Overrides (or restores, with `None`) the row count from which quantized weights are expanded,
-/// so that the native tests can run the wasm build's path.
-pub fn set_dequantize_min_rows(rows: Option<usize>) {
-    DEQUANTIZE_MIN_ROWS.store(
-        rows.unwrap_or(DEFAULT_DEQUANTIZE_MIN_ROWS),
-        Ordering::Relaxed,
-    );
-}
 
 /// Each thread's share of a split product is cut into this many pieces, which the pool hands out
 /// as threads come free: with one piece per thread the product waits for the slowest thread, and a
@@ -73,22 +24,24 @@ pub fn set_dequantize_min_rows(rows: Option<usize>) {
 const PIECES_PER_THREAD: usize = 8;
 
 /// How to split `total` columns or heads of a product of `macs` multiply-adds over `rows` input
-/// rows: ranges for the pool to share out, each starting at a multiple of `align` (the matrix
-/// kernel's column panel), or `None` to run it whole (one thread, too small to be worth handing
-/// out, or decoding's few rows).
-pub fn split(total: usize, rows: usize, macs: usize, align: usize) -> Option<Vec<(usize, usize)>> {
-    if total <= 1 || !splits_product(rows, macs) {
+/// rows under `policy`: ranges for the pool to share out, each starting at a multiple of `align`
+/// (the matrix kernel's column panel), or `None` to run it whole (one thread, too small to be
+/// worth handing out, or decoding's few rows).
+pub fn split(
+    policy: &Policy,
+    total: usize,
+    rows: usize,
+    macs: usize,
+    align: usize,
+) -> Option<Vec<(usize, usize)>> {
+    if total <= 1 || !splits_product(policy, rows, macs) {
         return None;
     }
-    Some(pieces(total, align, 1))
+    Some(pieces_over(policy.parts(), total, align, 1))
 }
 
-/// `total` cut into about `PIECES_PER_THREAD` ranges (start, len) per thread, each starting at a
+/// `total` cut into about `PIECES_PER_THREAD` ranges (start, len) per worker, each starting at a
 /// multiple of `align` and at least `min_units` × `align` long but the last.
-fn pieces(total: usize, align: usize, min_units: usize) -> Vec<(usize, usize)> {
-    pieces_over(parts(), total, align, min_units)
-}
-
 fn pieces_over(
     workers: usize,
     total: usize,
@@ -109,20 +62,19 @@ fn pieces_over(
         .collect()
 }
 
-/// `f(start, len)` over ranges that cover 0..total once: the pieces of `pieces(total, align,
-/// min_units)` handed out over the pool as threads come free when `split` and there is more than
-/// one thread, else one call for all of it.
-pub fn for_each_piece<F>(total: usize, align: usize, min_units: usize, split: bool, f: F)
-where
-    F: Fn(usize, usize) + Sync,
-{
-    for_each_piece_over(if split { parts() } else { 1 }, total, align, min_units, f)
-}
-
-/// `for_each_piece` over `workers` threads of the pool: natively, where candle threads its own
-/// kernels and the model runs whole, the integer kernel shares its products out this way.
-pub fn for_each_piece_over<F>(workers: usize, total: usize, align: usize, min_units: usize, f: F)
-where
+/// `f(start, len)` over ranges that cover 0..total once: the pieces of `pieces_over(workers,
+/// total, align, min_units)` handed out over `workers` threads of the pool as they come free
+/// (counted in `stats`) when there is more than one, else one call for all of it. The model's
+/// kernels share out a split product's columns this way; natively, where candle threads its own
+/// kernels and the model runs whole, so does the integer kernel with its large products.
+pub fn for_each_piece_over<F>(
+    stats: &Stats,
+    workers: usize,
+    total: usize,
+    align: usize,
+    min_units: usize,
+    f: F,
+) where
     F: Fn(usize, usize) + Sync,
 {
     let pieces = if workers > 1 {
@@ -132,7 +84,7 @@ where
     };
     if pieces.len() > 1 {
         let order = spread_order(pieces.len(), workers);
-        for_each_dynamic(workers, pieces.len(), |i| {
+        for_each_dynamic(stats, workers, pieces.len(), |i| {
             let (start, len) = pieces[order[i]];
             f(start, len)
         });
@@ -162,39 +114,14 @@ fn spread_order(n: usize, workers: usize) -> Vec<usize> {
 }
 
 /// Whether a product of `macs` multiply-adds over `rows` input rows is worth sharing out over the
-/// threads: there is more than one, it is large enough, and it is not decoding's few rows.
-pub fn splits_product(rows: usize, macs: usize) -> bool {
-    parts() > 1
-        && rows >= MIN_SPLIT_ROWS.load(Ordering::Relaxed)
-        && macs >= MIN_SPLIT_MACS.load(Ordering::Relaxed)
+/// threads under `policy`: there is more than one, it is large enough, and it is not decoding's
+/// few rows.
+pub fn splits_product(policy: &Policy, rows: usize, macs: usize) -> bool {
+    policy.parts() > 1 && rows >= policy.min_split_rows() && macs >= policy.min_split_macs()
 }
 
-/// Lowers (or restores, with `None`) the size from which products are split: the test fixtures'
-/// products are all small, and the tests must run the split path.
-pub fn set_min_split_macs(macs: Option<usize>) {
-    MIN_SPLIT_MACS.store(macs.unwrap_or(DEFAULT_MIN_SPLIT_MACS), Ordering::Relaxed);
-}
-
-/// How many parts the model splits its large products into.
-pub fn parts() -> usize {
-    PARTS.load(Ordering::Relaxed).max(1)
-}
-
-/// Makes the model split its large products into `n` parts (0 or 1: whole). Set by the threaded
-/// wasm build when its pool starts, and by the native tests to run the split path.
-pub fn set_parts(n: usize) {
-    PARTS.store(n, Ordering::Relaxed);
-}
-
-static SPLITS: AtomicUsize = AtomicUsize::new(0);
-
-/// How many times work has been split so far (lets the tests check that the split path ran).
-pub fn splits() -> usize {
-    SPLITS.load(Ordering::Relaxed)
-}
-
-/// `f(0..n)`, on the rayon pool when there is more than one part.
-pub fn map<T, F>(n: usize, f: F) -> Result<Vec<T>>
+/// `f(0..n)`, on the rayon pool (counted in `stats`) when there is more than one part.
+pub fn map<T, F>(stats: &Stats, n: usize, f: F) -> Result<Vec<T>>
 where
     T: Send,
     F: Fn(usize) -> Result<T> + Sync + Send,
@@ -202,7 +129,7 @@ where
     if n <= 1 {
         return (0..n).map(f).collect();
     }
-    SPLITS.fetch_add(1, Ordering::Relaxed);
+    stats.count_split();
     use rayon::prelude::*;
     (0..n).into_par_iter().map(f).collect()
 }
@@ -210,11 +137,12 @@ where
 /// `f(i)` for every i in 0..n, shared out over the pool: each of the `workers` (the calling
 /// thread among them) takes the next i until none is left, so a thread that is slowed down simply
 /// takes fewer. A worker that starts after the others have taken everything does nothing.
-fn for_each_dynamic<F>(workers: usize, n: usize, f: F)
+/// Counted in `stats` as one split.
+fn for_each_dynamic<F>(stats: &Stats, workers: usize, n: usize, f: F)
 where
     F: Fn(usize) + Sync,
 {
-    SPLITS.fetch_add(1, Ordering::Relaxed);
+    stats.count_split();
     let next = AtomicUsize::new(0);
     let work = || loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -231,16 +159,16 @@ where
     });
 }
 
-/// Runs `f` on a thread of the pool when the model is split, so that its parallel sections start
-/// from a pool thread (which works on one part itself and hands the rest to the others) rather
-/// than from an outside thread that must wake the pool and sleep until it is done, once per
+/// Runs `f` on a thread of the pool when `policy` splits the model, so that its parallel sections
+/// start from a pool thread (which works on one part itself and hands the rest to the others)
+/// rather than from an outside thread that must wake the pool and sleep until it is done, once per
 /// product. The caller blocks until `f` returns.
-pub fn on_pool<R, F>(f: F) -> R
+pub fn on_pool<R, F>(policy: &Policy, f: F) -> R
 where
     R: Send,
     F: FnOnce() -> R + Send,
 {
-    if parts() > 1 {
+    if policy.parts() > 1 {
         rayon::scope(|_| f())
     } else {
         f()
@@ -283,10 +211,9 @@ mod tests {
 
     #[test]
     fn split_pieces_are_aligned_and_cover_everything_once() {
-        let _parts = PARTS_LOCK.lock();
-        set_parts(3);
+        let three = Policy::default().with_parts(3);
         for (total, align) in [(1024usize, 12usize), (30522, 12), (16, 1), (5, 12), (2, 1)] {
-            let pieces = split(total, 257, usize::MAX, align).unwrap();
+            let pieces = split(&three, total, 257, usize::MAX, align).unwrap();
             assert!(pieces.len() <= 3 * PIECES_PER_THREAD && !pieces.is_empty());
             let mut next = 0;
             for (start, len) in pieces {
@@ -297,19 +224,18 @@ mod tests {
             assert_eq!(next, total);
         }
         // Decoding's rows are not split.
-        assert!(split(1024, 1, usize::MAX, 12).is_none());
-        set_parts(1);
-        assert!(split(1024, 257, usize::MAX, 12).is_none());
+        assert!(split(&three, 1024, 1, usize::MAX, 12).is_none());
+        let whole = Policy::default();
+        assert!(split(&whole, 1024, 257, usize::MAX, 12).is_none());
     }
 
     #[test]
     fn pieces_cover_everything_once_and_are_long_enough() {
         use std::sync::Mutex;
-        let _parts = PARTS_LOCK.lock();
-        set_parts(2);
         for (total, align, min_units) in [(1000usize, 12usize, 4usize), (100, 1, 32), (13, 1, 32)] {
             let seen = Mutex::new(Vec::new());
-            for_each_piece(total, align, min_units, true, |start, len| {
+            let stats = Stats::default();
+            for_each_piece_over(&stats, 2, total, align, min_units, |start, len| {
                 seen.lock().unwrap().push((start, len));
             });
             let mut seen = seen.into_inner().unwrap();
@@ -326,8 +252,8 @@ mod tests {
                 total.div_ceil(align) >= 2 * min_units,
                 "{total}"
             );
+            assert_eq!(stats.splits(), usize::from(seen.len() > 1), "{total}");
         }
-        set_parts(1);
     }
 
     #[test]
@@ -351,20 +277,20 @@ mod tests {
     #[test]
     fn for_each_dynamic_runs_every_index_once() {
         use std::sync::atomic::AtomicU32;
-        let _parts = PARTS_LOCK.lock();
-        set_parts(3);
         let seen: Vec<AtomicU32> = (0..37).map(|_| AtomicU32::new(0)).collect();
-        for_each_dynamic(parts(), seen.len(), |i| {
+        let stats = Stats::default();
+        for_each_dynamic(&stats, 3, seen.len(), |i| {
             seen[i].fetch_add(1, Ordering::Relaxed);
         });
-        set_parts(1);
         assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+        assert_eq!(stats.splits(), 1);
     }
 
     #[test]
     fn map_keeps_order_and_errors() {
-        assert_eq!(map(4, |i| Ok(i * 10)).unwrap(), vec![0, 10, 20, 30]);
-        let failed = map(3, |i| {
+        let stats = Stats::default();
+        assert_eq!(map(&stats, 4, |i| Ok(i * 10)).unwrap(), vec![0, 10, 20, 30]);
+        let failed = map(&stats, 3, |i| {
             if i == 1 {
                 Err(crate::Error::invalid("part 1 failed"))
             } else {
@@ -372,5 +298,6 @@ mod tests {
             }
         });
         assert!(failed.unwrap_err().to_string().contains("part 1 failed"));
+        assert_eq!(stats.splits(), 2);
     }
 }

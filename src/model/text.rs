@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor, D};
 
 use super::config::{Activation, GitConfig};
 use super::nn::{attention, softmax_last, Embedding, LayerNorm, Linear, Weights};
+use super::policy::Policy;
 use crate::Result;
 
 /// Keys and values of one layer, shaped (batch, heads, positions, head_dim).
@@ -81,9 +82,9 @@ impl SelfAttention {
     }
 
     /// Queries, and keys and values, split into heads.
-    fn project(&self, xs: &Tensor) -> Result<(Tensor, KeyValue)> {
-        let q = self.split_heads(&self.query.forward(xs)?)?;
-        Ok((q, self.keys_values(xs)?))
+    fn project(&self, policy: &Policy, xs: &Tensor) -> Result<(Tensor, KeyValue)> {
+        let q = self.split_heads(&self.query.forward(policy, xs)?)?;
+        Ok((q, self.keys_values(policy, xs)?))
     }
 
     fn scale(&self) -> f64 {
@@ -91,18 +92,18 @@ impl SelfAttention {
     }
 
     /// Keys and values alone: of the last layer's image rows all the text needs.
-    fn keys_values(&self, xs: &Tensor) -> Result<KeyValue> {
+    fn keys_values(&self, policy: &Policy, xs: &Tensor) -> Result<KeyValue> {
         Ok(KeyValue {
-            k: self.split_heads(&self.key.forward(xs)?)?,
-            v: self.split_heads(&self.value.forward(xs)?)?,
+            k: self.split_heads(&self.key.forward(policy, xs)?)?,
+            v: self.split_heads(&self.value.forward(policy, xs)?)?,
         })
     }
 
     /// Image tokens attend to all image tokens and nothing else.
-    fn forward_image(&self, xs: &Tensor) -> Result<(Tensor, KeyValue)> {
+    fn forward_image(&self, policy: &Policy, xs: &Tensor) -> Result<(Tensor, KeyValue)> {
         let (b, n, d) = xs.dims3()?;
-        let (q, kv) = self.project(xs)?;
-        let ctx = attention(&q, &kv.k, &kv.v, self.scale())?;
+        let (q, kv) = self.project(policy, xs)?;
+        let ctx = attention(policy, &q, &kv.k, &kv.v, self.scale())?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, n, d))?;
         Ok((ctx, kv))
     }
@@ -112,13 +113,14 @@ impl SelfAttention {
     /// by folding the beams into the query rows rather than copying the prefix.
     fn forward_text(
         &self,
+        policy: &Policy,
         xs: &Tensor,
         image: &KeyValue,
         past: Option<&KeyValue>,
     ) -> Result<(Tensor, KeyValue)> {
         let (b, l, d) = xs.dims3()?;
         let h = self.heads;
-        let (q, KeyValue { k: k_new, v: v_new }) = self.project(xs)?;
+        let (q, KeyValue { k: k_new, v: v_new }) = self.project(policy, xs)?;
         let (k_txt, v_txt) = match past {
             Some(p) => (
                 Tensor::cat(&[&p.k, &k_new], 2)?,
@@ -143,7 +145,7 @@ impl SelfAttention {
         if l > 1 {
             scores = scores.broadcast_add(&causal_mask(l, t, n_img, xs.device())?)?;
         }
-        let probs = softmax_last(&scores)?;
+        let probs = softmax_last(policy, &scores)?;
         let p_img = probs
             .narrow(D::Minus1, 0, n_img)?
             .transpose(0, 1)?
@@ -211,13 +213,13 @@ impl DecoderLayer {
         })
     }
 
-    fn feed_forward(&self, xs: &Tensor, ctx: &Tensor) -> Result<Tensor> {
+    fn feed_forward(&self, policy: &Policy, xs: &Tensor, ctx: &Tensor) -> Result<Tensor> {
         let attn = self
             .attention_norm
-            .forward(&self.attention_output.forward_add(ctx, xs)?)?;
-        let inter = self.intermediate.forward_then(&attn, self.act)?;
+            .forward(&self.attention_output.forward_add(policy, ctx, xs)?)?;
+        let inter = self.intermediate.forward_then(policy, &attn, self.act)?;
         self.output_norm
-            .forward(&self.output.forward_add(&inter, &attn)?)
+            .forward(&self.output.forward_add(policy, &inter, &attn)?)
     }
 }
 
@@ -268,7 +270,7 @@ impl TextDecoder {
     }
 
     /// Runs the image tokens (1, n, hidden) through every layer, keeping each layer's keys and values.
-    pub fn image_prefix(&self, image_features: &Tensor) -> Result<ImagePrefix> {
+    pub fn image_prefix(&self, policy: &Policy, image_features: &Tensor) -> Result<ImagePrefix> {
         let tokens = image_features.dim(1)?;
         let mut xs = image_features.clone();
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -277,11 +279,11 @@ impl TextDecoder {
                 // No later layer reads the image rows' outputs, and text never reaches back into
                 // them: of the last layer only the keys and values are needed (a sixth less work
                 // for git-large's image prefix).
-                layers.push(layer.attention.keys_values(&xs)?);
+                layers.push(layer.attention.keys_values(policy, &xs)?);
                 break;
             }
-            let (ctx, kv) = layer.attention.forward_image(&xs)?;
-            xs = layer.feed_forward(&xs, &ctx)?;
+            let (ctx, kv) = layer.attention.forward_image(policy, &xs)?;
+            xs = layer.feed_forward(policy, &xs, &ctx)?;
             layers.push(kv);
         }
         Ok(ImagePrefix { layers, tokens })
@@ -290,6 +292,7 @@ impl TextDecoder {
     /// Feeds `ids` (beams, new) after the cached text; returns the final hidden states (beams, new, hidden).
     pub fn forward(
         &self,
+        policy: &Policy,
         ids: &Tensor,
         prefix: &ImagePrefix,
         cache: &mut TextCache,
@@ -312,11 +315,13 @@ impl TextDecoder {
             cache.layers = vec![None; self.layers.len()];
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let (ctx, kv) =
-                layer
-                    .attention
-                    .forward_text(&xs, &prefix.layers[i], cache.layers[i].as_ref())?;
-            xs = layer.feed_forward(&xs, &ctx)?;
+            let (ctx, kv) = layer.attention.forward_text(
+                policy,
+                &xs,
+                &prefix.layers[i],
+                cache.layers[i].as_ref(),
+            )?;
+            xs = layer.feed_forward(policy, &xs, &ctx)?;
             cache.layers[i] = Some(kv);
         }
         cache.len = start + l;
@@ -325,7 +330,7 @@ impl TextDecoder {
     }
 
     /// Vocabulary logits for hidden states (..., hidden).
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+    pub fn logits(&self, policy: &Policy, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(policy, hidden)
     }
 }

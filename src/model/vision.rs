@@ -5,6 +5,7 @@ use candle_core::{Tensor, D};
 
 use super::config::VisionConfig;
 use super::nn::{attention, LayerNorm, Linear, Weights};
+use super::policy::Policy;
 use crate::Result;
 
 /// The rows of every product in the encoder: one per patch and the class token (per frame).
@@ -22,34 +23,38 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
+    /// `policy`: the one the model is loaded with, which decides how weights are laid out.
+    fn new(w: &Weights, cfg: &VisionConfig, policy: &Policy) -> Result<Self> {
         let d = cfg.hidden_size;
+        let projection = |name: &str| -> Result<Linear> {
+            w.pp(name).linear(d, d)?.prepacked(policy, tokens(cfg))
+        };
         Ok(Self {
-            q_proj: w.pp("q_proj").linear(d, d)?.prepacked(tokens(cfg))?,
-            k_proj: w.pp("k_proj").linear(d, d)?.prepacked(tokens(cfg))?,
-            v_proj: w.pp("v_proj").linear(d, d)?.prepacked(tokens(cfg))?,
-            out_proj: w.pp("out_proj").linear(d, d)?.prepacked(tokens(cfg))?,
+            q_proj: projection("q_proj")?,
+            k_proj: projection("k_proj")?,
+            v_proj: projection("v_proj")?,
+            out_proj: projection("out_proj")?,
             heads: cfg.num_attention_heads,
             head_dim: d / cfg.num_attention_heads,
         })
     }
 
     /// `residual + attention(xs)`.
-    fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    fn forward_add(&self, policy: &Policy, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (b, n, d) = xs.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
             Ok(t.reshape((b, n, self.heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.q_proj.forward(xs)?)?;
-        let k = split(self.k_proj.forward(xs)?)?;
-        let v = split(self.v_proj.forward(xs)?)?;
+        let q = split(self.q_proj.forward(policy, xs)?)?;
+        let k = split(self.k_proj.forward(policy, xs)?)?;
+        let v = split(self.v_proj.forward(policy, xs)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let ctx = attention(&q, &k, &v, scale)?
+        let ctx = attention(policy, &q, &k, &v, scale)?
             .transpose(1, 2)?
             .reshape((b, n, d))?;
-        self.out_proj.forward_add(&ctx, residual)
+        self.out_proj.forward_add(policy, &ctx, residual)
     }
 }
 
@@ -63,32 +68,32 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
+    fn new(w: &Weights, cfg: &VisionConfig, policy: &Policy) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
             layer_norm1: w.pp("layer_norm1").layer_norm(d, cfg.layer_norm_eps)?,
-            self_attn: Attention::new(&w.pp("self_attn"), cfg)?,
+            self_attn: Attention::new(&w.pp("self_attn"), cfg, policy)?,
             layer_norm2: w.pp("layer_norm2").layer_norm(d, cfg.layer_norm_eps)?,
             fc1: w
                 .pp("mlp.fc1")
                 .linear(d, cfg.intermediate_size)?
-                .prepacked(tokens(cfg))?,
+                .prepacked(policy, tokens(cfg))?,
             fc2: w
                 .pp("mlp.fc2")
                 .linear(cfg.intermediate_size, d)?
-                .prepacked(tokens(cfg))?,
+                .prepacked(policy, tokens(cfg))?,
             act: cfg.hidden_act,
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    fn forward(&self, policy: &Policy, xs: &Tensor) -> Result<Tensor> {
         let h = self
             .self_attn
-            .forward_add(&self.layer_norm1.forward(xs)?, xs)?;
+            .forward_add(policy, &self.layer_norm1.forward(xs)?, xs)?;
         let m = self
             .fc1
-            .forward_then(&self.layer_norm2.forward(&h)?, self.act)?;
-        self.fc2.forward_add(&m, &h)
+            .forward_then(policy, &self.layer_norm2.forward(&h)?, self.act)?;
+        self.fc2.forward_add(policy, &m, &h)
     }
 }
 
@@ -104,8 +109,9 @@ pub struct VisionTransformer {
 }
 
 impl VisionTransformer {
-    /// `w` points at `git.image_encoder.vision_model`.
-    pub fn new(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
+    /// `w` points at `git.image_encoder.vision_model`; `policy` decides how weights are laid out
+    /// (packed for the AVX-512 kernel or not).
+    pub fn new(w: &Weights, cfg: &VisionConfig, policy: &Policy) -> Result<Self> {
         let d = cfg.hidden_size;
         let p = cfg.patch_size;
         let c = cfg.num_channels;
@@ -117,9 +123,9 @@ impl VisionTransformer {
         // Through the model's own kernel like the encoder's layers (candle's product took it on
         // one thread natively: 2% of git-large's encoder on 2 threads).
         let patches = tokens(cfg) - 1;
-        let patch_embedding = Linear::from_weight(patch_weight)?.prepacked(patches)?;
+        let patch_embedding = Linear::from_weight(patch_weight)?.prepacked(policy, patches)?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(&w.pp(format!("encoder.layers.{i}")), cfg))
+            .map(|i| EncoderLayer::new(&w.pp(format!("encoder.layers.{i}")), cfg, policy))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_embedding,
@@ -135,7 +141,7 @@ impl VisionTransformer {
     }
 
     /// pixel_values (B, C, H, W) → last hidden state (B, tokens, hidden).
-    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, policy: &Policy, pixel_values: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = pixel_values.dims4()?;
         let p = self.cfg.patch_size;
         let size = self.cfg.image_size;
@@ -152,10 +158,10 @@ impl VisionTransformer {
             .contiguous()?
             .reshape((b * gh * gw, c * p * p))?;
         let d = self.cfg.hidden_size;
-        let patch_embeds = self
-            .patch_embedding
-            .forward(&patches)?
-            .reshape((b, gh * gw, d))?;
+        let patch_embeds =
+            self.patch_embedding
+                .forward(policy, &patches)?
+                .reshape((b, gh * gw, d))?;
         let class = self
             .class_embedding
             .reshape((1, 1, d))?
@@ -164,7 +170,7 @@ impl VisionTransformer {
         let xs = xs.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         let mut xs = self.pre_layrnorm.forward(&xs)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs)?;
+            xs = layer.forward(policy, &xs)?;
         }
         let out = self.post_layernorm.forward(&xs)?;
         debug_assert_eq!(out.dim(D::Minus1)?, d);

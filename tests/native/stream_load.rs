@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use gitcap::checkpoint::{load_dir, read_model_files};
 use gitcap::image::{decode_image, ImageLimits};
+use gitcap::model::Policy;
 use gitcap::stream_load::SafetensorsStream;
 use gitcap::{CaptionOptions, Captioner};
 
@@ -50,7 +51,7 @@ fn chunked_loading_matches_load_dir() {
         assert_eq!(s.expected_len(), Some(bytes.len() as u64));
         assert!(s.is_complete());
         let weights = s.finish(&Device::Cpu).unwrap();
-        let captioner = Captioner::new(&files, &weights).unwrap();
+        let captioner = Captioner::new(&files, &weights, Policy::default()).unwrap();
         assert_eq!(caption_ids(&captioner), reference, "chunk size {chunk}");
     }
 }

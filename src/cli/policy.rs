@@ -1,0 +1,92 @@
+//! The model's execution policy from the environment: the CLI's switches for comparisons, which
+//! are not worth command-line flags.
+
+use std::ffi::OsStr;
+
+use gitcap::model::int8::Activations;
+use gitcap::model::Policy;
+
+/// The default policy, changed by
+///
+/// - `GITCAP_NO_AVX512` (set, not `0`): f32 products stay on candle's kernels, for comparisons and
+///   for CPUs whose AVX-512 is slower than their AVX2;
+/// - `GITCAP_INT8`: how q8_0 products of 8 rows or more are computed, to compare with the browser
+///   (whose forms give the same bits as the portable one) or with candle: `off` (candle's q8_0
+///   kernels, what CPUs without AVX-512 VNNI run), `portable` (the integer kernel in plain
+///   integer arithmetic: the SIMD128 page's results), `relaxed` (the same with activations at
+///   ±63: the relaxed SIMD page's results). Unset: the fastest form for this CPU.
+///
+/// An error names a value it does not know.
+pub fn from_env() -> Result<Policy, String> {
+    from_values(
+        std::env::var_os("GITCAP_NO_AVX512").as_deref(),
+        std::env::var_os("GITCAP_INT8").as_deref(),
+    )
+}
+
+/// `from_env` for these values of `GITCAP_NO_AVX512` and `GITCAP_INT8`.
+fn from_values(no_avx512: Option<&OsStr>, int8: Option<&OsStr>) -> Result<Policy, String> {
+    let mut policy = Policy::default();
+    if no_avx512.is_some_and(|v| v != "0") {
+        policy = policy.with_avx512(false);
+    }
+    let Some(value) = int8 else {
+        return Ok(policy);
+    };
+    Ok(match value.to_str() {
+        Some("off") => policy.with_int8_min_rows(usize::MAX),
+        Some(form @ ("portable" | "relaxed")) => policy
+            .with_portable_int8(true)
+            .with_int8_min_rows(8)
+            .with_int8_activations(Activations {
+                levels: if form == "relaxed" { 63 } else { 127 },
+                per_row: false,
+            }),
+        _ => {
+            return Err(format!(
+                "GITCAP_INT8={} is not one of off, portable, relaxed",
+                value.to_string_lossy()
+            ))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(no_avx512: Option<&str>, int8: Option<&str>) -> Result<Policy, String> {
+        from_values(no_avx512.map(OsStr::new), int8.map(OsStr::new))
+    }
+
+    #[test]
+    fn unset_is_the_default() {
+        let p = policy(None, None).unwrap();
+        let d = Policy::default();
+        assert_eq!(p.avx512(), d.avx512());
+        assert_eq!(p.portable_int8(), d.portable_int8());
+        assert_eq!(p.int8_min_rows(), d.int8_min_rows());
+        assert_eq!(p.int8_activations(), d.int8_activations());
+    }
+
+    #[test]
+    fn no_avx512_turns_the_kernel_off_unless_0() {
+        assert!(!policy(Some("1"), None).unwrap().avx512());
+        assert!(!policy(Some(""), None).unwrap().avx512());
+        assert!(policy(Some("0"), None).unwrap().avx512());
+    }
+
+    #[test]
+    fn int8_forms() {
+        let off = policy(None, Some("off")).unwrap();
+        assert_eq!(off.int8_min_rows(), Some(usize::MAX));
+        for (form, levels) in [("portable", 127), ("relaxed", 63)] {
+            let p = policy(None, Some(form)).unwrap();
+            assert!(p.portable_int8(), "{form}");
+            assert_eq!(p.int8_min_rows(), Some(8), "{form}");
+            assert_eq!(p.int8_activations().levels, levels, "{form}");
+        }
+        let err = policy(None, Some("fast")).unwrap_err();
+        assert!(err.contains("GITCAP_INT8=fast"), "{err}");
+    }
+}
