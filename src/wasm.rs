@@ -926,7 +926,7 @@ struct BuildInfo {
     /// Built with relaxed SIMD.
     relaxed: bool,
     /// The integer kernel's form for q8_0 products.
-    int8: &'static str,
+    int8: String,
     /// How many products the integer kernel has computed so far, for the worker's models.
     #[serde(rename = "int8Products")]
     int8_products: u32,
@@ -982,7 +982,7 @@ pub fn build_info() -> Result<JsValue, JsError> {
             target_feature = "relaxed-simd",
             feature = "relaxed-simd"
         )),
-        int8: crate::model::int8::kernel(&policy).describe(),
+        int8: crate::model::int8::describe_forms(&policy),
         int8_products: policy.stats().int8_products() as u32,
     })
 }

@@ -170,6 +170,53 @@ fn integer_kernel_and_candle_both_match_transformers_within_q8_0() {
         rel_err(&l_portable, &l_candle)
     );
 
+    // The relaxed SIMD page's arithmetic (`GITCAP_INT8=relaxed`): activations at ±63 in the image
+    // encoder, while the text decoder holds its ±127 (a form that takes them). From the same
+    // features its logits are the ±127 run's, bit for bit; with the decoder at ±63 too they are
+    // not, so the decoder's levels are what decides.
+    let at = |levels| int8::Activations {
+        levels,
+        per_row: false,
+    };
+    let logits_from = |model: &Captioner, features: &Tensor| -> Tensor {
+        let m = model.model();
+        let prefix = m.image_prefix(features).unwrap();
+        let input = common::ids(&reference.case("case0")["logits_input_ids"]);
+        let t = Tensor::new(input.as_slice(), m.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        m.all_logits(&t, &prefix, &mut gitcap::model::TextCache::new())
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+    };
+    let relaxed = || {
+        every_product()
+            .with_portable_int8(true)
+            .with_int8_activations(at(63))
+    };
+    model.set_policy(relaxed());
+    let f_relaxed = model
+        .model()
+        .encode_image(&reference.pixels("case0"))
+        .unwrap();
+    assert!(
+        max_abs_diff(&f_relaxed.squeeze(0).unwrap(), &f_portable) > 0.0,
+        "±63 in the image encoder changed nothing"
+    );
+    let f_at_127 = f_portable.unsqueeze(0).unwrap();
+    assert_eq!(
+        max_abs_diff(&logits_from(&model, &f_at_127), &l_portable),
+        0.0,
+        "the text decoder did not keep ±127"
+    );
+    model.set_policy(relaxed().with_text_int8_activations(at(63)));
+    assert!(
+        max_abs_diff(&logits_from(&model, &f_at_127), &l_portable) > 0.0,
+        "±63 in the text decoder changed nothing"
+    );
+
     let fastest = every_product();
     let best = int8::kernel(&fastest);
     if best == int8::Kernel::Portable {

@@ -522,6 +522,46 @@ fn simd_kernel_matches_candle() {
 /// quantized activations allow of candle's product with the expanded weight (each input off by at
 /// most half its block's step, amax / levels), and within 2% in RMS.
 #[wasm_bindgen_test]
+fn int8_text_decoder_keeps_127_levels_in_both_builds() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Tensor};
+    use gitcap::model::{int8, matmul, Policy};
+    // The text decoder's products quantize activations at ±127 in a form that takes them: in
+    // the relaxed build SIMD128's i16 dot, not relaxed SIMD's ±63 (the image encoder's).
+    let text = Policy::default().for_text_decoder();
+    assert_eq!(int8::kernel(&text), int8::Kernel::Simd128);
+    // (The portable form is taken only where asked for: it is not fast.)
+    let portable = Policy::default()
+        .with_portable_int8(true)
+        .with_int8_min_rows(8)
+        .for_text_decoder();
+    assert_eq!(int8::kernel(&portable), int8::Kernel::Portable);
+    for (m, n, k) in [(258, 40, 768), (9, 13, 64)] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let weight = QMatMul::from_qtensor(q).unwrap();
+        let run = |policy: &Policy| {
+            matmul::linear(policy, &x, &weight, matmul::Epilogue::default(), false)
+                .expect("the integer kernel takes q8_0 products of 8 rows or more")
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        // The SIMD forms give the portable form's bits at the same levels.
+        assert!(run(&text) == run(&portable), "({m}, {n}, {k})");
+    }
+    let described = int8::describe_forms(&Policy::default());
+    if cfg!(feature = "relaxed-simd") {
+        assert!(described.contains("(text decoder)"), "{described}");
+    } else {
+        assert_eq!(described, int8::Kernel::Simd128.describe());
+    }
+}
+
+#[wasm_bindgen_test]
 fn int8_kernel_matches_candle() {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Tensor};

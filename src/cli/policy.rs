@@ -13,8 +13,9 @@ use gitcap::model::Policy;
 /// - `GITCAP_INT8`: how q8_0 products of 8 rows or more are computed, to compare with the browser
 ///   (whose forms give the same bits as the portable one) or with candle: `off` (candle's q8_0
 ///   kernels, what CPUs without AVX-512 VNNI run), `portable` (the integer kernel in plain
-///   integer arithmetic: the SIMD128 page's results), `relaxed` (the same with activations at
-///   ±63: the relaxed SIMD page's results). Unset: the fastest form for this CPU.
+///   integer arithmetic: the SIMD128 page's results), `relaxed` (the same with the image
+///   encoder's activations at ±63, the text decoder keeping ±127: the relaxed SIMD page's
+///   results). Unset: the fastest form for this CPU.
 ///
 /// An error names a value it does not know.
 pub fn from_env() -> Result<Policy, String> {

@@ -21,6 +21,8 @@ pub struct Git {
     text: TextDecoder,
     device: Device,
     policy: Policy,
+    /// `policy.for_text_decoder()`: what the text decoder computes by.
+    text_policy: Policy,
 }
 
 impl Git {
@@ -60,6 +62,7 @@ impl Git {
             text: TextDecoder::new(weights, config)?,
             device: weights.device(),
             config: config.clone(),
+            text_policy: policy.for_text_decoder(),
             policy,
         })
     }
@@ -73,6 +76,7 @@ impl Git {
     /// at load chose; a policy that turns the AVX-512 kernel off gives the same results, more
     /// slowly (see `Policy::with_avx512`).
     pub fn set_policy(&mut self, policy: Policy) {
+        self.text_policy = policy.for_text_decoder();
         self.policy = policy;
     }
 
@@ -112,7 +116,7 @@ impl Git {
 
     /// The image's keys and values in every decoder layer, computed once per image.
     pub fn image_prefix(&self, image_features: &Tensor) -> Result<ImagePrefix> {
-        self.text.image_prefix(&self.policy, image_features)
+        self.text.image_prefix(&self.text_policy, image_features)
     }
 
     /// Feeds token ids (beams, new) and returns the logits of the last new position (beams, vocab).
@@ -122,10 +126,10 @@ impl Git {
         prefix: &ImagePrefix,
         cache: &mut TextCache,
     ) -> Result<Tensor> {
-        let hidden = self.text.forward(&self.policy, ids, prefix, cache)?;
+        let hidden = self.text.forward(&self.text_policy, ids, prefix, cache)?;
         let l = hidden.dim(1)?;
         let last = hidden.narrow(1, l - 1, 1)?.squeeze(1)?;
-        self.text.logits(&self.policy, &last)
+        self.text.logits(&self.text_policy, &last)
     }
 
     /// Logits at every new position (beams, new, vocab): what `GitForCausalLM.forward` returns for
@@ -136,8 +140,8 @@ impl Git {
         prefix: &ImagePrefix,
         cache: &mut TextCache,
     ) -> Result<Tensor> {
-        let hidden = self.text.forward(&self.policy, ids, prefix, cache)?;
-        let logits = self.text.logits(&self.policy, &hidden)?;
+        let hidden = self.text.forward(&self.text_policy, ids, prefix, cache)?;
+        let logits = self.text.logits(&self.text_policy, &hidden)?;
         debug_assert_eq!(logits.dim(D::Minus1)?, self.config.vocab_size);
         Ok(logits)
     }

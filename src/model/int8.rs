@@ -73,6 +73,20 @@ impl Kernel {
         self != Kernel::Portable
     }
 
+    /// The fastest form that takes activations at ±127: relaxed SIMD's dot takes 7-bit ones only,
+    /// SIMD128's i16 dot (in the same build) all 8 bits.
+    fn with_full_levels(self) -> Kernel {
+        match self {
+            Kernel::RelaxedSimd
+                if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) =>
+            {
+                Kernel::Simd128
+            }
+            Kernel::RelaxedSimd => Kernel::Portable,
+            form => form,
+        }
+    }
+
     /// The largest |q| of the quantized activations this form takes.
     pub fn max_levels(self) -> i32 {
         match self {
@@ -91,12 +105,34 @@ impl Kernel {
     }
 }
 
-/// The form products run under `policy`: the best one, or the portable one where it asks for it.
+/// The form products run under `policy`: the best one, or the portable one where it asks for it;
+/// where the policy holds its activation levels exactly (the text decoder's), the best form that
+/// takes them.
 pub fn kernel(policy: &Policy) -> Kernel {
-    if policy.portable_int8() {
+    let form = if policy.portable_int8() {
         Kernel::Portable
     } else {
         Kernel::best()
+    };
+    if policy.int8_levels_exact() && form.max_levels() < policy.int8_activations().levels {
+        form.with_full_levels()
+    } else {
+        form
+    }
+}
+
+/// The forms `policy`'s products run, for the page to show: one, or the image encoder's and the
+/// text decoder's where they differ (the relaxed SIMD build).
+pub fn describe_forms(policy: &Policy) -> String {
+    let (image, text) = (kernel(policy), kernel(&policy.for_text_decoder()));
+    if image == text {
+        image.describe().to_string()
+    } else {
+        format!(
+            "{} (image encoder), {} (text decoder)",
+            image.describe(),
+            text.describe()
+        )
     }
 }
 

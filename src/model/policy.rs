@@ -68,6 +68,8 @@ pub struct Policy {
     portable_int8: bool,
     int8_min_rows: Option<usize>,
     int8_activations: Activations,
+    text_int8_activations: Activations,
+    int8_levels_exact: bool,
     own_quick_gelu: bool,
     own_softmax: bool,
     stats: Arc<Stats>,
@@ -88,6 +90,8 @@ impl Default for Policy {
             portable_int8: false,
             int8_min_rows: None,
             int8_activations: Activations::default(),
+            text_int8_activations: Activations::default(),
+            int8_levels_exact: false,
             own_quick_gelu: true,
             own_softmax: cfg!(target_arch = "wasm32"),
             stats: Arc::default(),
@@ -179,6 +183,33 @@ impl Policy {
         self
     }
 
+    /// How the integer kernel quantizes the text decoder's activations (default ±127 per block of
+    /// 32). Unlike the image encoder's, these levels are not capped by the fastest form: the text
+    /// decoder's products take a form that can hold them (in the relaxed SIMD build, SIMD128's
+    /// i16 dot instead of relaxed SIMD's ±63). The decoder's quantization is most of the final
+    /// logits' error: on git-large (random weights, the shared images) ±63 everywhere gave
+    /// 2.15e-2 mean / 2.34e-2 max relative error against f32, above ONNX Runtime's int8 model's
+    /// 1.78e-2 / 2.12e-2, and ±63 in the encoder with ±127 in the decoder 1.66e-2 / 1.94e-2
+    /// (bench/peer/README.md), for the cost of the decoder's image rows (a seventh of the
+    /// integer work) in the slower form.
+    pub fn with_text_int8_activations(mut self, a: Activations) -> Self {
+        self.text_int8_activations = Activations {
+            levels: a.levels.clamp(1, 127),
+            ..a
+        };
+        self
+    }
+
+    /// The policy for the text decoder's products: this one (sharing its statistics) with the
+    /// text decoder's activation levels, held exactly (see `with_text_int8_activations`).
+    pub fn for_text_decoder(&self) -> Policy {
+        Policy {
+            int8_activations: self.text_int8_activations,
+            int8_levels_exact: true,
+            ..self.clone()
+        }
+    }
+
     /// Whether quick_gelu and softmax run in the model's own four-lane loops (`elementwise`)
     /// rather than candle's ops (`false`), so that the tests can compare them. By default
     /// quick_gelu runs in them everywhere and softmax in wasm only: natively candle's softmax is
@@ -230,6 +261,12 @@ impl Policy {
 
     pub fn int8_activations(&self) -> Activations {
         self.int8_activations
+    }
+
+    /// Whether the integer kernel must quantize activations at `int8_activations`' levels,
+    /// choosing a form that can (the text decoder's policy), rather than at most at them.
+    pub fn int8_levels_exact(&self) -> bool {
+        self.int8_levels_exact
     }
 
     pub fn own_quick_gelu(&self) -> bool {
