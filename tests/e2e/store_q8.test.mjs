@@ -4,6 +4,8 @@
 // boundaries, and the converted model, loaded as it is written, captions with the CLI's token ids.
 // Then the page with ?store=q8_0: what the worker stores is that GGUF (not the f32 source), it
 // captions with the CLI's ids for it, and a reload loads it from storage without the network.
+// Also the pieces a resumed conversion rests on: ResumableSha256 (the source's hash, saved with
+// the resume point) and ChunkAppender (the output's chunks, cut back to the resume point).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -16,6 +18,8 @@ import {
   int8FormOfPage, sha256, IMAGES, TINY, WWW,
 } from './helpers.mjs';
 import { quantizingSink, storeType, MODEL_FILES } from '../../www/store_q8.js';
+import { ResumableSha256 } from '../../www/sha256.js';
+import { createHash, randomBytes } from 'node:crypto';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
 let gitcap;
@@ -137,6 +141,25 @@ test('cut-short downloads, damaged states and misuse give readable errors', asyn
   assert.throws(() => storeType('q8', 'safetensors'), /store must be/);
 });
 
+test('ResumableSha256 (a resumed conversion\'s hash) equals node:crypto\'s SHA-256, resumed from plain data at any point', () => {
+  for (const n of [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000, 100_003]) {
+    const data = randomBytes(n);
+    const want = createHash('sha256').update(data).digest('hex');
+    for (const split of new Set([0, 1, 55, 63, 64, 65, n >> 1, n]).values()) {
+      if (split > n) continue;
+      const a = new ResumableSha256();
+      a.update(data.subarray(0, split));
+      const b = ResumableSha256.resume(JSON.parse(JSON.stringify(a.state())));
+      for (let at = split; at < n; at += 4097) b.update(data.subarray(at, at + 4097));
+      assert.equal(b.hex(), want, `${n} bytes resumed at ${split}`);
+    }
+  }
+  const s = new ResumableSha256();
+  s.update(randomBytes(70));
+  const bad = { ...s.state(), bytes: 71 };
+  assert.throws(() => ResumableSha256.resume(bad), /saved SHA-256 state is damaged/);
+});
+
 test('the page with ?store=q8_0 stores the GGUF gitcap quantize writes and reloads it offline', async () => {
   // The page records the folder's name as general.name, as `gitcap quantize --model tiny-coco`.
   const named = path.join(tmp, 'named-q8_0.gguf');
@@ -199,6 +222,85 @@ test('the page with ?store=q8_0 stores the GGUF gitcap quantize writes and reloa
     r = await captionResult(page);
     assert.equal(r.data.tokenIds, native.token_ids.join(','));
     assert.deepEqual(requests.slice(before).filter((x) => x.url.includes('/models/')), []);
+  } finally {
+    await b.close();
+    await server.stop();
+  }
+});
+
+// What a converted download's output goes through (www/storage.js), in a worker (appends through
+// sync access handles, as in the model worker) and in a page (no sync access handles there:
+// whole-chunk writes). Run in the browser: Node has no OPFS.
+async function chunkAppenderCase(mode, origin) {
+  const { ChunkAppender } = await import(`${origin}/storage.js`);
+  const root = await navigator.storage.getDirectory();
+  const dir = await root.getDirectoryHandle(`appender-${mode}`, { create: true });
+  const name = (i) => `out.${String(i).padStart(5, '0')}`;
+  const data = Uint8Array.from({ length: 2500 }, (_, i) => (i * 7) & 255);
+  const read = async () => {
+    const files = [];
+    for await (const [n, h] of dir.entries()) files.push([n, new Uint8Array(await (await h.getFile()).arrayBuffer())]);
+    files.sort((x, y) => (x[0] < y[0] ? -1 : 1));
+    return { names: files.map(([n, b]) => `${n}:${b.length}`), bytes: files.flatMap(([, b]) => [...b]) };
+  };
+  const out = {};
+  let a = await ChunkAppender.open(dir, name, 1000, 0);
+  out.sync = !!a.handle || !a.memory; // (nothing open yet)
+  await a.append(data.subarray(0, 1700));
+  await a.flush(); // the resume point: 1700 bytes
+  await a.append(new Uint8Array(200).fill(0xee)); // written after it
+  await a.close();
+  const junk = await (await dir.getFileHandle(name(4), { create: true })).createWritable();
+  await junk.write(new Uint8Array(10).fill(0xdd));
+  await junk.close();
+  out.beforeResume = (await read()).names;
+  a = await ChunkAppender.open(dir, name, 1000, 1700);
+  out.afterOpen = (await read()).names;
+  await a.append(data.subarray(1700, 2100));
+  await a.append(data.subarray(2100));
+  await a.close();
+  const all = await read();
+  out.final = all.names;
+  out.equal = all.bytes.length === data.length && all.bytes.every((x, i) => x === data[i]);
+  a = await ChunkAppender.open(dir, name, 1000, 1200); // back to an earlier point
+  await a.close();
+  const cut = await read();
+  out.cut = cut.names;
+  out.cutEqual = cut.bytes.every((x, i) => x === data[i]);
+  out.appendsInPlace = mode === 'worker' ? typeof FileSystemFileHandle.prototype.createSyncAccessHandle === 'function' : null;
+  return out;
+}
+
+test('ChunkAppender: opening at a resume point cuts off what was written after it, in a worker and in a page', async () => {
+  const server = await startServer();
+  const b = await launch();
+  try {
+    const page = b.context.pages()[0] ?? (await b.context.newPage());
+    await page.goto(`${server.url}?nosw=1`); // this origin (the page downloads nothing before a click)
+    const origin = new URL(server.url).origin;
+    const inPage = await page.evaluate(`(${chunkAppenderCase})('page', ${JSON.stringify(origin)})`);
+    const inWorker = await page.evaluate(
+      async ([src, origin]) => {
+        const code = `onmessage = () => (${src})('worker', ${JSON.stringify(origin)}).then(postMessage, (e) => postMessage({ error: String(e) }));`;
+        const w = new Worker(URL.createObjectURL(new Blob([code], { type: 'text/javascript' })), { type: 'module' });
+        return new Promise((resolve, reject) => {
+          w.onmessage = (e) => resolve(e.data);
+          w.onerror = (e) => reject(new Error(e.message));
+          w.postMessage(null);
+        });
+      },
+      [String(chunkAppenderCase), origin]
+    );
+    assert.equal(inWorker.error, undefined);
+    assert.equal(inWorker.appendsInPlace, true, 'workers have sync access handles');
+    for (const r of [inPage, inWorker]) {
+      assert.deepEqual(r.beforeResume, ['out.00000:1000', 'out.00001:900', 'out.00004:10']);
+      assert.deepEqual(r.afterOpen, ['out.00000:1000', 'out.00001:700']);
+      assert.deepEqual(r.final, ['out.00000:1000', 'out.00001:1000', 'out.00002:500']);
+      assert.equal(r.equal, true);
+      assert.deepEqual(r.cut, ['out.00000:1000', 'out.00001:200']);
+      assert.equal(r.cutEqual, true);
+    }
   } finally {
     await b.close();
     await server.stop();
