@@ -5,7 +5,10 @@
 // Then the page with ?store=q8_0: what the worker stores is that GGUF (not the f32 source), it
 // captions with the CLI's ids for it, and a reload loads it from storage without the network.
 // Also the pieces a resumed conversion rests on: ResumableSha256 (the source's hash, saved with
-// the resume point) and ChunkAppender (the output's chunks, cut back to the resume point).
+// the resume point) and ChunkAppender (the output's chunks, cut back to the resume point); and the
+// page with the default store (q8_0 for this folder) interrupted mid-download: the next visit
+// continues from the saved point, fetching only what was not converted, stores the CLI's file
+// byte for byte and checks the whole source's SHA-256.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -301,6 +304,189 @@ test('ChunkAppender: opening at a resume point cuts off what was written after i
       assert.deepEqual(r.cut, ['out.00000:1000', 'out.00001:200']);
       assert.equal(r.cutEqual, true);
     }
+  } finally {
+    await b.close();
+    await server.stop();
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// An interrupted conversion, in the page with the default store (q8_0 for this safetensors
+// folder): 1 MiB chunks of the 4.2 MB source, chunk 2's request never answered on the first
+// visit (by then chunks 0 and 1 are converted and their resume point saved).
+
+const WEIGHTS = '/models/tiny-coco/model.safetensors';
+const CHUNK = 1024 * 1024;
+const QUERY = { chunk_kib: 1024, threads: '1', relaxed: '0' };
+const rangeOf = (r) => {
+  const m = /bytes=(\d+)-(\d+)/.exec(r.range || '');
+  return m ? [Number(m[1]), Number(m[2])] : null;
+};
+const weightRanges = (requests) => requests.filter((r) => r.url.endsWith(WEIGHTS) && r.method === 'GET').map(rangeOf);
+
+/** The GGUF the page should store for tiny-coco: `gitcap quantize --model tiny-coco` (the page
+ *  records the folder's name as general.name, as the CLI records its --model argument). */
+function namedCliGguf() {
+  const out = path.join(tmp, 'tiny-coco-named-q8_0.gguf');
+  if (!fs.existsSync(out)) {
+    const q = spawnSync(path.resolve(gitcapBin()), ['quantize', '--model', 'tiny-coco', '--out', out, '--type', 'q8_0', '--quiet'], {
+      cwd: path.dirname(TINY),
+      encoding: 'utf8',
+    });
+    assert.equal(q.status, 0, q.stderr);
+  }
+  return out;
+}
+
+/** What the page's storage holds for its one model: file sizes, and the q8_0 GGUF's chunks joined. */
+async function storedModel(page) {
+  return page.evaluate(async () => {
+    const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('gitcap-models');
+    const dirs = [];
+    for await (const [, dir] of root.entries()) {
+      if (dir.kind !== 'directory') continue;
+      const files = {};
+      const gguf = [];
+      for await (const [name, h] of dir.entries()) {
+        const f = await h.getFile();
+        files[name] = f.size;
+        if (/^model\.q8_0\.gguf\.\d+$/.test(name)) gguf.push([name, new Uint8Array(await f.arrayBuffer())]);
+      }
+      gguf.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+      const all = new Uint8Array(gguf.reduce((n, [, b]) => n + b.length, 0));
+      let at = 0;
+      for (const [, bytes] of gguf) {
+        all.set(bytes, at);
+        at += bytes.length;
+      }
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', all));
+      const manifest = files['manifest.json'] ? JSON.parse(await (await (await dir.getFileHandle('manifest.json')).getFile()).text()) : null;
+      dirs.push({ files, manifest, size: all.length, sha256: [...digest].map((x) => x.toString(16).padStart(2, '0')).join('') });
+    }
+    return dirs;
+  });
+}
+
+/** First visit, cut off: chunk 2 is asked for and never answered; the page is closed. */
+async function interruptedVisit(b, server, requests) {
+  let held = null;
+  const asked = new Promise((resolve) => {
+    b.context.route(`**${WEIGHTS}`, (route) => {
+      if (route.request().headers()['range'] === `bytes=${2 * CHUNK}-${3 * CHUNK - 1}` && !held) {
+        held = route;
+        resolve();
+        return; // left hanging, like a dropped connection
+      }
+      return route.continue();
+    });
+  });
+  const page = await b.context.newPage();
+  page.on('pageerror', (e) => console.error('# page error:', e.message));
+  await page.goto(pageUrl(server, QUERY));
+  await asked;
+  await page.close();
+  await b.context.unrouteAll({ behavior: 'ignoreErrors' });
+  // The source header's two requests (the converted size, for the quota check), then chunks 0-2.
+  const headerLen = Number(source.readBigUInt64LE(0));
+  assert.deepEqual(weightRanges(requests), [[0, 7], [8, 7 + headerLen], [0, CHUNK - 1], [CHUNK, 2 * CHUNK - 1], [2 * CHUNK, 3 * CHUNK - 1]]);
+}
+
+test('the default store: an interrupted conversion resumes from its saved point, stores gitcap quantize\'s file, and captions with the CLI\'s ids', async () => {
+  const want = fs.readFileSync(namedCliGguf());
+  const server = await startServer();
+  const b = await launch();
+  try {
+    const requests = recordRequests(b.context);
+    await interruptedVisit(b, server, requests);
+
+    // What the interruption left: the output of chunks 0-1 and their resume point; no source bytes.
+    const other = await b.context.newPage();
+    await other.goto(`${server.url}icon.svg`); // this origin, without the app
+    let [kept] = await storedModel(other);
+    assert.equal(kept.manifest.complete, false);
+    assert.equal(kept.manifest.store, 'q8_0');
+    assert.ok(kept.files['model.q8_0.gguf.resume'] > 0, JSON.stringify(kept.files));
+    assert.deepEqual(Object.keys(kept.files).filter((n) => n.startsWith('model.safetensors')), []);
+    assert.ok(kept.size > 0 && kept.size < want.length);
+    assert.equal(kept.sha256, await sha256(want.subarray(0, kept.size)), 'the kept output is the start of the CLI file');
+    // Bytes written after the resume point (as when a visit ends between writing output and
+    // saving the next point) must be cut off: junk after the last chunk's end, and a chunk beyond.
+    await other.evaluate(async () => {
+      const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('gitcap-models');
+      for await (const [, dir] of root.entries()) {
+        const names = [];
+        for await (const [name] of dir.entries()) if (/^model\.q8_0\.gguf\.\d+$/.test(name)) names.push(name);
+        names.sort();
+        const last = await dir.getFileHandle(names.at(-1));
+        const w = await last.createWritable({ keepExistingData: true });
+        await w.seek((await last.getFile()).size);
+        await w.write(new Uint8Array(1000).fill(0xee));
+        await w.close();
+        const extra = await (await dir.getFileHandle(`model.q8_0.gguf.${String(names.length).padStart(5, '0')}`, { create: true })).createWritable();
+        await extra.write(new Uint8Array(5000).fill(0xdd));
+        await extra.close();
+      }
+    });
+    await other.close();
+
+    // Second visit: only chunks 2 and 3 come over the network; nothing converted is fetched again.
+    const mark = requests.length;
+    const page = await b.context.newPage();
+    page.on('pageerror', (e) => console.error('# page error:', e.message));
+    await page.goto(pageUrl(server, QUERY));
+    await chooseFile(page, CHELSEA);
+    const r = await captionResult(page);
+    assert.equal(r.error, null);
+    const chunks = Math.ceil(source.length / CHUNK);
+    assert.deepEqual(
+      weightRanges(requests.slice(mark)),
+      Array.from({ length: chunks - 2 }, (_, i) => [(i + 2) * CHUNK, Math.min(source.length, (i + 3) * CHUNK) - 1])
+    );
+    assert.deepEqual(requests.slice(mark).filter((q) => q.method === 'GET' && q.url.includes('/models/') && !q.url.endsWith(WEIGHTS)), [], 'the small files came from storage');
+    const log = await page.evaluate(() => window.gitcap.progressLog);
+    assert.equal(log.at(-1).network, source.length - 2 * CHUNK, 'only the missing source bytes came over the network');
+    const backend = await page.textContent('#backend');
+    const native = nativeCaption(CHELSEA, [], { model: namedCliGguf(), int8: int8FormOfPage(backend) });
+    assert.equal(r.data.tokenIds, native.token_ids.join(','));
+    assert.equal(r.text, native.text);
+
+    // Stored: gitcap quantize's file, byte for byte; the resume point is gone.
+    [kept] = await storedModel(page);
+    assert.equal(kept.manifest.complete, true);
+    assert.equal(kept.size, want.length);
+    assert.equal(kept.sha256, await sha256(want));
+    assert.equal(kept.files['model.q8_0.gguf.resume'], undefined);
+    assert.deepEqual(Object.keys(kept.files).filter((n) => n.startsWith('model.safetensors')), []);
+  } finally {
+    await b.close();
+    await server.stop();
+  }
+});
+
+test('a resumed conversion still checks the whole source against its SHA-256', async () => {
+  const server = await startServer();
+  const b = await launch();
+  try {
+    const requests = recordRequests(b.context);
+    await interruptedVisit(b, server, requests);
+    // Second visit: the last chunk arrives with one byte flipped (same length).
+    const last = Math.ceil(source.length / CHUNK) - 1;
+    await b.context.route(`**${WEIGHTS}`, async (route) => {
+      if (route.request().headers()['range'] === `bytes=${last * CHUNK}-${source.length - 1}`) {
+        const res = await route.fetch();
+        const body = Buffer.from(await res.body());
+        body[100] ^= 0xff;
+        return route.fulfill({ response: res, body });
+      }
+      return route.continue();
+    });
+    const page = await b.context.newPage();
+    await page.goto(pageUrl(server, QUERY));
+    await page.waitForSelector('#model-status[data-state=error]');
+    assert.match(await page.getAttribute('#model-status', 'data-error'), /model\.safetensors is damaged: its SHA-256/);
+    // Nothing of the conversion is kept to resume from.
+    const [kept] = await storedModel(page);
+    assert.deepEqual(Object.keys(kept.files).filter((n) => n.startsWith('model.q8_0.gguf')), [], JSON.stringify(kept.files));
   } finally {
     await b.close();
     await server.stop();
