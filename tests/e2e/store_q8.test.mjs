@@ -18,7 +18,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
   ensureWasm, gitcapBin, nativeCaption, startServer, launch, recordRequests, pageUrl, captionResult, chooseFile,
-  int8FormOfPage, sha256, IMAGES, TINY, WWW,
+  int8FormOfPage, sha256, IMAGES, ROOT, TINY, WWW,
 } from './helpers.mjs';
 import { quantizingSink, storeType, MODEL_FILES } from '../../www/store_q8.js';
 import { ResumableSha256 } from '../../www/sha256.js';
@@ -161,6 +161,9 @@ test('ResumableSha256 (a resumed conversion\'s hash) equals node:crypto\'s SHA-2
   s.update(randomBytes(70));
   const bad = { ...s.state(), bytes: 71 };
   assert.throws(() => ResumableSha256.resume(bad), /saved SHA-256 state is damaged/);
+  // Its unrolled rounds are what tools/gen-sha256.mjs writes.
+  const gen = spawnSync(process.execPath, [path.join(ROOT, 'tools/gen-sha256.mjs'), '--check'], { encoding: 'utf8' });
+  assert.equal(gen.status, 0, gen.stderr);
 });
 
 test('the page with ?store=q8_0 stores the GGUF gitcap quantize writes and reloads it offline', async () => {
