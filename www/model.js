@@ -93,7 +93,13 @@ async function readResumePoint(dir, gguf, w, type) {
     for (let i = 0; i < last; i++) if ((await fileSize(dir, chunkName(gguf, i))) !== w.chunkSize) return null;
     if (p.outputBytes % w.chunkSize && (await fileSize(dir, chunkName(gguf, last))) < p.outputBytes % w.chunkSize) return null;
     const hash = w.sha256 ? ResumableSha256.resume(p.hash) : null; // throws if damaged
-    return { state, sourceBytes: p.sourceBytes, outputBytes: p.outputBytes, hash };
+    // The converter's state is checked (Quantizer.resume throws if it is damaged) and must be
+    // at the counts saved beside it.
+    const q = wasm().Quantizer.resume(state);
+    const at = { sourceBytes: q.sourceBytes, outputBytes: q.outputBytes, outputTotal: q.outputTotal };
+    q.free();
+    if (at.sourceBytes !== p.sourceBytes || at.outputBytes !== p.outputBytes) return null;
+    return { state, sourceBytes: p.sourceBytes, outputBytes: p.outputBytes, outputTotal: at.outputTotal, hash };
   } catch (e) {
     console.warn(`gitcap: the saved resume point of ${gguf.name} is unusable (${errorMessage(e)}); converting from the start`);
     return null;
@@ -323,13 +329,8 @@ export async function loadModel(req, emit, retried = false) {
     let haveWeights = 0; // of which the weights' (the source's chunks, or the converted output)
     if (!fromCache && dir) {
       if (converting) {
-        let outputTotal;
-        if (resume) {
-          const q = gitcap.Quantizer.resume(resume.state);
-          outputTotal = q.outputTotal;
-          q.free();
-          haveWeights = resume.outputBytes;
-        }
+        let outputTotal = resume?.outputTotal; // unknown if it was saved before the source header was in
+        if (resume) haveWeights = resume.outputBytes;
         outputTotal ??= await convertedSize(gitcap, {
           type: store,
           name: src.hub?.id ?? src.label,

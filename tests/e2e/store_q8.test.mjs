@@ -495,3 +495,48 @@ test('a resumed conversion still checks the whole source against its SHA-256', a
     await server.stop();
   }
 });
+
+test('a damaged resume point is not used: the conversion starts over and still stores the CLI\'s file', async () => {
+  const want = fs.readFileSync(namedCliGguf());
+  const server = await startServer();
+  const b = await launch();
+  try {
+    const requests = recordRequests(b.context);
+    await interruptedVisit(b, server, requests);
+    // One byte of the saved converter state flipped (its checksum no longer matches).
+    const other = await b.context.newPage();
+    await other.goto(`${server.url}icon.svg`);
+    await other.evaluate(async () => {
+      const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('gitcap-models');
+      for await (const [, dir] of root.entries()) {
+        const fh = await dir.getFileHandle('model.q8_0.gguf.resume');
+        const bytes = new Uint8Array(await (await fh.getFile()).arrayBuffer());
+        bytes[bytes.length - 100] ^= 0xff;
+        const w = await fh.createWritable();
+        await w.write(bytes);
+        await w.close();
+      }
+    });
+    await other.close();
+    const mark = requests.length;
+    const page = await b.context.newPage();
+    await page.goto(pageUrl(server, QUERY));
+    await chooseFile(page, CHELSEA);
+    const r = await captionResult(page);
+    assert.equal(r.error, null);
+    // From the start: the header, then every chunk.
+    const headerLen = Number(source.readBigUInt64LE(0));
+    const chunks = Math.ceil(source.length / CHUNK);
+    assert.deepEqual(weightRanges(requests.slice(mark)), [
+      [0, 7],
+      [8, 7 + headerLen],
+      ...Array.from({ length: chunks }, (_, i) => [i * CHUNK, Math.min(source.length, (i + 1) * CHUNK) - 1]),
+    ]);
+    const [kept] = await storedModel(page);
+    assert.equal(kept.manifest.complete, true);
+    assert.equal(kept.sha256, await sha256(want));
+  } finally {
+    await b.close();
+    await server.stop();
+  }
+});
