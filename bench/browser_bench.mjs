@@ -7,6 +7,8 @@
 //   - per-token decode time and the whole greedy caption (--tokens, default 20)
 //   - wasm memory (memory.buffer.byteLength, current and peak, reported by the worker) and
 //     performance.measureUserAgentSpecificMemory() where the browser offers it
+//   - what the browser keeps: the bytes of the model's files in OPFS, and how (the `store` the
+//     page's module chose: --query store=as-is|q8_0|q4k, or its default)
 //
 //   - with --threads 1,2,...: the captions once per thread count (?threads=N: 1 is the
 //     single-threaded build, more the threaded build; the page's default is all cores);
@@ -155,6 +157,24 @@ async function main() {
     result.crossOriginIsolated = await page.evaluate(() => crossOriginIsolated);
     log(`  ${result.firstLoadMs} ms; ${result.backend}`);
 
+    // What is kept: every file of the model's OPFS folder (manifest and small files included).
+    Object.assign(
+      result,
+      await page.evaluate(async () => {
+        const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('gitcap-models');
+        let storedBytes = 0;
+        let store = null;
+        for await (const [, dir] of root.entries()) {
+          for await (const [name, h] of dir.entries()) {
+            storedBytes += (await h.getFile()).size;
+            if (name === 'manifest.json') store = JSON.parse(await (await h.getFile()).text()).store ?? null;
+          }
+        }
+        return { storedBytes, store };
+      })
+    );
+    log(`  kept in OPFS: ${mb(result.storedBytes)} MB (store ${result.store})`);
+
     log('reload: model from the browser store');
     await page.reload();
     await page.waitForSelector('#model-status[data-state=ready], #model-status[data-state=error]', { timeout: 30 * 60_000 });
@@ -234,6 +254,7 @@ CPU: ${result.cpu.model} (${result.cpu.count} CPUs), Chromium ${result.chromium}
 | measure | value |
 | --- | --- |
 | weights | ${mb(result.weightsBytes)} MB |
+| kept in OPFS (store ${result.store}) | ${mb(result.storedBytes)} MB |
 | first load (local download into OPFS + load) | ${(result.firstLoadMs / 1000).toFixed(2)} s |
 | model load from the browser store | ${(result.cachedLoadMs / 1000).toFixed(2)} s |
 | wasm memory after the first load | ${mb(result.wasmBytesFirstLoad)} MB |

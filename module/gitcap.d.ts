@@ -23,7 +23,18 @@ export interface LoadProgress {
 export type LoadEvent =
   | { type: 'wasm-ready'; build: { simd: boolean; threaded: boolean; threads: number; version: string }; threadNote: string | null }
   | { type: 'source'; label: string; key: string; base: string; hub: { id: string; revision: string } | null; store: StoreChoice }
-  | { type: 'plan'; label: string; total: number; fromCache: boolean; persist: boolean; files: { name: string; size: number | null }[] }
+  | {
+      type: 'plan';
+      label: string;
+      /** Bytes to read: downloaded, or loaded from the browser's storage. */
+      total: number;
+      /** Bytes that will be kept in storage (a converting store: the GGUF's size and the small files); null when not persisting. */
+      stored: number | null;
+      store: StoreChoice;
+      fromCache: boolean;
+      persist: boolean;
+      files: { name: string; size: number | null }[];
+    }
   | { type: 'download-start'; total: number; have: number }
   | { type: 'retry'; what: string; attempt: number; message: string };
 
@@ -33,8 +44,14 @@ export type CaptionEvent = { type: 'encoded'; encodeMs: number; wasmBytes: numbe
 export interface LoadOptions {
   /** Default: the default hub checkpoint (MODELS[0]). */
   model?: ModelSource;
-  /** Default: 'as-is'. 'q8_0' and 'q4k' convert f32/f16 safetensors to a GGUF while downloading
-   *  and keep that; a source that is already a .gguf file is kept as it is. */
+  /** How the weights are kept. 'q8_0' and 'q4k' convert f32/f16/bf16 safetensors to a GGUF while
+   *  downloading (the file `gitcap quantize` writes) and keep and load that: git-large's 1.6 GB
+   *  of f32 becomes 426 MB (q8_0), loaded in under 900 MB of wasm memory; an interrupted
+   *  conversion resumes. 'as-is' keeps the source's bytes. A .gguf source is kept as it is
+   *  whatever the choice.
+   *  Default: 'q8_0' for safetensors, except that a copy of the same source this browser already
+   *  keeps as it is (complete, or partly downloaded), as earlier versions did by default, is used
+   *  or its download continued, unless a complete q8_0 copy exists. */
   store?: StoreChoice;
   /** Default: all cores when the page is cross-origin isolated, else 1. */
   threads?: number;
@@ -189,7 +206,7 @@ export interface KnownModel {
   note: string;
   /** Approximate download size in bytes. */
   downloadBytes: number;
-  /** Approximate bytes kept in the browser's storage. */
+  /** Approximate bytes kept in the browser's storage with the default store (q8_0; 'as-is' keeps downloadBytes). */
   storedBytes: number;
 }
 export declare const MODELS: KnownModel[];

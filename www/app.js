@@ -6,7 +6,7 @@
 //
 // Query parameters: ?model=<folder url | .gguf url | hf:owner/name[@rev]>, ?max_new_tokens=N,
 // ?beams=N, ?length_penalty=X, ?prompt=TEXT, ?chunk_kib=N (download chunk size, for tests),
-// ?store=q8_0|q4k|as-is (how the weights are kept), ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
+// ?store=q8_0|q4k|as-is (how the weights are kept; the module's default without it), ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
 // 1 forces the single-threaded build), ?split_min=N (threaded: split products from N multiply-adds;
 // a tuning knob, 0 in the tests so that the tiny model splits), ?split_rows=N (threaded: split
 // products of N or more rows, default 8, so decoding's are not), ?kernel_min=N (products of N or more
@@ -140,6 +140,14 @@ function fmtDuration(s) {
 /** The source a choice stands for: 'hf:id@revision' for the known models, else the ?model= value. */
 const knownValue = (m) => `hf:${m.id}@${m.revision}`;
 
+/** What a choice keeps in the browser with this page's ?store= (MODELS' storedBytes: the default, q8_0). */
+function storedSize(m) {
+  const store = params.get('store');
+  if (store === 'as-is') return `${formatBytes(m.downloadBytes)} stored as downloaded`;
+  if (store === 'q4k') return 'stored as q4k (smaller than q8_0)';
+  return `${formatBytes(m.storedBytes)} stored (q8_0)`;
+}
+
 /** The model choices, each with its download and storage size and a button that starts it. */
 function renderChoices(stored) {
   el.modelChoices.replaceChildren();
@@ -149,7 +157,7 @@ function renderChoices(stored) {
     value: knownValue(m),
     label: m.label,
     note: m.note,
-    sizes: `${formatBytes(m.downloadBytes)} download · ${formatBytes(m.storedBytes)} stored`,
+    sizes: `${formatBytes(m.downloadBytes)} download · ${storedSize(m)}`,
   }));
   if (custom && !choices.some((c) => parseModelParam(c.value, location.href).key === safeKey(custom))) {
     const src = safeSource(custom);
@@ -249,9 +257,9 @@ async function startLoad(persist) {
   try {
     const c = await Captioner.load({
       model: params.get('model') || undefined,
-      // ?store=q8_0|q4k: keep a safetensors download converted while it downloads
-      // (www/store_q8.js); by default the source as it is.
-      store: params.get('store') || 'as-is',
+      // ?store=q8_0|q4k|as-is; without it the module's default (q8_0 for a safetensors source,
+      // converted while it downloads; a copy this browser already holds as it is stays in use).
+      store: params.get('store') || undefined,
       threads: plan.threads,
       persist,
       chunkBytes: kib > 0 ? kib * 1024 : 0,
@@ -277,9 +285,14 @@ async function startLoad(persist) {
 
 let sourceLabel = '';
 let persisting = true;
+let keeping = null; // {store, bytes}: how the download is kept (the plan event)
 const downloadText = (total) =>
   `Downloading ${sourceLabel} (${formatBytes(total)})` +
-  (persisting ? ' — it is stored in this browser, so this happens once.' : ' — not stored: it is downloaded again next time.');
+  (!persisting
+    ? ' — not stored: it is downloaded again next time.'
+    : keeping?.store && keeping.store !== 'as-is' && keeping.bytes
+      ? ` — kept in this browser as ${keeping.store} (${formatBytes(keeping.bytes)}), so this happens once.`
+      : ' — it is stored in this browser, so this happens once.');
 const progressLog = []; // every progress report, for tests and the benchmark
 function onProgress(p) {
   const m = { phase: p.phase, done: p.loadedBytes, total: p.totalBytes, network: p.networkBytes, rate: p.rate };
@@ -334,6 +347,7 @@ function onLoadEvent(ev) {
       break;
     case 'plan':
       persisting = ev.persist;
+      keeping = { store: ev.store, bytes: ev.stored };
       if (ev.fromCache) setPhase('loading', `Loading ${sourceLabel} from this device…`);
       else setPhase('downloading', downloadText(ev.total));
       el.modelStatus.dataset.total = ev.total;
@@ -984,11 +998,17 @@ async function main() {
   const stored = (await storedModels().catch(() => ({ entries: [] }))).entries;
   showCache({ entries: stored, available: !!navigator.storage?.getDirectory });
   renderChoices(stored);
-  const isStored = (key) => stored.some((e) => e.complete && e.source === key && e.store === 'as-is');
-  if ((persist && isStored(src.key)) || startsByItself(src)) return startLoad(persist);
+  // A complete copy of the source loads by itself: the one ?store= asks for, or without ?store=
+  // any (the module's default takes the q8_0 copy, or the one kept as it is).
+  // (A .gguf source is kept as it is whatever ?store= says.)
+  const isStored = (s) => {
+    const want = s.kind === 'gguf' ? 'as-is' : params.get('store');
+    return stored.some((e) => e.complete && e.source === s.key && (!want || e.store === want));
+  };
+  if ((persist && isStored(src)) || startsByItself(src)) return startLoad(persist);
   if (!params.get('model')) {
     // No model named: one already stored here loads by itself.
-    const known = MODELS.map((m) => parseModelParam(knownValue(m), location.href)).find((x) => isStored(x.key));
+    const known = MODELS.map((m) => parseModelParam(knownValue(m), location.href)).find((x) => isStored(x));
     if (known && persist) {
       const p = new URLSearchParams(location.search);
       if (known.key !== src.key) {

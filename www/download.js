@@ -166,20 +166,26 @@ async function withRetries(what, fn, onRetry) {
 
 export const chunkName = (file, i) => `${file.name}.${String(i).padStart(5, '0')}`;
 
+/** Bytes [start, end] (inclusive) of `file`, with the downloads' retries (e.g. a file's header). */
+export const fetchBytes = (file, start, end, onRetry) => withRetries(file.name, () => fetchRange(file, start, end), onRetry);
+
 /**
  * Delivers a file's bytes to `sink` chunk by chunk, in order: chunks already in the store are
  * read from it; the others are fetched with HTTP Range requests and stored before the next
  * one is requested. The SHA-256 (when known) is computed as the chunks go by, so nothing is
- * buffered whole; a mismatch discards the stored chunks and fails.
+ * buffered whole; a mismatch discards the stored chunks and fails (an Error with code 'damaged').
+ * `from`: the first chunk to deliver, for a caller that kept what the earlier ones gave (a
+ * converted download resuming); `hasher` then has to hold the hash of the chunks before it.
  */
-export async function streamFile({ file, store, progress, sink, newHasher, onRetry }) {
+export async function streamFile({ file, store, progress, sink, newHasher, hasher = null, from = 0, onRetry }) {
   const chunk = file.chunkSize;
   const size = file.size;
   const n = Math.max(1, Math.ceil(size / chunk));
-  const hasher = file.sha256 ? newHasher() : null;
+  if (from > 0 && file.sha256 && !hasher) throw new Error(`streamFile: resuming ${file.name} at chunk ${from} needs the hash of the chunks before`);
+  hasher = file.sha256 ? hasher ?? newHasher() : null;
   progress.file = file.name;
   try {
-    for (let i = 0; i < n; i++) {
+    for (let i = from; i < n; i++) {
       const start = i * chunk;
       const end = Math.min(size, start + chunk) - 1;
       const len = end - start + 1;
@@ -201,10 +207,12 @@ export async function streamFile({ file, store, progress, sink, newHasher, onRet
       const got = hasher.hex();
       if (got !== file.sha256) {
         if (store) for (let i = 0; i < n; i++) await removeEntry(store, chunkName(file, i));
-        throw new Error(
+        const err = new Error(
           `${file.name} is damaged: its SHA-256 is ${got.slice(0, 12)}…, the server published ${file.sha256.slice(0, 12)}…. ` +
             'The download was discarded; try again.'
         );
+        err.code = 'damaged';
+        throw err;
       }
     }
   } finally {

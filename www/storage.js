@@ -90,9 +90,141 @@ export async function removeEntry(dir, name) {
 async function dirBytes(dir) {
   let n = 0;
   for await (const [, h] of dir.entries()) {
-    if (h.kind === 'file') n += (await h.getFile()).size;
+    // A file being written through a sync access handle (ChunkAppender) may refuse getFile()
+    // in some engines while it is open; it is counted once the download is over.
+    if (h.kind === 'file') n += await h.getFile().then((f) => f.size, () => 0);
   }
   return n;
+}
+
+/** Removes every file of `dir` whose name starts with `prefix`. */
+export async function removeByPrefix(dir, prefix) {
+  const names = [];
+  for await (const [name] of dir.entries()) if (name.startsWith(prefix)) names.push(name);
+  for (const name of names) await removeEntry(dir, name);
+}
+
+/**
+ * Writes a file that arrives in pieces as chunk files of `chunkSize` bytes (`chunkFile(i)` names
+ * them), appending to the last one, so that what was written can be kept across an interruption
+ * without rewriting it: a converted download (store_q8.js) saves its resume point after
+ * `flush()`, and the next visit opens the file again at that point's length, cutting off
+ * anything written after it. Appends go through a sync access handle (dedicated workers: the
+ * model worker); where there is none, the incomplete last chunk is kept in memory and written
+ * whole at each flush.
+ */
+export class ChunkAppender {
+  /** Opens the file at `length` bytes: the chunks before are kept, the one it ends in is cut there, later ones are removed. */
+  static async open(dir, chunkFile, chunkSize, length = 0) {
+    const a = new ChunkAppender(dir, chunkFile, chunkSize);
+    a.index = Math.floor(length / chunkSize);
+    a.offset = length % chunkSize;
+    a.length = length;
+    // Chunks past the one being continued belong to output written after the resume point.
+    const later = [];
+    for await (const [name] of dir.entries()) {
+      const i = Number(/\.(\d+)$/.exec(name)?.[1]);
+      if (i > a.index && chunkFile(i) === name) later.push(name);
+    }
+    for (const name of later) await removeEntry(dir, name);
+    if (a.offset === 0) {
+      await removeEntry(dir, chunkFile(a.index));
+    } else {
+      const have = await fileSize(dir, chunkFile(a.index));
+      if (have < a.offset) throw new Error(`${chunkFile(a.index)} holds ${Math.max(have, 0)} bytes, ${a.offset} were saved`);
+      await a._openChunk(true); // cut there
+      await a.flush();
+    }
+    return a;
+  }
+
+  constructor(dir, chunkFile, chunkSize) {
+    this.dir = dir;
+    this.chunkFile = chunkFile;
+    this.chunkSize = chunkSize;
+    this.index = 0; // chunk being written
+    this.offset = 0; // bytes in it
+    this.length = 0; // bytes of the file
+    this.handle = null; // sync access handle of chunk `index`
+    this.memory = null; // without sync access handles: chunk `index`'s bytes so far
+  }
+
+  async _openChunk(keep) {
+    const fh = await this.dir.getFileHandle(this.chunkFile(this.index), { create: true });
+    if (fh.createSyncAccessHandle) {
+      try {
+        this.handle = await fh.createSyncAccessHandle();
+        await this.handle.truncate(keep ? this.offset : 0);
+        return;
+      } catch (e) {
+        if (this.handle) await this.handle.close();
+        this.handle = null;
+        if (e?.name === 'QuotaExceededError') throw quotaError(null, null);
+        if (e?.name !== 'InvalidStateError' && e?.name !== 'NotSupportedError' && e?.name !== 'TypeError') throw e;
+        // Not a dedicated worker: fall back to whole-chunk writes.
+      }
+    }
+    this.memory = new Uint8Array(this.chunkSize);
+    if (keep) this.memory.set((await readBytes(this.dir, this.chunkFile(this.index))).subarray(0, this.offset));
+  }
+
+  async append(bytes) {
+    let at = 0;
+    while (at < bytes.length) {
+      if (!this.handle && !this.memory) await this._openChunk(this.offset > 0);
+      const n = Math.min(this.chunkSize - this.offset, bytes.length - at);
+      const part = bytes.subarray(at, at + n);
+      if (this.handle) {
+        let written;
+        try {
+          written = await this.handle.write(part, { at: this.offset });
+        } catch (e) {
+          if (e?.name === 'QuotaExceededError') throw quotaError(null, null);
+          throw new Error(`Could not save ${this.chunkFile(this.index)} in the browser's storage: ${errorMessage(e)}`);
+        }
+        if (written !== n) throw quotaError(null, null); // a short write: the disk or quota is full
+      } else {
+        this.memory.set(part, this.offset);
+      }
+      this.offset += n;
+      this.length += n;
+      at += n;
+      if (this.offset === this.chunkSize) await this._closeChunk();
+    }
+  }
+
+  async _closeChunk() {
+    await this.flush();
+    this.memory = null;
+    this.index++;
+    this.offset = 0;
+  }
+
+  /**
+   * Makes everything appended so far durable (before a resume point that counts it is saved),
+   * and lets go of the chunk's handle until the next append: between resume points nothing
+   * holds a lock on the stored files (the page may list them; an interrupted visit leaves none).
+   */
+  async flush() {
+    if (this.handle) {
+      await this.handle.flush();
+      await this.handle.close();
+      this.handle = null;
+    } else if (this.memory && this.offset > 0) {
+      await writeFile(this.dir, this.chunkFile(this.index), this.memory.subarray(0, this.offset));
+    }
+  }
+
+  /** Flushes and lets go of the file (always call it, also after an error: an open handle locks the chunk). */
+  async close() {
+    try {
+      await this.flush();
+    } finally {
+      if (this.handle) await this.handle.close();
+      this.handle = null;
+      this.memory = null;
+    }
+  }
 }
 
 export async function storageEstimate() {

@@ -157,60 +157,76 @@ export function quantizingSink(gitcap, { type = 'q8_0', name = '', files, state,
 }
 
 /**
- * The download worker's side: downloads a safetensors weights file through `download` (the
- * worker's chunked, retrying downloader, given a sink for the source chunks; the source itself
- * is not kept), converts it as it arrives, saves the GGUF as chunk files of `chunkBytes` through
- * `saveChunk(index, bytes)` (awaited in order) and feeds the same bytes to `loader` (a
- * ModelLoader) as a "gguf". Resolves with the `Quantizer.finish()` summary.
- *
- * Not resumable yet: an interrupted download starts over (the converter itself resumes from
- * `state()`; storing that state next to the chunks is the worker's part, still to do).
+ * The GGUF's size for a safetensors file, known before downloading it: a throwaway converter is
+ * given the small files and the source's header (`read(start, end)` fetches source bytes, both
+ * ends included: 8 bytes, then the JSON header, about 70 KB for git-large), and says how long its
+ * output will be. The quota check uses it (the q8_0 file is about 27% of f32).
  */
-export async function downloadConverted(gitcap, { type, name, files, loader, chunkBytes, download, saveChunk }) {
-  if (!(chunkBytes > 0)) throw new Error('downloadConverted: chunkBytes must be positive');
-  const pending = [];
-  let pendingLen = 0;
-  let index = 0;
-  let begun = false;
-  // Saves whole chunks of `chunkBytes` (and, at the end, the rest).
-  const flush = async (all) => {
-    while (pendingLen >= chunkBytes || (all && pendingLen > 0)) {
-      const n = Math.min(chunkBytes, pendingLen);
-      const buf = new Uint8Array(n);
-      for (let k = 0; k < n; ) {
-        const p = pending[0];
-        const take = Math.min(p.length, n - k);
-        buf.set(p.subarray(0, take), k);
-        k += take;
-        if (take === p.length) pending.shift();
-        else pending[0] = p.subarray(take);
-      }
-      pendingLen -= n;
-      await saveChunk(index++, buf);
-    }
-  };
-  const sink = quantizingSink(gitcap, {
-    type,
-    name,
-    files,
-    onOutput: async (bytes) => {
-      if (!begun) {
-        loader.beginWeights('gguf', sink.outputTotal);
-        begun = true;
-      }
-      loader.pushWeights(bytes);
-      pending.push(bytes);
-      pendingLen += bytes.length;
-      await flush(false);
-    },
-  });
+export async function convertedSize(gitcap, { type = 'q8_0', name = '', files, read, sourceSize }) {
+  const head = await read(0, 7);
+  const len = Number(new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true));
+  // The loader refuses headers over 100 MB too; this only keeps an absurd length from being fetched.
+  if (!(len > 1 && len <= 100_000_000 && 8 + len <= sourceSize)) {
+    throw new Error(`the weights file is not a valid safetensors file: its header length (${len} bytes) does not fit in its ${sourceSize} bytes`);
+  }
+  const json = await read(8, 7 + len);
+  const probe = quantizingSink(gitcap, { type, name, files, onOutput: () => {} });
   try {
-    await download((chunk) => sink.push(chunk));
+    await probe.push(head);
+    await probe.push(json);
+    const total = probe.outputTotal;
+    if (total == null) throw new Error('the converter did not learn the output size from the header');
+    return total;
+  } finally {
+    probe.free();
+  }
+}
+
+/**
+ * The model worker's side of a converted download: the source arrives through `download(push,
+ * from)` (the worker's chunked, retrying downloader, started at source byte `from` and calling
+ * `push` with each chunk in order; the source itself is not kept) and is converted as it comes.
+ * The GGUF goes to `loader` (a ModelLoader, as a "gguf", from its first byte) and to
+ * `onOutput(bytes)` (awaited: the store's writer). After each source chunk,
+ * `onResumePoint({state, sourceBytes, outputBytes})` (awaited) may save a resume point; to
+ * continue from one, pass `resume: {state, kept}`, where `kept()` yields the first `outputBytes`
+ * bytes of output as they were stored (the loader reads them first), and the download goes on
+ * from `sourceBytes`. Resolves with the `Quantizer.finish()` summary.
+ */
+export async function downloadConverted(gitcap, { type, name, files, loader, resume = null, onOutput, onResumePoint, download }) {
+  let begun = false;
+  // The loader is told the file's size with its first bytes: the size is known once the source
+  // header is in, and no output comes before that.
+  const toLoader = (bytes) => {
+    if (!begun) {
+      loader.beginWeights('gguf', sink.outputTotal);
+      begun = true;
+    }
+    loader.pushWeights(bytes);
+  };
+  const output = async (bytes) => {
+    toLoader(bytes);
+    await onOutput?.(bytes);
+  };
+  const sink = resume ? quantizingSink(gitcap, { state: resume.state, onOutput: output }) : quantizingSink(gitcap, { type, name, files, onOutput: output });
+  try {
+    if (resume) {
+      let n = 0;
+      for await (const bytes of resume.kept()) {
+        toLoader(bytes);
+        n += bytes.length;
+      }
+      if (n !== sink.outputBytes) {
+        throw new Error(`the stored part of the converted model has ${n} bytes; its resume point counted ${sink.outputBytes}`);
+      }
+    }
+    await download(async (chunk) => {
+      await sink.push(chunk);
+      await onResumePoint?.({ state: sink.state(), sourceBytes: sink.sourceBytes, outputBytes: sink.outputBytes });
+    }, sink.sourceBytes);
   } catch (e) {
     sink.free();
     throw e;
   }
-  const summary = sink.finish();
-  await flush(true);
-  return summary;
+  return sink.finish();
 }

@@ -3,7 +3,7 @@
 // model worker in OPFS, not here. Strategy: network first (so updates show at once), the cache
 // when the network fails or is slow. Model files and ranged requests pass straight through.
 
-const CACHE = 'gitcap-shell-v5';
+const CACHE = 'gitcap-shell-v6';
 const SHELL = [
   './',
   'index.html',
@@ -19,6 +19,7 @@ const SHELL = [
   'hub.js',
   'models.js',
   'store_q8.js',
+  'sha256.js',
   'style.css',
   'icon.svg',
   'manifest.webmanifest',

@@ -40,7 +40,7 @@ export const newSha256 = () => new gitcap.Sha256();
 
 // A function of one relaxed SIMD instruction (i8x16.relaxed_swizzle): engines without relaxed SIMD
 // (Chrome before 114, Firefox before 145, Safari) reject it.
-const RELAXED_SIMD_PROBE = new Uint8Array([
+export const RELAXED_SIMD_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 15, 1, 13, 0, 65, 1, 253, 15,
   65, 2, 253, 15, 253, 128, 2, 11,
 ]);

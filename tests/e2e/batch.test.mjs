@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startServer, launch, nativeCaption, pageUrl, ensureWasm, IMAGES } from './helpers.mjs';
+import { startServer, launch, nativeCaption, pageUrl, ensureWasm, IMAGES, AS_IS } from './helpers.mjs';
 
 const FILES = ['chelsea.png', 'rocket.jpg', 'coffee.png'];
 
@@ -29,7 +29,7 @@ async function downloaded(page, button) {
 test('several images: each gets the CLI caption as editable alt text; JSON and CSV exports hold the edits', async () => {
   const page = await browser.context.newPage();
   page.on('pageerror', (e) => console.error('# page error:', e.message));
-  await page.goto(pageUrl(server, { nosw: '1' }));
+  await page.goto(pageUrl(server, { ...AS_IS, nosw: '1' }));
   await page.setInputFiles('#file', FILES.map((f) => path.join(IMAGES, f)));
   await page.waitForFunction((n) => document.querySelectorAll('#batch li[data-status=done]').length === n, FILES.length);
   const rows = await page.$$eval('#batch li', (lis) => lis.map((li) => li.querySelector('textarea').value));

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   startServer, launch, recordRequests, nativeCaption, pageUrl, captionResult, chooseFile,
-  ensureWasm, gitcapBin, int8FormOfPage, IMAGES, ROOT, TINY,
+  ensureWasm, gitcapBin, int8FormOfPage, IMAGES, ROOT, TINY, AS_IS,
 } from './helpers.mjs';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
@@ -38,7 +38,7 @@ const weightRequests = () => requests.filter((r) => r.url.includes('/models/tiny
 
 test('first visit: downloads with progress, streams a caption equal to the native CLI', async () => {
   const native = nativeCaption(CHELSEA);
-  await page.goto(pageUrl(server, { chunk_kib: 1024 }));
+  await page.goto(pageUrl(server, { ...AS_IS, chunk_kib: 1024 }));
   await chooseFile(page, CHELSEA);
   const r = await captionResult(page);
   assert.equal(r.error, null);
@@ -88,14 +88,14 @@ test('a second visit loads the stored model without fetching any model file', as
 
 test('options from the query: beam search and a prompt match the reference', async () => {
   const beam = reference.cases[0].beam3_lp1;
-  await page.goto(pageUrl(server, { beams: 3, length_penalty: 1, max_new_tokens: beam.options.max_new_tokens }));
+  await page.goto(pageUrl(server, { ...AS_IS, beams: 3, length_penalty: 1, max_new_tokens: beam.options.max_new_tokens }));
   await chooseFile(page, CHELSEA);
   let r = await captionResult(page);
   assert.equal(r.text, beam.text);
   assert.equal(r.data.tokenIds, beam.token_ids.join(','));
 
   const pr = reference.cases[0].prompt_greedy;
-  await page.goto(pageUrl(server, { prompt: pr.prompt, max_new_tokens: pr.options.max_new_tokens }));
+  await page.goto(pageUrl(server, { ...AS_IS, prompt: pr.prompt, max_new_tokens: pr.options.max_new_tokens }));
   await chooseFile(page, CHELSEA);
   r = await captionResult(page);
   assert.equal(r.text, pr.text);
@@ -135,7 +135,7 @@ test('a q8_0 GGUF model: the integer kernel runs in the page and gives the CLI\'
 });
 
 test('cancel stops a caption between tokens', async () => {
-  await page.goto(pageUrl(server, { max_new_tokens: 20 }));
+  await page.goto(pageUrl(server, { ...AS_IS, max_new_tokens: 20 }));
   const full = nativeCaption(CHELSEA);
   const bytes = fs.readFileSync(CHELSEA).toString('base64');
   // Start and cancel in the same page task: the worker yields to its event loop before every
@@ -157,7 +157,7 @@ test('cancel stops a caption between tokens', async () => {
 });
 
 test('a file that is not an image shows an error, and the next image still works', async () => {
-  await page.goto(pageUrl(server));
+  await page.goto(pageUrl(server, AS_IS));
   await page.setInputFiles('input[type=file]', { name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('hello') });
   let r = await captionResult(page);
   assert.match(r.error, /not an image/);
@@ -176,7 +176,7 @@ test('a file that is not an image shows an error, and the next image still works
 });
 
 test('alt text a person wrote is never overwritten', async () => {
-  await page.goto(pageUrl(server));
+  await page.goto(pageUrl(server, AS_IS));
   await page.waitForSelector('#model-status[data-state=ready]');
   const bytes = fs.readFileSync(CHELSEA).toString('base64');
   await page.evaluate((b64) => {
@@ -196,7 +196,7 @@ test('alt text a person wrote is never overwritten', async () => {
 });
 
 test('keyboard: the file picker is reachable with Tab', async () => {
-  await page.goto(pageUrl(server));
+  await page.goto(pageUrl(server, AS_IS));
   let found = false;
   for (let i = 0; i < 12 && !found; i++) {
     await page.keyboard.press('Tab');
@@ -206,7 +206,7 @@ test('keyboard: the file picker is reachable with Tab', async () => {
 });
 
 test('while captioning, no request leaves the page origin', async () => {
-  await page.goto(pageUrl(server));
+  await page.goto(pageUrl(server, AS_IS));
   await page.waitForSelector('#model-status[data-state=ready]');
   const start = requests.length;
   await chooseFile(page, ROCKET);

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import path from 'node:path';
 import {
-  startServer, launch, nativeCaption, pageUrl, captionResult, chooseFile, ensureWasm, IMAGES,
+  startServer, launch, nativeCaption, pageUrl, captionResult, chooseFile, ensureWasm, IMAGES, AS_IS,
 } from './helpers.mjs';
 
 let server;
@@ -49,7 +49,7 @@ test('the page and its worker cannot send anything to another origin, and still 
   const b = await launch();
   try {
     const page = await b.context.newPage();
-    await page.goto(pageUrl(server));
+    await page.goto(pageUrl(server, AS_IS));
     const chelsea = path.join(IMAGES, 'chelsea.png');
     await chooseFile(page, chelsea);
     const r = await captionResult(page);

@@ -2,9 +2,11 @@
 // (in the same visit, and across a closed page), and a damaged or wrong file is never used.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { startServer, launch, recordRequests, nativeCaption, pageUrl, captionResult, chooseFile, ensureWasm, IMAGES, TINY } from './helpers.mjs';
+import { gitcapBin, startServer, launch, recordRequests, nativeCaption, pageUrl, captionResult, chooseFile, ensureWasm, IMAGES, TINY, AS_IS } from './helpers.mjs';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
 const WEIGHTS = '/models/tiny-coco/model.safetensors';
@@ -42,7 +44,7 @@ test('a chunk request that fails is retried, without refetching finished chunks'
       return route.continue();
     });
     const page = await b.context.newPage();
-    await page.goto(pageUrl(server, { chunk_kib: 1024 }));
+    await page.goto(pageUrl(server, { ...AS_IS, chunk_kib: 1024 }));
     await chooseFile(page, CHELSEA);
     const r = await captionResult(page);
     assert.ok(r.done, JSON.stringify(r));
@@ -79,7 +81,7 @@ test('a download cut off by closing the page resumes where it stopped on the nex
       });
     });
     const page = await b.context.newPage();
-    await page.goto(pageUrl(server, { chunk_kib: 1024 }));
+    await page.goto(pageUrl(server, { ...AS_IS, chunk_kib: 1024 }));
     await asked;
     await page.close();
     await b.context.unrouteAll({ behavior: 'ignoreErrors' });
@@ -89,7 +91,7 @@ test('a download cut off by closing the page resumes where it stopped on the nex
     // Second visit: only the missing chunks are fetched.
     const mark = requests.length;
     const page2 = await b.context.newPage();
-    await page2.goto(pageUrl(server, { chunk_kib: 1024 }));
+    await page2.goto(pageUrl(server, { ...AS_IS, chunk_kib: 1024 }));
     await chooseFile(page2, CHELSEA);
     const r = await captionResult(page2);
     assert.ok(r.done, JSON.stringify(r));
@@ -120,7 +122,7 @@ test('a damaged download is rejected by its SHA-256 and never stored', async () 
       return route.continue();
     });
     const page = await b.context.newPage();
-    await page.goto(pageUrl(server, { chunk_kib: 1024 }));
+    await page.goto(pageUrl(server, { ...AS_IS, chunk_kib: 1024 }));
     await page.waitForSelector('#model-status[data-state=error]');
     const msg = await page.getAttribute('#model-status', 'data-error');
     assert.match(msg, /SHA-256/);
@@ -156,7 +158,7 @@ test('an HTML error page in place of the weights is refused', async () => {
       route.fulfill({ status: 200, contentType: 'text/html', body: '<!doctype html><title>Oops</title><h1>Something went wrong</h1>' })
     );
     const page = await b.context.newPage();
-    await page.goto(pageUrl(server));
+    await page.goto(pageUrl(server, AS_IS));
     await page.waitForSelector('#model-status[data-state=error]');
     assert.match(await page.getAttribute('#model-status', 'data-error'), /HTML/);
     await page.setInputFiles('input[type=file]', CHELSEA);
@@ -176,7 +178,7 @@ test('a model that does not fit the storage quota is refused plainly, and can be
     // this exercises the refusal in the middle of the download).
     const cdp = await b.context.newCDPSession(page);
     await cdp.send('Storage.overrideQuotaForOrigin', { origin: new URL(server.url).origin, quotaSize: 1_500_000 });
-    await page.goto(pageUrl(server, { chunk_kib: 1024 }));
+    await page.goto(pageUrl(server, { ...AS_IS, chunk_kib: 1024 }));
     await page.waitForSelector('#model-status[data-state=error]');
     const msg = await page.getAttribute('#model-status', 'data-error');
     assert.match(msg, /needs 4\.\d MB of storage/);
@@ -191,6 +193,31 @@ test('a model that does not fit the storage quota is refused plainly, and can be
     const r = await captionResult(page);
     assert.ok(r.done, JSON.stringify(r));
     assert.match(await page.textContent('#storage-text'), /No models stored/);
+  } finally {
+    await b.close();
+  }
+});
+
+test('the default store (q8_0): a quota refusal in the middle of the download says what the converted model needs', async () => {
+  // What the page would keep: gitcap quantize's file for the folder and the small files.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-quota-q8-'));
+  const out = path.join(dir, 'q8.gguf');
+  const q = spawnSync(path.resolve(gitcapBin()), ['quantize', '--model', 'tiny-coco', '--out', out, '--type', 'q8_0', '--quiet'], { cwd: path.dirname(TINY), encoding: 'utf8' });
+  assert.equal(q.status, 0, q.stderr);
+  const small = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'preprocessor_config.json', 'generation_config.json'];
+  const keeps = fs.statSync(out).size + small.reduce((n, f) => n + fs.statSync(path.join(TINY, f)).size, 0);
+  fs.rmSync(dir, { recursive: true, force: true });
+  const b = await launch();
+  try {
+    const page = await b.context.newPage();
+    const cdp = await b.context.newCDPSession(page);
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin: new URL(server.url).origin, quotaSize: 1_500_000 });
+    await page.goto(pageUrl(server, { chunk_kib: 256 }));
+    await page.waitForSelector('#model-status[data-state=error]');
+    const msg = await page.getAttribute('#model-status', 'data-error');
+    assert.ok(msg.startsWith(`The model needs ${(keeps / 1e6).toFixed(1)} MB of storage`), msg);
+    assert.ok(keeps < SIZE, 'less than the f32 source alone');
+    assert.match(await page.textContent('#storage-text'), /No models stored/, 'the partial download was removed');
   } finally {
     await b.close();
   }

@@ -1,10 +1,10 @@
 // The page in Firefox: Debian's firefox-esr, driven by puppeteer-core over WebDriver BiDi (no tool
 // downloads a browser). The single-threaded and (with ./test.sh --full) threaded builds caption
 // with the native CLI's ids, a q8_0 GGUF runs the integer kernel, the Content-Security-Policy
-// blocks a request to another origin, the model is stored and read back on a second visit, a
-// download cut off by closing the page resumes where it stopped, the page works offline after
-// one visit, and a cancelled caption leaves the worker working. The other browser tests run in
-// Chromium.
+// blocks a request to another origin, the model is stored (by default converted to q8_0) and read
+// back on a second visit, a download cut off by closing the page resumes where it stopped (kept
+// as it is, and converted), the page works offline after one visit, and a cancelled caption
+// leaves the worker working. The other browser tests run in Chromium.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import puppeteer from 'puppeteer-core';
 import {
-  startServer, nativeCaption, pageUrl, ensureWasm, int8FormOfPage, gitcapBin, IMAGES, TINY, WWW,
+  startServer, nativeCaption, pageUrl, ensureWasm, int8FormOfPage, gitcapBin, IMAGES, TINY, WWW, AS_IS,
 } from './helpers.mjs';
 
 const FIREFOX = process.env.FIREFOX || '/usr/bin/firefox-esr';
@@ -80,7 +80,7 @@ test('Firefox: the single-threaded page captions with the native CLI ids', async
   const ff = await launchFirefox();
   try {
     const native = nativeCaption(CHELSEA);
-    const { result, backend } = await captionIn(ff.browser, { threads: '1' }, CHELSEA);
+    const { result, backend } = await captionIn(ff.browser, { ...AS_IS, threads: '1' }, CHELSEA);
     assert.equal(result.data.error, undefined, result.data.error);
     assert.equal(result.data.tokenIds, native.token_ids.join(','));
     assert.equal(result.text, native.text);
@@ -96,7 +96,7 @@ test('Firefox: the threaded page splits its products and captions with the nativ
   try {
     const native = nativeCaption(ROCKET, ['--beams', '4']);
     // split_min=0: the tiny model's products are far below the size the page splits by default.
-    const { result, backend } = await captionIn(ff.browser, { beams: '4', split_min: '0' }, ROCKET);
+    const { result, backend } = await captionIn(ff.browser, { ...AS_IS, beams: '4', split_min: '0' }, ROCKET);
     assert.equal(result.data.error, undefined, result.data.error);
     assert.equal(backend.threaded, 'true', backend.text);
     assert.ok(Number(backend.threads) >= 2, backend.text);
@@ -152,18 +152,38 @@ test('Firefox: the Content-Security-Policy blocks a request to another origin', 
   }
 });
 
-test('Firefox: the model is stored, and a second visit loads it from the store', async () => {
+/** gitcap quantize's q8_0 file for tiny-coco, named as the page names it (the folder's name). */
+function namedQ8() {
+  const out = path.join(ggufDir, 'tiny-coco-named.gguf');
+  if (!fs.existsSync(out)) {
+    const q = spawnSync(path.resolve(gitcapBin()), ['quantize', '--model', 'tiny-coco', '--out', out, '--quiet'], { cwd: path.dirname(TINY), encoding: 'utf8' });
+    assert.equal(q.status, 0, q.stderr);
+  }
+  return out;
+}
+
+test('Firefox: the model is stored (the default: converted to q8_0), and a second visit loads it from the store', async () => {
   const ff = await launchFirefox();
   try {
-    const native = nativeCaption(CHELSEA);
     const page = await newPage(ff.browser);
-    await page.goto(pageUrl(server, { threads: '1' }));
+    await page.goto(pageUrl(server, { threads: '1', chunk_kib: '256' }));
     await page.waitForSelector('#model-status[data-state=ready]');
     assert.notEqual(await page.$eval('#model-status', (e) => e.dataset.fromCache), 'true', 'the first visit downloads');
     await page.reload();
     await page.waitForSelector('#model-status[data-state=ready]');
     assert.equal(await page.$eval('#model-status', (e) => e.dataset.fromCache), 'true', 'the second visit reads the store');
+    const backend = await page.$eval('#backend', (e) => e.textContent);
+    const native = nativeCaption(CHELSEA, [], { model: namedQ8(), int8: int8FormOfPage(backend) });
     assert.equal(await uploadAndCaption(page, CHELSEA), native.token_ids.join(','));
+    const stored = await page.evaluate(async () => {
+      const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('gitcap-models');
+      let bytes = 0;
+      for await (const [, dir] of root.entries()) {
+        for await (const [name, h] of dir.entries()) if (/^model\.q8_0\.gguf\.\d+$/.test(name)) bytes += (await h.getFile()).size;
+      }
+      return bytes;
+    });
+    assert.equal(stored, fs.statSync(namedQ8()).size);
     assert.match(await page.$eval('#storage-text', (e) => e.textContent), /tiny-coco/);
   } finally {
     await ff.close();
@@ -175,7 +195,7 @@ test('Firefox: cancel stops a caption between tokens, and the next caption works
   try {
     const native = nativeCaption(CHELSEA);
     const page = await newPage(ff.browser);
-    await page.goto(pageUrl(server, { threads: '1', nosave: '1', max_new_tokens: '20' }));
+    await page.goto(pageUrl(server, { ...AS_IS, threads: '1', nosave: '1', max_new_tokens: '20' }));
     await page.waitForSelector('#model-status[data-state=ready]');
     const b64 = fs.readFileSync(CHELSEA).toString('base64');
     // Start and cancel in the same page task: the worker sees the cancel before the first token.
@@ -239,40 +259,52 @@ function holdingProxy(upstream, file, hold) {
   });
 }
 
-test('Firefox: a download cut off by closing the page resumes where it stopped on the next visit', async () => {
+/** A visit cut off (chunk 2 of 1 MiB chunks never answered, the page closed), then another:
+ *  the second fetches only the missing chunks and captions with the CLI's ids. */
+async function cutOffAndResume(store) {
   const weights = '/models/tiny-coco/model.safetensors';
   const size = fs.statSync(path.join(TINY, 'model.safetensors')).size;
   const chunk = 1024 * 1024; // ?chunk_kib=1024
   const chunks = Math.ceil(size / chunk);
   assert.ok(chunks >= 3, 'the fixture is large enough for three chunks');
-  const start = (range) => Number(/bytes=(\d+)-/.exec(range ?? '')?.[1] ?? NaN);
+  const range = (i) => `bytes=${i * chunk}-${Math.min(size, (i + 1) * chunk) - 1}`;
   let first = true;
-  // Chunk 2 is never answered on the first visit: by then chunks 0 and 1 are stored.
-  const proxy = await holdingProxy(server, weights, (range) => first && start(range) === 2 * chunk);
+  // Chunk 2 is never answered on the first visit: by then chunks 0 and 1 are stored (as they
+  // are, or converted with their resume point saved).
+  const proxy = await holdingProxy(server, weights, (r) => first && r === range(2));
+  const query = { threads: '1', chunk_kib: '1024', ...(store ? { store } : {}) };
   const ff = await launchFirefox();
   try {
     const page = await newPage(ff.browser);
-    await page.goto(pageUrl(proxy, { threads: '1', chunk_kib: '1024' }));
+    await page.goto(pageUrl(proxy, query));
     await proxy.heldOnce;
     await page.close();
     // The held request stays unanswered (released when the proxy stops): answering it with an
     // error now let the closed page's worker, not yet gone, try chunk 2 again.
     first = false;
-    assert.deepEqual(proxy.ranges.map((r) => start(r) / chunk), [0, 1, 2]);
+    // Converting, the source's header comes first (the converted size, for the quota check).
+    const headerLen = Number(fs.readFileSync(path.join(TINY, 'model.safetensors')).readBigUInt64LE(0));
+    const header = store === 'as-is' ? [] : ['bytes=0-7', `bytes=8-${7 + headerLen}`];
+    assert.deepEqual(proxy.ranges, [...header, range(0), range(1), range(2)]);
 
     // Second visit, same profile: only the missing chunks come over the network.
     const mark = proxy.ranges.length;
-    const native = nativeCaption(CHELSEA);
     const page2 = await newPage(ff.browser);
-    await page2.goto(pageUrl(proxy, { threads: '1', chunk_kib: '1024' }));
-    assert.equal(await uploadAndCaption(page2, CHELSEA), native.token_ids.join(','));
-    const second = proxy.ranges.slice(mark).map((r) => start(r) / chunk);
-    assert.deepEqual(second, Array.from({ length: chunks - 2 }, (_, i) => i + 2));
+    await page2.goto(pageUrl(proxy, query));
+    const ids = await uploadAndCaption(page2, CHELSEA);
+    const backend = await page2.$eval('#backend', (e) => e.textContent);
+    const native = store === 'as-is' ? nativeCaption(CHELSEA) : nativeCaption(CHELSEA, [], { model: namedQ8(), int8: int8FormOfPage(backend) });
+    assert.equal(ids, native.token_ids.join(','));
+    assert.deepEqual(proxy.ranges.slice(mark), Array.from({ length: chunks - 2 }, (_, i) => range(i + 2)));
   } finally {
     await ff.close();
     await proxy.stop();
   }
-});
+}
+
+test('Firefox: a download cut off by closing the page resumes where it stopped on the next visit', () => cutOffAndResume('as-is'));
+
+test('Firefox: a conversion (the default store) cut off by closing the page resumes from its saved point', () => cutOffAndResume(null));
 
 test('Firefox: the page works offline after the first visit', async () => {
   const own = await startServer();
@@ -280,7 +312,7 @@ test('Firefox: the page works offline after the first visit', async () => {
   try {
     const native = nativeCaption(CHELSEA);
     const page = await newPage(ff.browser);
-    await page.goto(pageUrl(own, { threads: '1' }));
+    await page.goto(pageUrl(own, { ...AS_IS, threads: '1' }));
     // The service worker's install: if it stalls it never recovers, so say so well before 180 s.
     await page.waitForSelector('html[data-offline-ready]', { timeout: 60_000 });
     await page.waitForSelector('#model-status[data-state=ready]');

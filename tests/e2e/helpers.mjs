@@ -124,6 +124,10 @@ export function int8FormOfPage(backendText) {
   return /relaxed SIMD/.test(backendText) ? 'relaxed' : 'portable';
 }
 
+/** The page's query for tests that compare with the CLI's captions of the f32 fixture: the weights
+ *  kept as they are. Without it the page stores a safetensors source as q8_0 (the default). */
+export const AS_IS = Object.freeze({ store: 'as-is' });
+
 export function pageUrl(server, query = {}) {
   const q = new URLSearchParams({ model: '/models/tiny-coco/', ...query });
   return `${server.url}?${q}`;

@@ -1,14 +1,28 @@
 // examples/blog and examples/upload, served from the repository root with the module as build.sh
 // assembles it: the blog post's images without alt get the CLI's captions (the decorative one
 // keeps alt=""), and the upload form suggests the CLI's caption, which never replaces text the
-// person typed.
+// person typed. The examples load the model with the default store, so the tiny f32 fixture is
+// kept as q8_0: the captions are the CLI's on gitcap quantize's file of it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startServer, launch, nativeCaption, IMAGES, ROOT } from './helpers.mjs';
+import { spawnSync } from 'node:child_process';
+import { startServer, launch, nativeCaption, gitcapBin, IMAGES, ROOT, TINY } from './helpers.mjs';
 import { ensureModule } from './module-helpers.mjs';
+import { RELAXED_SIMD_PROBE } from '../../www/wasm.js';
+
+let q8;
+/** The CLI's caption of `image` on the q8_0 file, with the integer kernel's form the page's build
+ *  runs: the relaxed SIMD build where the engine validates relaxed SIMD (www/wasm.js's choice;
+ *  single-threaded here), else the plain one, whose products equal the portable form. */
+async function cliQ8(page, image) {
+  const relaxed =
+    fs.existsSync(path.join(site, 'dist/gitcap/pkg-relaxed/gitcap.js')) &&
+    (await page.evaluate((probe) => WebAssembly.validate(new Uint8Array(probe)), [...RELAXED_SIMD_PROBE]));
+  return nativeCaption(path.join(IMAGES, image), [], { model: q8, int8: relaxed ? 'relaxed' : 'portable' }).text;
+}
 
 let server;
 let browser;
@@ -21,6 +35,10 @@ before(async () => {
     fs.cpSync(path.join(ROOT, d), path.join(site, d), { recursive: true });
   }
   fs.cpSync(ensureModule(), path.join(site, 'dist/gitcap'), { recursive: true });
+  // What the page stores: gitcap quantize's file, named as the page names it (the folder's name).
+  q8 = path.join(site, 'tiny-coco-q8_0.gguf');
+  const q = spawnSync(path.resolve(gitcapBin()), ['quantize', '--model', 'tiny-coco', '--out', q8, '--quiet'], { cwd: path.dirname(TINY), encoding: 'utf8' });
+  assert.equal(q.status, 0, q.stderr);
   // Without COOP/COEP, so single-threaded: the threaded build has its own tests (threads.test.mjs),
   // and beside another test file on this 2-core machine the blog's threaded page stalled its
   // captions for minutes (2 runs of 2; single-threaded, 1 of 1 passed beside the same file).
@@ -40,8 +58,8 @@ test('examples/blog: images without alt get the CLI caption; the decorative one 
   await page.waitForSelector('body[data-done]', { state: 'attached' });
   const alts = await page.$$eval('#post img', (imgs) => imgs.map((i) => ({ src: i.getAttribute('src'), alt: i.getAttribute('alt'), gen: i.dataset.altGenerated ?? null })));
   assert.deepEqual(alts, [
-    { src: '../../tests/images/chelsea.png', alt: nativeCaption(path.join(IMAGES, 'chelsea.png')).text, gen: 'gitcap' },
-    { src: '../../tests/images/rocket.jpg', alt: nativeCaption(path.join(IMAGES, 'rocket.jpg')).text, gen: 'gitcap' },
+    { src: '../../tests/images/chelsea.png', alt: await cliQ8(page, 'chelsea.png'), gen: 'gitcap' },
+    { src: '../../tests/images/rocket.jpg', alt: await cliQ8(page, 'rocket.jpg'), gen: 'gitcap' },
     { src: '../../tests/images/logo.png', alt: '', gen: null },
   ]);
   await page.close();
@@ -53,7 +71,7 @@ test('examples/upload: the chosen photo gets the CLI caption as an editable sugg
   await page.goto(`${server.url}examples/upload/?model=/models/tiny-coco/`);
   await page.setInputFiles('#photo', path.join(IMAGES, 'chelsea.png'));
   await page.waitForSelector('#alt[data-suggested]', { state: 'attached' });
-  assert.equal(await page.inputValue('#alt'), nativeCaption(path.join(IMAGES, 'chelsea.png')).text);
+  assert.equal(await page.inputValue('#alt'), await cliQ8(page, 'chelsea.png'));
   assert.match(await page.textContent('#hint'), /suggested/);
   // The person edits it; another photo does not replace their words.
   await page.fill('#alt', 'My cat on the windowsill');

@@ -2,13 +2,16 @@
 // f32 fixture model kept as it is (store: 'as-is'): every input type gives the native CLI's
 // token ids, fillMissingAlt leaves decorative and human alt text alone, calls queue in order,
 // abort rejects with an AbortError, and a trap in the worker restarts it from the stored model.
+// Then the default store: q8_0 for a safetensors source (gitcap quantize's file, the CLI's ids
+// on it), a copy already kept as it is stays in use, and the quota is checked against what will
+// be stored.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { startServer, launch, recordRequests, nativeCaption, gitcapBin, IMAGES, TINY } from './helpers.mjs';
+import { startServer, launch, recordRequests, nativeCaption, gitcapBin, sha256, IMAGES, TINY } from './helpers.mjs';
 import { makeSite } from './module-helpers.mjs';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
@@ -25,14 +28,38 @@ let page;
 let requests;
 
 let ggufDir;
+let copies; // copies of tiny-coco under other names: sources with nothing stored yet
+
+/** `gitcap quantize` of the copy `name`, run from its parent as `--model name`: the page records
+ *  the folder's name as general.name, as the CLI records its --model argument. */
+function quantizeCopy(name) {
+  const out = path.join(copies, `${name}-q8_0.gguf`);
+  if (!fs.existsSync(out)) {
+    const q = spawnSync(path.resolve(gitcapBin()), ['quantize', '--model', name, '--out', out, '--type', 'q8_0', '--quiet'], { cwd: copies, encoding: 'utf8' });
+    assert.equal(q.status, 0, q.stderr);
+  }
+  return out;
+}
+const SMALL = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'preprocessor_config.json', 'generation_config.json'];
+const smallBytes = () => SMALL.filter((f) => fs.existsSync(path.join(TINY, f))).reduce((n, f) => n + fs.statSync(path.join(TINY, f)).size, 0);
 
 before(async () => {
   site = makeSite();
+  copies = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-module-copies-'));
+  for (const name of ['tiny-default', 'tiny-partial', 'tiny-quota']) fs.cpSync(TINY, path.join(copies, name), { recursive: true });
+  // Test-only: the model worker with a storage estimate that leaves ?room= bytes (Chromium's
+  // estimate does not show a quota set over CDP, so the check before downloading is tested so).
+  fs.writeFileSync(
+    path.join(site.dir, 'quota-estimate.js'),
+    "const room = Number(new URLSearchParams(self.location.search).get('room'));\n" +
+      'navigator.storage.estimate = async () => ({ quota: room, usage: 0 });\n'
+  );
+  fs.writeFileSync(path.join(site.dir, 'quota-worker.js'), "import './quota-estimate.js';\nimport './gitcap/worker.js';\n");
   // The tiny model as q8_0 GGUF too (gitcap quantize), for info.weights and store with a .gguf.
   ggufDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gitcap-module-gguf-'));
   const q = spawnSync(gitcapBin(), ['quantize', '--model', TINY, '--out', path.join(ggufDir, 'tiny-q8_0.gguf'), '--type', 'q8_0'], { encoding: 'utf8' });
   assert.equal(q.status, 0, q.stderr);
-  server = await startServer({ dir: site.dir, modelDirs: [TINY, ggufDir] });
+  server = await startServer({ dir: site.dir, modelDirs: [TINY, ggufDir, ...['tiny-default', 'tiny-partial', 'tiny-quota'].map((n) => path.join(copies, n))] });
   browser = await launch();
   requests = recordRequests(browser.context);
   page = browser.context.pages()[0] ?? (await browser.context.newPage());
@@ -55,6 +82,7 @@ after(async () => {
   await server?.stop();
   site?.remove();
   if (ggufDir) fs.rmSync(ggufDir, { recursive: true, force: true });
+  if (copies) fs.rmSync(copies, { recursive: true, force: true });
 });
 
 test('load reports progress and info', async () => {
@@ -322,4 +350,162 @@ test('a q8_0 .gguf source: store q8_0 keeps it as it is, info says q8_0, and ids
   const form = /relaxed/.test(r.info.backend) ? 'relaxed' : 'portable';
   const native = nativeCaption(CHELSEA, [], { model: path.join(ggufDir, 'tiny-q8_0.gguf'), int8: form });
   assert.deepEqual(r.ids, native.token_ids);
+});
+
+/** The GGUF chunks stored for the source whose URL ends in `suffix`: size and SHA-256 joined. */
+async function storedGguf(suffix) {
+  return page.evaluate(async (suffix) => {
+    const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('gitcap-models');
+    for await (const [, dir] of root.entries()) {
+      const m = JSON.parse(await (await (await dir.getFileHandle('manifest.json')).getFile()).text());
+      if (!m.source.endsWith(suffix) || m.store !== 'q8_0') continue;
+      const parts = [];
+      for await (const [name, h] of dir.entries()) if (/^model\.q8_0\.gguf\.\d+$/.test(name)) parts.push([name, new Uint8Array(await (await h.getFile()).arrayBuffer())]);
+      parts.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+      const all = new Uint8Array(parts.reduce((n, [, b]) => n + b.length, 0));
+      let at = 0;
+      for (const [, b] of parts) {
+        all.set(b, at);
+        at += b.length;
+      }
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', all));
+      return { complete: m.complete, size: all.length, sha256: [...digest].map((x) => x.toString(16).padStart(2, '0')).join('') };
+    }
+    return null;
+  }, suffix);
+}
+
+test('no store: a safetensors source is stored as q8_0, the file gitcap quantize writes, and captions with the CLI\'s ids on it', async () => {
+  const file = quantizeCopy('tiny-default');
+  const want = fs.readFileSync(file);
+  const r = await page.evaluate(async () => {
+    const c = await M.Captioner.load({ model: '/models/tiny-default/', threads: 1, chunkBytes: 256 * 1024 });
+    const out = { info: c.info, ids: (await c.caption('images/chelsea.png')).tokenIds };
+    c.dispose();
+    // A second load: the stored q8_0 copy, from storage.
+    const again = await M.Captioner.load({ model: '/models/tiny-default/', threads: 1 });
+    out.again = again.info;
+    again.dispose();
+    return out;
+  });
+  assert.equal(r.info.store, 'q8_0');
+  assert.equal(r.info.weights, 'q8_0');
+  assert.equal(r.info.fromCache, false);
+  assert.equal(r.info.storedBytes, want.length + smallBytes(), 'stored: the GGUF and the small files');
+  assert.ok(r.info.wasmBytes > 0);
+  const stored = await storedGguf('/models/tiny-default/');
+  assert.equal(stored.complete, true);
+  assert.equal(stored.size, want.length);
+  assert.equal(stored.sha256, await sha256(want));
+  const form = /relaxed/.test(r.info.backend) ? 'relaxed' : 'portable';
+  assert.deepEqual(r.ids, nativeCaption(CHELSEA, [], { model: file, int8: form }).token_ids);
+  assert.equal(r.again.fromCache, true);
+  assert.equal(r.again.store, 'q8_0');
+});
+
+test('no store: a copy kept as it is (what earlier versions stored by default) loads from storage; a partial one is continued as it is', async () => {
+  // tiny-coco was stored with store 'as-is' (before()), under the source's own key, the one
+  // earlier versions used; their manifests had no `store` field.
+  await page.evaluate(async () => {
+    const root = await (await navigator.storage.getDirectory()).getDirectoryHandle('gitcap-models');
+    for await (const [, dir] of root.entries()) {
+      const fh = await dir.getFileHandle('manifest.json');
+      const m = JSON.parse(await (await fh.getFile()).text());
+      if (!m.source.endsWith('/models/tiny-coco/')) continue;
+      delete m.store;
+      const w = await fh.createWritable();
+      await w.write(JSON.stringify(m));
+      await w.close();
+    }
+  });
+  const modelGets = (name) => requests.filter((q) => q.url.includes(`/models/${name}/`) && q.method === 'GET');
+  let mark = modelGets('tiny-coco').length;
+  const complete = await page.evaluate(async () => {
+    const c = await M.Captioner.load({ model: '/models/tiny-coco/', threads: 1 });
+    const out = { info: c.info, ids: (await c.caption('images/chelsea.png')).tokenIds };
+    c.dispose();
+    return out;
+  });
+  assert.equal(complete.info.store, 'as-is');
+  assert.equal(complete.info.fromCache, true);
+  assert.equal(complete.info.weights, 'f32');
+  assert.deepEqual(modelGets('tiny-coco').slice(mark), [], 'nothing downloaded again');
+  assert.deepEqual(complete.ids, cli('chelsea', CHELSEA).token_ids);
+
+  // A partial as-is download: chunk 2 (of 1 MiB chunks) never answered, then the load aborted.
+  const CHUNK = 1 << 20;
+  let held = null;
+  const asked = new Promise((resolve) => {
+    browser.context.route('**/models/tiny-partial/model.safetensors', (route) => {
+      if (route.request().headers()['range'] === `bytes=${2 * CHUNK}-${3 * CHUNK - 1}` && !held) {
+        held = route;
+        resolve();
+        return;
+      }
+      return route.continue();
+    });
+  });
+  await page.evaluate((chunkBytes) => {
+    window.partialAbort = new AbortController();
+    window.partial = M.Captioner.load({ model: '/models/tiny-partial/', store: 'as-is', threads: 1, chunkBytes, signal: partialAbort.signal }).then(
+      () => 'loaded',
+      (e) => e.name
+    );
+  }, CHUNK);
+  await asked;
+  assert.equal(await page.evaluate(() => (partialAbort.abort(), window.partial)), 'AbortError');
+  await browser.context.unrouteAll({ behavior: 'ignoreErrors' });
+  mark = modelGets('tiny-partial').length;
+  const partial = await page.evaluate(async () => {
+    const c = await M.Captioner.load({ model: '/models/tiny-partial/', threads: 1 });
+    const out = { info: c.info, ids: (await c.caption('images/chelsea.png')).tokenIds, stored: await c.storedModels() };
+    c.dispose();
+    return out;
+  });
+  assert.equal(partial.info.store, 'as-is');
+  assert.equal(partial.info.fromCache, false);
+  const size = fs.statSync(path.join(TINY, 'model.safetensors')).size;
+  const ranges = modelGets('tiny-partial').slice(mark).filter((q) => q.url.endsWith('/model.safetensors')).map((q) => q.range);
+  assert.deepEqual(ranges, [`bytes=${2 * CHUNK}-${3 * CHUNK - 1}`, `bytes=${3 * CHUNK}-${size - 1}`], 'only the missing chunks');
+  assert.deepEqual(partial.ids, cli('chelsea', CHELSEA).token_ids);
+  assert.deepEqual(
+    partial.stored.entries.filter((e) => e.source.endsWith('/models/tiny-partial/')).map((e) => [e.store, e.complete]),
+    [['as-is', true]],
+    'no q8_0 copy beside it'
+  );
+});
+
+test('quota: checked before downloading, against the size that will be stored (q8_0: the converted file)', async () => {
+  const q8 = fs.statSync(quantizeCopy('tiny-quota')).size + smallBytes();
+  const f32 = fs.statSync(path.join(TINY, 'model.safetensors')).size + smallBytes();
+  const mark = requests.length;
+  const load = (room, store) =>
+    page.evaluate(
+      async ([room, store]) => {
+        try {
+          const c = await M.Captioner.load({ model: '/models/tiny-quota/', store, threads: 1, workerUrl: `quota-worker.js?room=${room}` });
+          const info = c.info;
+          c.dispose();
+          return { loaded: true, store: info.store, storedBytes: info.storedBytes };
+        } catch (e) {
+          return { message: e.message, code: e.code, needed: e.needed, available: e.available };
+        }
+      },
+      [room, store]
+    );
+  // One byte short of the q8_0 file and the small files: refused before the weights are fetched.
+  const refused = await load(q8 - 1);
+  assert.equal(refused.code, 'quota', JSON.stringify(refused));
+  assert.equal(refused.needed, q8);
+  assert.equal(refused.available, q8 - 1);
+  assert.match(refused.message, /^The model needs 3\.\d MB of storage, but this browser lets this page store only 3\.\d MB more\./);
+  const weights = requests.slice(mark).filter((q) => q.url.endsWith('/models/tiny-quota/model.safetensors') && q.method === 'GET');
+  const headerLen = Number(fs.readFileSync(path.join(TINY, 'model.safetensors')).readBigUInt64LE(0));
+  assert.deepEqual(weights.map((q) => q.range), ['bytes=0-7', `bytes=8-${7 + headerLen}`], 'only the header, to learn the size');
+  // The same room refuses the f32 source kept as it is, and fits the q8_0 file exactly.
+  const asIs = await load(q8, 'as-is');
+  assert.equal(asIs.code, 'quota');
+  assert.equal(asIs.needed, f32);
+  const fits = await load(q8);
+  assert.deepEqual(fits, { loaded: true, store: 'q8_0', storedBytes: q8 });
 });

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   startServer, launch, nativeCaption, pageUrl, captionResult, chooseFile, ensureWasm, gitcapBin, int8FormOfPage,
-  IMAGES, ROOT, TINY, WWW,
+  IMAGES, ROOT, TINY, WWW, AS_IS,
 } from './helpers.mjs';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
@@ -54,7 +54,7 @@ async function captionIn(server, query, image) {
     const page = browser.context.pages()[0] ?? (await browser.context.newPage());
     page.on('pageerror', (e) => console.error('# page error:', e.message));
     // split_min=0: the tiny model's products are far below the size the page splits by default.
-    await page.goto(pageUrl(server, { nosave: '1', split_min: '0', ...query }));
+    await page.goto(pageUrl(server, { nosave: '1', split_min: '0', ...AS_IS, ...query }));
     await chooseFile(page, image);
     const result = await captionResult(page);
     const backend = await page.$eval('#backend', (e) => ({ text: e.textContent, ...e.dataset }));
