@@ -422,12 +422,12 @@ function updateQueueNote() {
 
 /** Puts an item on the stage, moving the previous one to the history list. */
 function showOnStage(it) {
+  const previous = stageItem;
   stageItem = it;
   el.stage.hidden = false;
-  el.stage.classList.toggle('no-image', !it.url);
-  if (it.url) el.preview.src = it.url;
-  else el.preview.removeAttribute('src');
-  el.preview.alt = it.alt || '';
+  el.stage.classList.toggle('no-image', !it.image);
+  if (previous !== it) showPreview(it);
+  setPreviewAlt(it.alt || '');
   el.imageName.textContent = it.name;
   el.caption.removeAttribute('data-done');
   el.caption.removeAttribute('data-error');
@@ -445,6 +445,57 @@ function showOnStage(it) {
   el.captionStatus.textContent =
     it.status === 'queued' ? (modelReady ? 'Waiting…' : 'Waiting for the model to load…') : '';
   updateQueueNote();
+  if (previous && previous !== it && !isActive(previous)) releaseImage(previous);
+}
+
+// The stage's picture is a canvas the page draws each image into, not an <img> of the file: each
+// image an <img> has shown stays in Chromium's decoded-image cache after the <img> moves on (in
+// the renderer's shared memory, until the system runs short of it): 0.55 MB per 451×300 photo,
+// 200 captions in a row (bench/RESULTS.md, "Long runs"). And when the stage's <img> was the only
+// element showing an object URL, about the file's size stayed in the renderer after every
+// collection and memory-pressure signal (0.3 MB per caption). One canvas holds one picture, at
+// most PREVIEW_MAX_PX on a side.
+const PREVIEW_MAX_PX = 1280;
+let previewFor = null; // the item whose picture is drawn or being drawn
+
+/** Draws the item's image on the stage (hidden until drawn, and when it has none). */
+async function showPreview(it) {
+  previewFor = it;
+  el.preview.hidden = true;
+  if (!it.image) return;
+  // One decoding for both pictures when the list's is not made yet (the usual case: an image
+  // goes on the stage as it is chosen), rather than two.
+  const thumb = !it.thumbTried;
+  it.thumbTried = true;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(it.image);
+    if (thumb) await makeThumbnail(it, bitmap);
+    if (previewFor !== it) return;
+    const scale = Math.min(1, PREVIEW_MAX_PX / Math.max(bitmap.width, bitmap.height));
+    el.preview.width = Math.max(1, Math.round(bitmap.width * scale));
+    el.preview.height = Math.max(1, Math.round(bitmap.height * scale));
+    const ctx = el.preview.getContext('2d');
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(bitmap, 0, 0, el.preview.width, el.preview.height);
+    el.preview.hidden = false;
+  } catch {
+    // Not an image the browser can show (a video, a format it does not decode): no picture, as
+    // an <img> of the file would have shown none.
+  } finally {
+    bitmap?.close();
+  }
+}
+
+/** The picture's text alternative: the alt text being written, as an <img alt> would have it. */
+function setPreviewAlt(text) {
+  if (text) {
+    el.preview.setAttribute('aria-label', text);
+    el.preview.removeAttribute('aria-hidden');
+  } else {
+    el.preview.removeAttribute('aria-label');
+    el.preview.setAttribute('aria-hidden', 'true'); // as alt="": nothing to announce
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,7 +508,7 @@ function renderRow(it) {
     img.alt = '';
     img.width = 64;
     img.height = 64;
-    if (it.url) img.src = it.url;
+    if (it.thumb) img.src = it.thumb;
     const body = document.createElement('div');
     const name = document.createElement('p');
     name.className = 'small muted';
@@ -473,7 +524,7 @@ function renderRow(it) {
       it.altEdited = ta.value.trim() !== '' && ta.value !== it.caption;
       if (it === stageItem) {
         el.alt.value = ta.value;
-        el.preview.alt = ta.value;
+        setPreviewAlt(ta.value);
         el.copy.disabled = !ta.value;
       }
     });
@@ -485,7 +536,7 @@ function renderRow(it) {
     body.append(name, ta, status);
     li.append(img, body, copy);
     li.dataset.id = it.id;
-    it.row = { li, ta, status, copy };
+    it.row = { li, img, ta, status, copy };
     el.batch.append(li);
     el.batchCard.hidden = false;
   }
@@ -537,11 +588,13 @@ function wireBatch() {
 
 // ---------------------------------------------------------------------------------------------
 
-function newItem(name, url) {
+function newItem(name, image) {
   const it = {
     id: nextId++,
     name,
-    url,
+    image, // the image (a Blob or File), for the stage's picture; let go once it leaves the stage
+    thumb: null, // a small copy (an object URL) for the list, kept as long as the list
+    thumbTried: false, // its making has begun (from the stage picture's decoding or in turn)
     status: 'queued',
     text: '',
     fragments: 0,
@@ -557,13 +610,66 @@ function newItem(name, url) {
   return it;
 }
 
-/** Creates an item for an image about to be captioned; shown at once when nothing else runs. */
-function addItem(name, url) {
-  const it = newItem(name, url);
+/** Creates an item for an image (`blob`) about to be captioned; shown at once when nothing else runs. */
+function addItem(name, blob) {
+  const it = newItem(name, blob);
   if (!anyActiveExcept(it)) showOnStage(it);
   renderRow(it);
   updateQueueNote();
+  thumbnail(it, blob);
   return it;
+}
+
+// The list keeps every image of the visit, so what it keeps of each must be small: an <img> of the
+// file itself kept, through its object URL, the file's bytes (in the browser process: +0.3 MB a
+// caption over 200 captions of a 451×300 PNG) and, once shown, the whole decoded image (451×300:
+// 0.5 MB; a 12-megapixel photo: 48 MB) for as long as the page lives. So the list shows a small
+// copy, at the size it is shown (64 CSS px, at up to 2 device pixels per px: 64 KB decoded, a few
+// KB of WebP), and the image itself is let go once it leaves the stage.
+const THUMB_CSS_PX = 64;
+let thumbnails = Promise.resolve(); // one at a time: each decodes a whole image for a moment
+
+/** Makes the item's small copy for the list in turn, unless its stage picture made it already. */
+function thumbnail(it, blob) {
+  thumbnails = thumbnails.then(async () => {
+    if (it.thumbTried) return;
+    it.thumbTried = true;
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(blob);
+      await makeThumbnail(it, bitmap);
+    } catch {
+      // Not an image the browser can show (a video, a format it does not decode): no picture in
+      // the list, as an <img> of the file itself would have shown none either.
+    } finally {
+      bitmap?.close();
+    }
+  });
+}
+
+/** The list's copy of a decoded image, center-cropped as the list shows it (object-fit: cover). */
+async function makeThumbnail(it, bitmap) {
+  const side = Math.min(bitmap.width, bitmap.height);
+  const px = Math.max(1, Math.min(side, Math.round(THUMB_CSS_PX * Math.min(2, Math.max(1, devicePixelRatio || 1)))));
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = px;
+  const ctx = canvas.getContext('2d');
+  ctx.imageSmoothingQuality = 'high';
+  ctx.drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2, side, side, 0, 0, px, px);
+  try {
+    // WebP keeps transparency in a few KB (a PNG of a photo this size is 30 KB or more); an engine
+    // that cannot write it gives a PNG.
+    const small = await new Promise((resolve, reject) => canvas.toBlob((b) => (b ? resolve(b) : reject(new Error('toBlob failed'))), 'image/webp', 0.85));
+    it.thumb = URL.createObjectURL(small);
+    if (it.row) it.row.img.src = it.thumb;
+  } finally {
+    canvas.width = canvas.height = 0; // its pixels now, not when the canvas is collected
+  }
+}
+
+/** Lets the image itself go once it is off the stage for good (the list has its small copy). */
+function releaseImage(it) {
+  it.image = null;
 }
 
 /** Hands an item's image to the module (after the model has loaded). */
@@ -605,7 +711,7 @@ function send(it) {
 /** Captions bytes (a test hook): returns the item id, synchronously. */
 function captionBytes(bytes, name = 'image', mime = '') {
   const blob = new Blob([bytes], mime ? { type: mime } : {});
-  const it = addItem(name, URL.createObjectURL(blob));
+  const it = addItem(name, blob);
   it.input = blob;
   send(it);
   return it.id;
@@ -660,7 +766,7 @@ async function handleFiles(fileList) {
   }
   if (wasmFailed) return;
   // Items (and the stage) first, in this task; then the images, in order.
-  const pending = accepted.map((f) => [f, addItem(f.webkitRelativePath || f.name, URL.createObjectURL(f))]);
+  const pending = accepted.map((f) => [f, addItem(f.webkitRelativePath || f.name, f)]);
   for (const [f, it] of pending) {
     try {
       if (modelFrames > 1) {
@@ -765,7 +871,7 @@ function onCaptionDone(id, r) {
   } else {
     el.alt.value = r.text;
   }
-  el.preview.alt = it.alt;
+  setPreviewAlt(it.alt);
   el.copy.disabled = !el.alt.value;
   el.announce.textContent = r.text ? `Caption: ${r.text}` : 'The model wrote an empty caption.';
   updateQueueNote();
@@ -788,6 +894,8 @@ function onCaptionEnd(id, status, message) {
       el.captionStatus.textContent = message;
       el.announce.textContent = 'Caption stopped.';
     }
+  } else {
+    releaseImage(it); // stopped or failed before reaching the stage: it never will
   }
   // The next image takes the stage when it starts.
   updateQueueNote();
@@ -836,7 +944,7 @@ function wireAltText() {
     stageItem.alt = el.alt.value;
     // Text a person typed is theirs: a caption finishing later never replaces it.
     stageItem.altEdited = el.alt.value.trim() !== '' && el.alt.value !== stageItem.caption;
-    el.preview.alt = el.alt.value;
+    setPreviewAlt(el.alt.value);
     el.copy.disabled = !el.alt.value;
     renderRow(stageItem);
   });

@@ -55,6 +55,35 @@ test('several images: each gets the CLI caption as editable alt text; JSON and C
   await page.close();
 });
 
+test('pictures: the list shows a small copy of each image, the stage the last image itself; the others are let go', async () => {
+  // What a long batch keeps per image must stay small (bench/RESULTS.md, "Long runs"): the list's
+  // copy is made at the size it is shown (64 CSS px), and only the staged item keeps its file.
+  const page = await browser.context.newPage();
+  page.on('pageerror', (e) => console.error('# page error:', e.message));
+  await page.goto(pageUrl(server, { nosw: '1' }));
+  await page.setInputFiles('#file', FILES.map((f) => path.join(IMAGES, f)));
+  await page.waitForFunction((n) => document.querySelectorAll('#batch li[data-status=done]').length === n, FILES.length);
+  await page.waitForFunction(
+    (n) => [...document.querySelectorAll('#batch li img')].filter((i) => i.complete && i.naturalWidth > 0).length === n,
+    FILES.length
+  );
+  const px = await page.evaluate(() => Math.round(64 * Math.min(2, Math.max(1, devicePixelRatio))));
+  const thumbs = await page.$$eval('#batch li img', (imgs) => imgs.map((i) => [i.naturalWidth, i.naturalHeight, i.src.slice(0, 5)]));
+  // Every image here is larger than px on its short side.
+  assert.deepEqual(thumbs, FILES.map(() => [px, px, 'blob:']));
+
+  // The stage: coffee.png (600×400), the last one, drawn at its size and not blank.
+  await page.waitForSelector('#preview:not([hidden])');
+  const stage = await page.$eval('#preview', (c) => {
+    const [r, g, b, a] = c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data;
+    return { width: c.width, height: c.height, painted: a === 255 && r + g + b > 0 };
+  });
+  assert.deepEqual(stage, { width: 600, height: 400, painted: true });
+  const kept = await page.evaluate(() => [...window.gitcap.items.values()].map((it) => it.image != null));
+  assert.deepEqual(kept, [false, false, true]);
+  await page.close();
+});
+
 test('a ?model= on another origin is not downloaded before a click', async () => {
   // The model's origin, played by Playwright (the page's CSP lets it connect there).
   const MODELS_ORIGIN = 'http://models.example';

@@ -189,7 +189,7 @@ test('alt text a person wrote is never overwritten', async () => {
   const r = await captionResult(page);
   assert.ok(r.done);
   assert.equal(await page.inputValue('#alt'), 'My cat Chelsea on the sofa');
-  assert.equal(await page.getAttribute('#preview', 'alt'), 'My cat Chelsea on the sofa');
+  assert.equal(await page.getAttribute('#preview', 'aria-label'), 'My cat Chelsea on the sofa');
   assert.ok(await page.isVisible('#use-caption'));
   await page.click('#use-caption');
   assert.equal(await page.inputValue('#alt'), r.text);
