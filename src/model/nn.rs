@@ -331,13 +331,9 @@ impl Linear {
         }
         // The residual as the kernel reads it: contiguous f32 values on the CPU.
         let residual_storage = residual.map(|r| r.storage_and_layout());
-        let residual_values = match &residual_storage {
-            Some((storage, layout)) => match (&**storage, layout.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(&v[start..end]),
-                _ => None,
-            },
-            None => None,
-        };
+        let residual_values = residual_storage
+            .as_ref()
+            .and_then(|(storage, layout)| cpu_f32_values(storage, layout));
         let fused = ProductEnd {
             act,
             residual: residual_values,
@@ -467,10 +463,7 @@ impl Linear {
         let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &bias {
             None => None,
-            Some((storage, layout)) => match (&**storage, layout.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(&v[start..end]),
-                _ => return None,
-            },
+            Some((storage, layout)) => Some(cpu_f32_values(storage, layout)?),
         };
         let in_place = act.and_then(|act| act.in_place(policy));
         let act_after = act.filter(|_| in_place.is_none());
@@ -491,6 +484,15 @@ impl Linear {
                 None => ys,
             })
         }))
+    }
+}
+
+/// A tensor's values where they are stored, if they are contiguous f32 values on the CPU: what the
+/// kernels read in place of a copy.
+fn cpu_f32_values<'a>(storage: &'a Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(&v[start..end]),
+        _ => None,
     }
 }
 
