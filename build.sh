@@ -84,7 +84,7 @@ OUT_RELAXED=www/pkg-threads-relaxed
 # The module: the files of www/ that the page side and the worker import (one implementation,
 # shared with the demo page), module/'s package.json, gitcap.d.ts and README.md, and the wasm
 # builds www/ has.
-MODULE_FILES=(gitcap.js worker.js protocol.js wasm.js model.js storage.js download.js hub.js models.js store_q8.js sha256.js)
+MODULE_FILES=(gitcap.js worker.js protocol.js wasm.js model.js storage.js download.js hub.js models.js store_q8.js)
 # GITCAP_MODULE_OUT: another folder than dist/gitcap (the tests, which run in parallel, each
 # assemble their own).
 MODULE_OUT=${GITCAP_MODULE_OUT:-dist/gitcap}

@@ -50,7 +50,6 @@ use std::rc::Rc;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
@@ -867,15 +866,84 @@ impl Quantizer {
     }
 }
 
-/// Incremental SHA-256 (to check downloads against the hub's published hashes).
+/// Incremental SHA-256 (to check downloads against the hub's published hashes) whose state can be
+/// saved and resumed: a download converted while it arrives keeps only its output, so after an
+/// interruption the source bytes before the resume point cannot be hashed again, and the hash's
+/// own state is saved with the converter's (`state()` / `Sha256.resume`). sha2's block function
+/// does the rounds; this keeps the words, the byte count and the incomplete block itself, because
+/// sha2's hasher does not give them out.
 #[wasm_bindgen]
 pub struct Sha256 {
-    inner: sha2::Sha256,
+    h: [u32; 8],
+    bytes: u64,
+    tail: [u8; 64],
+    tail_len: usize,
 }
 
 impl Default for Sha256 {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `Sha256.state()`, as plain data: the words, the byte count, the incomplete block in hex.
+#[derive(Serialize, Deserialize)]
+struct Sha256State {
+    h: [u32; 8],
+    bytes: u64,
+    tail: String,
+}
+
+const SHA256_INITIAL: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+impl Sha256 {
+    fn compress(h: &mut [u32; 8], blocks: &[u8]) {
+        use sha2::digest::generic_array::GenericArray;
+        let blocks: Vec<_> = blocks
+            .chunks_exact(64)
+            .map(|b| *GenericArray::from_slice(b))
+            .collect();
+        sha2::compress256(h, &blocks);
+    }
+
+    /// The digest of everything so far.
+    fn digest(&self) -> [u8; 32] {
+        let mut h = self.h;
+        let mut block = [0u8; 128];
+        block[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+        block[self.tail_len] = 0x80;
+        let len = if self.tail_len + 9 <= 64 { 64 } else { 128 };
+        block[len - 8..len].copy_from_slice(&(self.bytes.wrapping_mul(8)).to_be_bytes());
+        Self::compress(&mut h, &block[..len]);
+        let mut out = [0u8; 32];
+        for (o, w) in out.chunks_exact_mut(4).zip(h) {
+            o.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+
+    /// The state from its plain data, checked.
+    fn from_state(s: Sha256State) -> Option<Sha256> {
+        let tail = (0..s.tail.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.tail.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        if !s.tail.len().is_multiple_of(2)
+            || tail.len() as u64 != s.bytes % 64
+            || s.bytes >= 1 << 53
+        {
+            return None;
+        }
+        let mut r = Sha256 {
+            h: s.h,
+            bytes: s.bytes,
+            tail: [0; 64],
+            tail_len: tail.len(),
+        };
+        r.tail[..tail.len()].copy_from_slice(&tail);
+        Some(r)
     }
 }
 
@@ -885,18 +953,62 @@ impl Sha256 {
     pub fn new() -> Sha256 {
         hook();
         Sha256 {
-            inner: sha2::Sha256::new(),
+            h: SHA256_INITIAL,
+            bytes: 0,
+            tail: [0; 64],
+            tail_len: 0,
         }
     }
 
     pub fn update(&mut self, chunk: &[u8]) {
-        self.inner.update(chunk);
+        self.bytes += chunk.len() as u64;
+        let mut rest = chunk;
+        if self.tail_len > 0 {
+            let take = (64 - self.tail_len).min(rest.len());
+            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&rest[..take]);
+            self.tail_len += take;
+            rest = &rest[take..];
+            if self.tail_len < 64 {
+                return;
+            }
+            let block = self.tail;
+            Self::compress(&mut self.h, &block);
+            self.tail_len = 0;
+        }
+        let whole = rest.len() / 64 * 64;
+        // In pieces, so that the block list stays small for a large chunk.
+        for piece in rest[..whole].chunks(64 * 1024) {
+            Self::compress(&mut self.h, piece);
+        }
+        let left = &rest[whole..];
+        self.tail[..left.len()].copy_from_slice(left);
+        self.tail_len = left.len();
     }
 
     /// The digest of everything given so far, as lowercase hex; updating may continue.
     pub fn hex(&self) -> String {
-        let digest = self.inner.clone().finalize();
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        self.digest().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The state as plain data ({h, bytes, tail}) for `Sha256.resume`, which goes on from it.
+    pub fn state(&self) -> Result<JsValue, JsError> {
+        to_js(&Sha256State {
+            h: self.h,
+            bytes: self.bytes,
+            tail: self.tail[..self.tail_len]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        })
+    }
+
+    /// The hasher at a saved `state()`; an error if the state is damaged.
+    pub fn resume(state: JsValue) -> Result<Sha256, JsError> {
+        hook();
+        serde_wasm_bindgen::from_value::<Sha256State>(state)
+            .ok()
+            .and_then(Sha256::from_state)
+            .ok_or_else(|| JsError::new("the saved SHA-256 state is damaged"))
     }
 }
 

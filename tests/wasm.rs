@@ -435,6 +435,40 @@ fn sha256() {
         h.hex(),
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
+    // Resumed from its plain-data state at every point, in uneven chunks, across one and two
+    // padding blocks and whole 64-byte blocks: sha2's own hasher's digest.
+    use sha2::Digest;
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 7919 % 251) as u8).collect();
+    for len in [0, 1, 55, 56, 63, 64, 65, 119, 128, 300] {
+        let want: String = sha2::Sha256::digest(&data[..len])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        for split in 0..=len {
+            let mut a = Sha256::new();
+            for piece in data[..split].chunks(13) {
+                a.update(piece);
+            }
+            let state = a.state().unwrap();
+            let mut b = Sha256::resume(state).unwrap();
+            b.update(&data[split..len]);
+            assert_eq!(b.hex(), want, "{len} bytes resumed at {split}");
+        }
+    }
+    // A damaged state is refused, not hashed on from.
+    let state = |json: &str| js_sys::JSON::parse(json).unwrap();
+    let good = r#"{"h":[1,2,3,4,5,6,7,8],"bytes":65,"tail":"ab"}"#;
+    assert!(Sha256::resume(state(good)).is_ok());
+    for bad in [
+        r#"{"h":[1,2,3,4,5,6,7,8],"bytes":66,"tail":"ab"}"#,
+        r#"{"h":[1,2,3,4,5,6,7],"bytes":65,"tail":"ab"}"#,
+        r#"{"h":[1,2,3,4,5,6,7,8],"bytes":65,"tail":"zz"}"#,
+        r#"{"h":[1,2,3,4,5,6,7,8],"bytes":65,"tail":"a"}"#,
+        r#"{"h":[1,2,3,4,5,6,7,8],"bytes":-1,"tail":""}"#,
+        "null",
+    ] {
+        assert!(Sha256::resume(state(bad)).is_err(), "{bad}");
+    }
 }
 
 /// max |a − b| over all elements.

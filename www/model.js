@@ -10,9 +10,8 @@ import {
   storageEstimate, ChunkAppender,
 } from './storage.js';
 import { DEFAULT_CHUNK, Progress, CacheDamaged, streamFile, fetchSmall, fetchBytes, clearFileChunks, chunkName } from './download.js';
-import { wasm, wasmBytes, peakBytes, plain, buildInfo, sha256Hex, newSha256, isTrap, maybeTrap } from './wasm.js';
+import { wasm, wasmBytes, peakBytes, plain, buildInfo, sha256Hex, newSha256, resumeSha256, isTrap, maybeTrap } from './wasm.js';
 import { downloadConverted, convertedSize, storeType } from './store_q8.js';
-import { ResumableSha256 } from './sha256.js';
 
 // ---------------------------------------------------------------------------------------------
 // How the weights are kept (Captioner.load's `store`): the one place that decides it.
@@ -92,7 +91,7 @@ async function readResumePoint(dir, gguf, w, type) {
     const last = Math.floor(p.outputBytes / w.chunkSize);
     for (let i = 0; i < last; i++) if ((await fileSize(dir, chunkName(gguf, i))) !== w.chunkSize) return null;
     if (p.outputBytes % w.chunkSize && (await fileSize(dir, chunkName(gguf, last))) < p.outputBytes % w.chunkSize) return null;
-    const hash = w.sha256 ? ResumableSha256.resume(p.hash) : null; // throws if damaged
+    const hash = w.sha256 ? resumeSha256(p.hash) : null; // throws if damaged
     // The converter's state is checked (Quantizer.resume throws if it is damaged) and must be
     // at the counts saved beside it.
     const q = wasm().Quantizer.resume(state);
@@ -149,7 +148,7 @@ async function receiveWeights({ choice, conversion, src, w, dir, loader, progres
   const { gguf, resume } = conversion;
   // The hash of a resumed download goes on from its saved state (the bytes before are not kept);
   // without a store nothing resumes, and the wasm hasher is faster.
-  const hasher = !w.sha256 ? null : dir ? resume?.hash ?? new ResumableSha256() : newSha256();
+  const hasher = !w.sha256 ? null : (dir && resume?.hash) || newSha256();
   // Opening cuts off what was written after the resume point.
   const out = dir ? await ChunkAppender.open(dir, (i) => chunkName(gguf, i), gguf.chunkSize, resume?.outputBytes ?? 0) : null;
   let summary;

@@ -19,7 +19,6 @@ const SHELL = [
   'hub.js',
   'models.js',
   'store_q8.js',
-  'sha256.js',
   'style.css',
   'icon.svg',
   'manifest.webmanifest',

@@ -38,6 +38,9 @@ export function sha256Hex(bytes) {
 
 export const newSha256 = () => new gitcap.Sha256();
 
+/** The wasm hasher at a saved `state()` (plain data, kept in a converted download's resume point); throws if damaged. */
+export const resumeSha256 = (state) => gitcap.Sha256.resume(state);
+
 // A function of one relaxed SIMD instruction (i8x16.relaxed_swizzle): engines without relaxed SIMD
 // (Chrome before 114, Firefox before 145, Safari) reject it.
 export const RELAXED_SIMD_PROBE = new Uint8Array([
