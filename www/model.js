@@ -436,7 +436,8 @@ export function captionOptions(o = {}) {
 
 /** Decodes with the browser (formats the wasm decoder lacks: AVIF, HEIC on Safari, ...). */
 async function browserDecode(bytes, mime, maxEdge) {
-  const blob = new Blob([bytes], mime ? { type: mime } : {});
+  // A Blob takes no resizable buffer (gitcap.js sends resizable ones): slice gives a fixed one.
+  const blob = new Blob([bytes.resizable ? bytes.slice(0) : bytes], mime ? { type: mime } : {});
   let bmp = await createImageBitmap(blob, { imageOrientation: 'from-image' });
   const scale = Math.min(1, maxEdge / Math.min(bmp.width, bmp.height));
   if (scale < 1) {
@@ -486,6 +487,9 @@ export async function caption(m, imageSize, input, options, hooks) {
     cj = m.startCaptionRgba(decoded.width, decoded.height, decoded.rgba, opts);
     decodedBy = 'browser';
   }
+  // gitcap has its own copy now: a resizable buffer (gitcap.js's copyBuffer) gives its pages back
+  // at once instead of at the worker's next full collection.
+  for (const b of [input.bytes, ...(input.frames || [])]) if (b?.resizable) b.resize(0);
   input.bytes = input.frames = input.rgba = null;
   const encodeMs = performance.now() - t0;
   hooks.onEncoded?.(encodeMs);
