@@ -352,7 +352,17 @@ export class Captioner {
         const done = new Promise((resolve, reject) => {
           this._pending.set(job.id, { resolve, reject, onToken: job.onToken, onEvent: job.onEvent });
         });
-        this._worker.postMessage({ type: MSG.CAPTION, id: job.id, input: wire, options: job.options }, transfer);
+        try {
+          this._worker.postMessage({ type: MSG.CAPTION, id: job.id, input: wire, options: job.options }, transfer);
+        } catch (e) {
+          // An engine that cannot send resizable buffers (copyBuffer) gets fixed-length copies.
+          if (e?.name !== 'DataCloneError') throw e;
+          const fixed = (b) => (b?.resizable ? b.slice(0) : b);
+          wire.bytes = fixed(wire.bytes);
+          if (wire.frames) wire.frames = wire.frames.map(fixed);
+          const again = [wire.bytes, wire.rgba, ...(wire.frames || [])].filter(Boolean);
+          this._worker.postMessage({ type: MSG.CAPTION, id: job.id, input: wire, options: job.options }, again);
+        }
         try {
           const r = await done;
           // Aborted while the last token was on its way: the caller asked for no result.
