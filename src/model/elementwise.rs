@@ -78,7 +78,78 @@ fn map_pieces(xs: &mut [f32], f: impl Fn(V) -> V + Sync) {
 /// quick_gelu of one value block in place: what `quick_gelu` computes, for the matrix kernel to
 /// apply to the columns it has just finished.
 pub fn quick_gelu_in_place(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F (checked above).
+        let whole = unsafe { wide::quick_gelu(xs) };
+        return map_lanes(&mut xs[whole..], quick_gelu_lanes);
+    }
     map_lanes(xs, quick_gelu_lanes);
+}
+
+/// quick_gelu sixteen values at a time natively where the CPU has AVX-512 F: the four-lane loops
+/// compile to x86-64's baseline (SSE), where quick_gelu was 4% of git-large's image encoder. The
+/// same operations as `quick_gelu_lanes` with `simd`'s native `exp`, value by value (no fused
+/// multiply-adds), so the same bits (tested).
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::*;
+
+    /// Applies quick_gelu to the whole 16-value groups at the front of `xs`; returns how many
+    /// values it did.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn quick_gelu(xs: &mut [f32]) -> usize {
+        let whole = xs.len() / 16 * 16;
+        for chunk in xs[..whole].chunks_exact_mut(16) {
+            // SAFETY: 16 floats in `chunk`.
+            unsafe {
+                let x = _mm512_loadu_ps(chunk.as_ptr());
+                let e = exp(_mm512_mul_ps(x, _mm512_set1_ps(-1.702)));
+                let y = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+                _mm512_storeu_ps(chunk.as_mut_ptr(), y);
+            }
+        }
+        whole
+    }
+
+    /// `simd::exp`, operation for operation.
+    #[target_feature(enable = "avx512f")]
+    fn exp(x: __m512) -> __m512 {
+        let s = _mm512_set1_ps;
+        // simd::max(x, lo) is `x < lo ? lo : x`, which is max_ps(lo, x) (x when NaN); min alike.
+        let x = _mm512_min_ps(s(88.0), _mm512_max_ps(s(-87.3), x));
+        // simd::round: adding and removing 1.5 · 2²³.
+        let magic = s(12_582_912.0);
+        let n = _mm512_sub_ps(
+            _mm512_add_ps(_mm512_mul_ps(x, s(std::f32::consts::LOG2_E)), magic),
+            magic,
+        );
+        let r = _mm512_sub_ps(x, _mm512_mul_ps(n, s(0.693_359_4)));
+        let r = _mm512_sub_ps(r, _mm512_mul_ps(n, s(-2.121_944_4e-4)));
+        let mut p = s(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), s(c));
+        }
+        let p = _mm512_add_ps(
+            _mm512_mul_ps(_mm512_mul_ps(p, r), r),
+            _mm512_add_ps(r, s(1.0)),
+        );
+        // simd::pow2: ((n as i32 + 127) as u32) << 23, n integral and within ±128.
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvttps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
+        _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
+    }
 }
 
 #[inline(always)]
@@ -101,6 +172,12 @@ impl CustomOp1 for QuickGelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let mut out = data(s, l)?.to_vec();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            use rayon::prelude::*;
+            out.par_chunks_mut(16 * 1024).for_each(quick_gelu_in_place);
+            return Ok((CpuStorage::F32(out), l.shape().clone()));
+        }
         map_pieces(&mut out, quick_gelu_lanes);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -135,6 +212,48 @@ impl CustomOp1 for SoftmaxLast {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX-512 quick_gelu gives the four-lane loops' bits for every kind of value: ordinary,
+    /// large (the exp clamps), tiny and subnormal, ±0, ±inf; NaN stays NaN.
+    #[test]
+    fn wide_quick_gelu_has_the_four_lane_bits() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !std::is_x86_feature_detected!("avx512f") {
+                eprintln!("note: no AVX-512 F here; only the four-lane loops run");
+                return;
+            }
+            let mut xs: Vec<f32> = (-20_000..20_000).map(|i| i as f32 * 0.003_7).collect();
+            xs.extend([
+                0.0,
+                -0.0,
+                1e-40,
+                -1e-40,
+                f32::MIN_POSITIVE,
+                60.0,
+                -60.0,
+                200.0,
+                -200.0,
+                f32::MAX,
+                f32::MIN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                f32::NAN,
+            ]);
+            // A length that leaves a tail for the four-lane loop.
+            xs.extend([0.25, -0.5, 3.0]);
+            let mut wide = xs.clone();
+            quick_gelu_in_place(&mut wide);
+            let mut four = xs.clone();
+            map_lanes(&mut four, quick_gelu_lanes);
+            for ((x, w), f) in xs.iter().zip(&wide).zip(&four) {
+                assert!(
+                    w.to_bits() == f.to_bits() || (w.is_nan() && f.is_nan()),
+                    "quick_gelu({x}): {w} vs {f}"
+                );
+            }
+        }
+    }
     use crate::model::max_abs_diff as max_diff;
     use candle_core::Device;
 
