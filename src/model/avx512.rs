@@ -391,16 +391,7 @@ mod tests {
         }
     }
 
-    /// x (m × k) and w (n × k) with varied values of both signs, the same on every run.
-    fn operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
-        let x = (0..m * k)
-            .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
-            .collect();
-        let w = (0..n * k)
-            .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
-            .collect();
-        (x, w)
-    }
+    use crate::model::test_matrices as operands;
 
     /// A weight packed ahead gives the same bits as one packed per product, and unpacks to
     /// itself: whole and partial panels, several KC blocks with a remainder, a column range

@@ -118,25 +118,20 @@ mod wide {
     /// `simd::exp`, operation for operation.
     #[target_feature(enable = "avx512f")]
     fn exp(x: __m512) -> __m512 {
+        use super::simd::exp_consts::*;
         let s = _mm512_set1_ps;
         // simd::max(x, lo) is `x < lo ? lo : x`, which is max_ps(lo, x) (x when NaN); min alike.
-        let x = _mm512_min_ps(s(88.0), _mm512_max_ps(s(-87.3), x));
-        // simd::round: adding and removing 1.5 · 2²³.
-        let magic = s(12_582_912.0);
+        let x = _mm512_min_ps(s(MAX), _mm512_max_ps(s(MIN), x));
+        // simd::round.
+        let magic = s(ROUNDING);
         let n = _mm512_sub_ps(
             _mm512_add_ps(_mm512_mul_ps(x, s(std::f32::consts::LOG2_E)), magic),
             magic,
         );
-        let r = _mm512_sub_ps(x, _mm512_mul_ps(n, s(0.693_359_4)));
-        let r = _mm512_sub_ps(r, _mm512_mul_ps(n, s(-2.121_944_4e-4)));
-        let mut p = s(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
+        let r = _mm512_sub_ps(x, _mm512_mul_ps(n, s(LN2_HI)));
+        let r = _mm512_sub_ps(r, _mm512_mul_ps(n, s(LN2_LO)));
+        let mut p = s(POLY[0]);
+        for &c in &POLY[1..] {
             p = _mm512_add_ps(_mm512_mul_ps(p, r), s(c));
         }
         let p = _mm512_add_ps(

@@ -1054,16 +1054,7 @@ mod tests {
         }
     }
 
-    /// x (m × k) and w (n × k) with values of both signs, none of them special.
-    fn matrices(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
-        let x = (0..m * k)
-            .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
-            .collect();
-        let w = (0..n * k)
-            .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
-            .collect();
-        (x, w)
-    }
+    use crate::model::test_matrices as matrices;
 
     /// Asserts c (m × n) is act(x · wᵀ + bias) by f64 dot products, to f32 accuracy.
     fn assert_product(c: &[f32], x: &[f32], w: &DenseRows, m: usize, bias: &[f32], relu: bool) {

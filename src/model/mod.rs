@@ -20,6 +20,19 @@ pub use nn::{QuantizedTensors, Weights};
 pub use policy::{Policy, Stats};
 pub use text::{ImagePrefix, TextCache};
 
+/// x (m × k) and w (n × k) with varied values of both signs, none of them special, the same on
+/// every run: the kernels' unit tests' operands.
+#[cfg(test)]
+pub(crate) fn test_matrices(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let x = (0..m * k)
+        .map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0)
+        .collect();
+    let w = (0..n * k)
+        .map(|i| ((i * 104729) % 197) as f32 / 40.0 - 2.5)
+        .collect();
+    (x, w)
+}
+
 /// max |a − b| over all elements, for the kernels' unit tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {

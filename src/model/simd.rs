@@ -176,8 +176,8 @@ mod imp {
     /// baseline, so the loops that use it vectorise.
     #[inline(always)]
     pub fn round(a: V) -> V {
-        const MAGIC: f32 = 12_582_912.0;
-        map(a, |a| (a + MAGIC) - MAGIC)
+        use super::exp_consts::ROUNDING;
+        map(a, |a| (a + ROUNDING) - ROUNDING)
     }
 
     #[inline(always)]
@@ -193,24 +193,40 @@ mod imp {
 
 pub use imp::*;
 
-/// eˣ to about 2 ulp for x in [-87.3, 88] (clamped outside, so a masked -inf gives 1e-38, not
-/// NaN): Cephes' expf, x = n·ln 2 + r with |r| ≤ ln 2 / 2 and a degree-7 polynomial in r.
-#[inline(always)]
-pub fn exp(x: V) -> V {
-    let x = min(max(x, splat(-87.3)), splat(88.0));
-    let n = round(mul(x, splat(std::f32::consts::LOG2_E)));
-    // ln 2 in two parts, so that n · LN2_HI is exact.
-    let r = sub(x, mul(n, splat(0.693_359_4)));
-    let r = sub(r, mul(n, splat(-2.121_944_4e-4)));
-    let mut p = splat(1.987_569_1e-4);
-    for c in [
+/// `exp`'s constants, shared with the AVX-512 form (`elementwise`), which must give its bits.
+pub mod exp_consts {
+    /// The clamp: below, eˣ is 1e-38 (a masked -inf gives that, not NaN); above, it overflows.
+    pub const MIN: f32 = -87.3;
+    pub const MAX: f32 = 88.0;
+    /// ln 2 in two parts, so that n · LN2_HI is exact.
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// The polynomial's coefficients in r, highest first; 1 + r is added last.
+    pub const POLY: [f32; 6] = [
+        1.987_569_1e-4,
         1.398_199_9e-3,
         8.333_452e-3,
         4.166_579_6e-2,
         0.166_666_65,
         0.5,
-    ] {
-        p = madd(p, r, splat(c));
+    ];
+    /// Adding and removing 1.5 · 2²³ rounds to the nearest even integer (the native `round`).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // wasm rounds with its own instruction
+    pub const ROUNDING: f32 = 12_582_912.0;
+}
+
+/// eˣ to about 2 ulp for x in [-87.3, 88] (clamped outside, so a masked -inf gives 1e-38, not
+/// NaN): Cephes' expf, x = n·ln 2 + r with |r| ≤ ln 2 / 2 and a degree-7 polynomial in r.
+#[inline(always)]
+pub fn exp(x: V) -> V {
+    use exp_consts::*;
+    let x = min(max(x, splat(MIN)), splat(MAX));
+    let n = round(mul(x, splat(std::f32::consts::LOG2_E)));
+    let r = sub(x, mul(n, splat(LN2_HI)));
+    let r = sub(r, mul(n, splat(LN2_LO)));
+    let mut p = splat(POLY[0]);
+    for c in &POLY[1..] {
+        p = madd(p, r, splat(*c));
     }
     let p = madd(mul(p, r), r, add(r, splat(1.0)));
     mul(p, pow2(n))
