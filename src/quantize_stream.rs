@@ -20,7 +20,7 @@ use crate::captioner::ModelFiles;
 use crate::gguf::QuantType;
 use crate::quantize::{check_files, encode, padding, Plan, Progress, QuantizeSummary};
 use crate::stream_load::{
-    corrupt, header_len, parse_header, take_front, truncation, Elem, Entry, Phase,
+    corrupt, header_len, parse_header, take_front, truncation, Carry, Elem, Entry, Phase,
 };
 use crate::{Error, Result};
 
@@ -57,8 +57,7 @@ pub struct QuantizeStream {
     /// Bytes of that tensor received so far.
     taken: u64,
     /// Bytes of an element split across two chunks.
-    carry: [u8; 8],
-    carry_len: usize,
+    carry: Carry,
     /// Values of an incomplete block.
     pending: Vec<f32>,
     /// The first error: once a stream is corrupt, every later call reports it again.
@@ -97,8 +96,7 @@ impl QuantizeStream {
             gguf_header_len: 0,
             next: 0,
             taken: 0,
-            carry: [0; 8],
-            carry_len: 0,
+            carry: Carry::default(),
             pending: Vec::new(),
             failed: None,
         }
@@ -229,7 +227,7 @@ impl QuantizeStream {
     /// empty float tensors).
     fn skip_empty(&mut self) {
         self.taken = 0;
-        self.carry_len = 0;
+        self.carry = Carry::default();
         while self
             .entries
             .get(self.next)
@@ -251,18 +249,7 @@ impl QuantizeStream {
             let (elem, dtype) = (e.elem, t.dtype);
             let size = elem.size();
             let mut bytes = &chunk[..n];
-            // Complete an element split across chunks.
-            if self.carry_len > 0 {
-                let k = (size - self.carry_len).min(bytes.len());
-                self.carry[self.carry_len..self.carry_len + k].copy_from_slice(&bytes[..k]);
-                self.carry_len += k;
-                bytes = &bytes[k..];
-                if self.carry_len == size {
-                    let whole = self.carry;
-                    elem.decode(&whole[..size], &mut self.pending);
-                    self.carry_len = 0;
-                }
-            }
+            self.carry.complete(elem, &mut bytes, &mut self.pending);
             while bytes.len() >= size {
                 let k = (bytes.len() / size).min(PIECE) * size;
                 elem.decode(&bytes[..k], &mut self.pending);
@@ -273,11 +260,10 @@ impl QuantizeStream {
             }
             flush_blocks(&mut self.pending, dtype, out)
                 .map_err(|err| Error::weight(&t.name, format!("could not be converted: {err}")))?;
-            self.carry[..bytes.len()].copy_from_slice(bytes);
-            self.carry_len += bytes.len();
+            self.carry.keep(bytes);
             if self.taken + n as u64 == total {
                 // Every row divides into blocks (the plan's placement), so nothing is left over.
-                debug_assert!(self.pending.is_empty() && self.carry_len == 0);
+                debug_assert!(self.pending.is_empty() && self.carry.len() == 0);
                 out.resize(out.len() + padding(t.bytes) as usize, 0);
             }
         }
@@ -367,7 +353,7 @@ impl QuantizeStream {
                 put_u64(&mut w, self.gguf_header_len);
                 put_u64(&mut w, self.next as u64);
                 put_u64(&mut w, self.taken);
-                put_bytes(&mut w, &self.carry[..self.carry_len]);
+                put_bytes(&mut w, self.carry.bytes());
                 put_u64(&mut w, self.pending.len() as u64);
                 for v in &self.pending {
                     put_u32(&mut w, v.to_bits());
@@ -460,12 +446,7 @@ impl QuantizeStream {
                 s.gguf_header_len = r.u64()?;
                 s.next = usize::try_from(r.u64()?).map_err(|_| damaged("position"))?;
                 s.taken = r.u64()?;
-                let carry = r.bytes()?;
-                if carry.len() >= 8 {
-                    return Err(damaged("carry"));
-                }
-                s.carry[..carry.len()].copy_from_slice(carry);
-                s.carry_len = carry.len();
+                s.carry = Carry::of(r.bytes()?).ok_or_else(|| damaged("carry"))?;
                 let n = r.u64()?;
                 if n >= 256 {
                     return Err(damaged("pending values"));
@@ -491,7 +472,7 @@ impl QuantizeStream {
         let base = 8 + self.header_json.len() as u64;
         let Some(e) = self.entries.get(self.next) else {
             return self.taken == 0
-                && self.carry_len == 0
+                && self.carry.len() == 0
                 && self.pending.is_empty()
                 && self.received == base + self.data_len
                 && self.emitted == self.gguf_header_len + plan.data_bytes;
@@ -511,7 +492,7 @@ impl QuantizeStream {
             .unwrap_or(0);
         match plan.slots[self.next] {
             None => {
-                self.carry_len == 0
+                self.carry.len() == 0
                     && self.pending.is_empty()
                     && self.emitted == self.gguf_header_len + before
             }
@@ -519,8 +500,8 @@ impl QuantizeStream {
                 let t = &plan.tensors[i];
                 let size = e.elem.size() as u64;
                 let block = t.dtype.block_size() as u64;
-                let decoded = self.taken - self.carry_len as u64;
-                if self.carry_len as u64 >= size || !decoded.is_multiple_of(size) {
+                let decoded = self.taken - self.carry.len() as u64;
+                if self.carry.len() as u64 >= size || !decoded.is_multiple_of(size) {
                     return false;
                 }
                 let values = decoded / size;

@@ -161,6 +161,57 @@ pub(crate) fn truncation(
     Some(Error::model(msg))
 }
 
+/// The bytes of an element split across two chunks, kept until the element is whole: what both
+/// streams over safetensors data (the loader and the quantizing converter) carry between chunks.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Carry {
+    bytes: [u8; 8],
+    len: usize,
+}
+
+impl Carry {
+    /// Completes a carried element from the front of `bytes` (which it advances past what it
+    /// took), decoding it into `out` once whole.
+    pub(crate) fn complete(&mut self, elem: Elem, bytes: &mut &[u8], out: &mut Vec<f32>) {
+        if self.len == 0 {
+            return;
+        }
+        let size = elem.size();
+        let k = (size - self.len).min(bytes.len());
+        self.bytes[self.len..self.len + k].copy_from_slice(&bytes[..k]);
+        self.len += k;
+        *bytes = &bytes[k..];
+        if self.len == size {
+            elem.decode(&self.bytes[..size], out);
+            self.len = 0;
+        }
+    }
+
+    /// Keeps `rest`, the start of an element (fewer bytes than one), for the next chunk.
+    pub(crate) fn keep(&mut self, rest: &[u8]) {
+        self.bytes[self.len..self.len + rest.len()].copy_from_slice(rest);
+        self.len += rest.len();
+    }
+
+    /// The bytes kept (for a resumable state).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// A carry of these bytes; `None` if they could not be the start of an element.
+    pub(crate) fn of(bytes: &[u8]) -> Option<Carry> {
+        let mut c = Carry::default();
+        (bytes.len() < c.bytes.len()).then(|| {
+            c.keep(bytes);
+            c
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// A safetensors file being received in chunks; see the module documentation.
 pub struct SafetensorsStream {
     phase: Phase,
@@ -176,8 +227,7 @@ pub struct SafetensorsStream {
     /// Values of the current tensor decoded so far.
     values: Vec<f32>,
     /// Bytes of an element split across two chunks.
-    carry: [u8; 8],
-    carry_len: usize,
+    carry: Carry,
     /// Bytes of the current tensor received so far.
     taken: u64,
     tensors: HashMap<String, Tensor>,
@@ -209,8 +259,7 @@ impl SafetensorsStream {
             entries: Vec::new(),
             next: 0,
             values: Vec::new(),
-            carry: [0; 8],
-            carry_len: 0,
+            carry: Carry::default(),
             taken: 0,
             tensors: HashMap::new(),
             skipped: Vec::new(),
@@ -298,7 +347,7 @@ impl SafetensorsStream {
     /// Prepares the buffer for the next tensor, building any empty tensors on the way.
     fn start_next(&mut self) -> Result<()> {
         self.taken = 0;
-        self.carry_len = 0;
+        self.carry = Carry::default();
         while let Some(e) = self.entries.get(self.next) {
             if e.end > e.begin {
                 let numel = match e.elem {
@@ -335,23 +384,10 @@ impl SafetensorsStream {
         let left = total - self.taken;
         let n = (left.min(chunk.len() as u64)) as usize;
         let mut bytes = &chunk[..n];
-        // Complete an element split across chunks.
-        if self.carry_len > 0 {
-            let k = (size - self.carry_len).min(bytes.len());
-            self.carry[self.carry_len..self.carry_len + k].copy_from_slice(&bytes[..k]);
-            self.carry_len += k;
-            bytes = &bytes[k..];
-            if self.carry_len == size {
-                let whole = self.carry;
-                elem.decode(&whole[..size], &mut self.values);
-                self.carry_len = 0;
-            }
-        }
+        self.carry.complete(elem, &mut bytes, &mut self.values);
         let whole = bytes.len() - bytes.len() % size;
         elem.decode(&bytes[..whole], &mut self.values);
-        let rest = &bytes[whole..];
-        self.carry[..rest.len()].copy_from_slice(rest);
-        self.carry_len += rest.len();
+        self.carry.keep(&bytes[whole..]);
         self.taken += n as u64;
         if self.taken == total {
             self.build()?;
