@@ -57,6 +57,10 @@ fn main() -> Result<()> {
         candle_q.push(QMatMul::from_qtensor(q)?);
     }
     let best = Policy::default();
+    let packed = layer
+        .iter()
+        .map(|(_, w, _)| matmul::PackedWeight::new(&best, w, ROWS))
+        .collect::<gitcap::Result<Vec<_>>>()?;
     let portable = Policy::default().with_portable_int8(true);
     let int8 = |policy: &Policy, i: usize| -> Result<Tensor> {
         let (x, _, q) = &layer[i];
@@ -79,6 +83,18 @@ fn main() -> Result<()> {
             Box::new(|i| Ok(candle_q[i].forward(&layer[i].0)?)),
         ),
         ("int8 best", Box::new(|i| int8(&best, i))),
+        (
+            "own f32",
+            Box::new(|i| match &packed[i] {
+                Some(w) => {
+                    Ok(
+                        matmul::linear_packed(&best, &layer[i].0, w, matmul::Epilogue::default())
+                            .expect("the AVX-512 kernel takes the encoder's products")?,
+                    )
+                }
+                None => Ok(layer[i].0.matmul(&layer[i].1.t()?)?),
+            }),
+        ),
         ("int8 portable", Box::new(|i| int8(&portable, i))),
     ];
     for (name, f) in &paths {
@@ -96,6 +112,7 @@ fn main() -> Result<()> {
             serde_json::json!({"path": name, "kernel": match *name {
                     "int8 best" => int8::kernel(&best).describe(),
                     "int8 portable" => int8::kernel(&portable).describe(),
+                    "own f32" if packed[0].is_some() => "AVX-512 F, packed weights".into(),
                     _ => "" },
                 "threads": rayon::current_num_threads(),
                 "layer_ms": t * 1e3, "encoder_products_s": t * LAYERS as f64,
