@@ -219,6 +219,66 @@ pub unsafe fn add_product(
     }
 }
 
+/// Adds x (m × k, row-major) · w[j_start..j_end]ᵀ to columns `j_start..j_end` of c (m × n), for
+/// decoding's few rows: each weight row is read from memory once and dotted with every row of x,
+/// four weight rows at a time, sixteen inputs a step (the inputs past the last whole sixteen
+/// masked). Each value's sum is reduced the same way whichever call and group holds its column.
+///
+/// # Safety
+/// The CPU supports AVX-512 F; `c` points to m × n floats of which no other thread touches
+/// columns `j_start..j_end` during the call.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn add_dots(
+    c: *mut f32,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    j_start: usize,
+    j_end: usize,
+) {
+    assert!(x.len() >= m * k && w.len() >= j_end * k && j_start <= j_end && j_end <= n);
+    if k == 0 {
+        return;
+    }
+    let whole = k / 16 * 16;
+    let tail = lanes_below(k - whole);
+    let mut j = j_start;
+    while j < j_end {
+        let rows = 4.min(j_end - j);
+        // A group short of four repeats its last row; those sums are not stored.
+        let wr: [*const f32; 4] = std::array::from_fn(|r| w[(j + r.min(rows - 1)) * k..].as_ptr());
+        for i in 0..m {
+            let xr = x[i * k..].as_ptr();
+            let mut acc = [_mm512_setzero_ps(); 4];
+            // SAFETY: x's row i and the weight rows have k values (asserted above); the loads
+            // read below `whole`, the masked ones below k.
+            unsafe {
+                for p in (0..whole).step_by(16) {
+                    let xv = _mm512_loadu_ps(xr.add(p));
+                    for (acc, w) in acc.iter_mut().zip(wr) {
+                        *acc = _mm512_fmadd_ps(_mm512_loadu_ps(w.add(p)), xv, *acc);
+                    }
+                }
+                if whole < k {
+                    let xv = _mm512_maskz_loadu_ps(tail, xr.add(whole));
+                    for (acc, w) in acc.iter_mut().zip(wr) {
+                        let wv = _mm512_maskz_loadu_ps(tail, w.add(whole));
+                        *acc = _mm512_fmadd_ps(wv, xv, *acc);
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(rows) {
+                    // SAFETY: row i, column j + r < j_end: this call's (the caller's contract).
+                    *c.add(i * n + j + r) += _mm512_reduce_add_ps(*acc);
+                }
+            }
+        }
+        j += rows;
+    }
+}
+
 /// x[.., k0..k0 + kc] into row tiles: tile t holds rows t·MR.. as kc groups of MR values, one
 /// per row (zero for rows past m). Writes all of `packed`'s first MR · ⌈m / MR⌉ · kc values.
 /// Sixteen inputs of a tile at a time through a register transpose (one value at a time, the
@@ -534,6 +594,45 @@ mod tests {
                 bits(&want),
                 "({m}, {n}, {k}, {j_start}..{j_end})"
             );
+        }
+    }
+
+    /// The matrix-vector loop against f64 dot products: one and several rows, inputs below,
+    /// at and past a multiple of 16, weight groups short of four, a column range inside the
+    /// weight; columns outside the range keep their values.
+    #[test]
+    fn dots_match_f64_at_every_edge() {
+        if !available() {
+            eprintln!("no AVX-512 F on this CPU: kernel not run");
+            return;
+        }
+        for &(m, n, k, j_start, j_end) in &[
+            (1usize, 1usize, 1usize, 0usize, 1usize),
+            (1, 7, 15, 0, 7),
+            (1, 70, 768, 3, 69),
+            (3, 33, 37, 0, 33),
+            (7, 9, 3072, 2, 9),
+        ] {
+            let (x, w) = operands(m, n, k);
+            let start: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
+            let mut c = start.clone();
+            // SAFETY: available() above; c is m × n and only this thread's.
+            unsafe { add_dots(c.as_mut_ptr(), &x, m, k, &w, n, j_start, j_end) };
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want = start[i * n + j] as f64;
+                    if (j_start..j_end).contains(&j) {
+                        want += (0..k)
+                            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                            .sum::<f64>();
+                    }
+                    let got = c[i * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 

@@ -80,6 +80,31 @@ pub fn wide(policy: &Policy, rows: usize) -> bool {
     }
 }
 
+/// Natively, f32 products of fewer rows than this (decoding a token, a few beams) run through
+/// the AVX-512 matrix-vector loop on CPUs that have it, shared out over rayon's pool: candle ran
+/// them on the calling thread alone, whose share of the memory bandwidth bounds a token (25–32 ms
+/// on an Intel Xeon against transformers' 15–20 ms on 2 threads).
+const FEW_WIDE_BELOW: usize = 8;
+
+/// Whether an f32 product of `rows` rows runs on the AVX-512 matrix-vector loop under `policy`:
+/// natively on CPUs with AVX-512 F, few rows, and not taken by the wasm build's loops.
+pub fn few_wide(policy: &Policy, rows: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        policy.avx512()
+            && (1..FEW_WIDE_BELOW).contains(&rows)
+            && !applies(policy, rows)
+            && rows >= policy.few_rows_below()
+            && *AVAILABLE.get_or_init(super::avx512::available)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (policy, rows);
+        false
+    }
+}
+
 /// Whether an f32 product of `rows` rows runs on the AVX-512 kernel: `wide`, and not taken by
 /// the wasm build's loops (which the native tests can turn on for every product).
 pub fn wide_takes(policy: &Policy, rows: usize) -> bool {
@@ -217,7 +242,7 @@ pub fn linear(
         }
     }
     let f32_weight = matches!(weight, QMatMul::Tensor(w) if w.dtype() == candle_core::DType::F32);
-    if !(takes(policy, rows) || (f32_weight && wide(policy, rows))) {
+    if !(takes(policy, rows) || (f32_weight && (wide(policy, rows) || few_wide(policy, rows)))) {
         return None;
     }
     match weight {
@@ -453,6 +478,13 @@ impl CustomOp2 for MatmulT<'_> {
         // The wasm build's loops first: natively they run only when the tests ask for them.
         let out = if applies(policy, m) {
             multiply_blocked(policy, &xd[x0..x1], &w, m, k, self.epilogue, self.split)
+        } else if few_wide(policy, m) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                multiply_few_wide(&xd[x0..x1], w.w, n, m, k, self.epilogue)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("few_wide() is false off x86-64")
         } else if wide_takes(policy, m) {
             #[cfg(target_arch = "x86_64")]
             {
@@ -622,6 +654,54 @@ fn multiply_wide(
         unsafe { c.set_len(m * n) };
         c
     }
+}
+
+/// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ) for few rows through the AVX-512 matrix-vector
+/// loop, in blocks of output columns (weight rows) shared out over rayon's pool, each block
+/// starting from the bias. Every output value is computed the same way whichever block holds
+/// it, so the result does not depend on the number of threads.
+#[cfg(target_arch = "x86_64")]
+fn multiply_few_wide(
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    m: usize,
+    k: usize,
+    epilogue: Epilogue<'_>,
+) -> Vec<f32> {
+    use super::avx512;
+    /// Weight rows per block at least: each block is one hand-out to the pool.
+    const MIN_BLOCK_ROWS: usize = 64;
+    let mut c = Vec::with_capacity(m * n);
+    let out = SharedOut(c.as_mut_ptr());
+    let block = |j_start: usize, j_end: usize| {
+        // SAFETY: each column range goes to one call only; rows are inside the output.
+        unsafe { out.start_block(m, n, j_start, j_end, epilogue.bias) };
+        // SAFETY: few_wide checked the CPU; this call owns columns j_start..j_end.
+        unsafe { avx512::add_dots(out.0, x, m, k, w, n, j_start, j_end) };
+        if epilogue.finishes() {
+            for i in 0..m {
+                // SAFETY: as above.
+                epilogue.finish_row(unsafe { out.row(i, n, j_start, j_end) }, i, n, j_start);
+            }
+        }
+    };
+    let threads = rayon::current_num_threads();
+    let blocks = (threads * 8).min(n / MIN_BLOCK_ROWS).max(1);
+    if blocks == 1 || threads == 1 {
+        block(0, n);
+    } else {
+        use rayon::prelude::*;
+        (0..blocks).into_par_iter().for_each(|b| {
+            let (start, end) = (n * b / blocks, n * (b + 1) / blocks);
+            if start < end {
+                block(start, end);
+            }
+        });
+    }
+    // SAFETY: the blocks cover columns 0..n and each wrote all of its values first.
+    unsafe { c.set_len(m * n) };
+    c
 }
 
 /// An m × n output filled by `block(out, start, end)` over column ranges that cover 0..n once, each

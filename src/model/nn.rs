@@ -424,7 +424,10 @@ impl Linear {
         end: ProductEnd<'_>,
     ) -> Option<Result<Tensor>> {
         let (rows, in_dim) = flat.dims2().ok()?;
-        if !(matmul::takes(policy, rows) || matmul::wide(policy, rows) || int8::takes(policy, rows))
+        if !(matmul::takes(policy, rows)
+            || matmul::wide(policy, rows)
+            || matmul::few_wide(policy, rows)
+            || int8::takes(policy, rows))
         {
             return None;
         }
