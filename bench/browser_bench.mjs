@@ -131,7 +131,10 @@ async function main() {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--enable-blink-features=ForceEagerMeasureMemory'],
+    // BENCH_CHROMIUM_ARGS: extra flags for experiments, e.g. '--js-flags=--perf-basic-prof' to
+    // profile the wasm with Linux perf.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--enable-blink-features=ForceEagerMeasureMemory',
+      ...(process.env.BENCH_CHROMIUM_ARGS || '').split(' ').filter(Boolean)],
     serviceWorkers: 'block',
     viewport: { width: 1100, height: 900 },
   });

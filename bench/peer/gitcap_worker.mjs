@@ -25,8 +25,10 @@ const queryAt = () => args.indexOf('--query');
 // The CLI to time and serve the page with: --bin, else GITCAP_BIN, else the release build.
 const bin = path.resolve(binAt >= 0 ? args.splice(binAt, 2)[1] : process.env.GITCAP_BIN || path.join(ROOT, 'target/release/gitcap'));
 const extraQuery = queryAt() >= 0 ? args.splice(queryAt(), 2)[1] : '';
-// The page's files: www/ (build.sh writes www/pkg and www/pkg-threads), or GITCAP_WWW.
-const www = path.resolve(ROOT, process.env.GITCAP_WWW || 'www');
+// The page's files: --www DIR, else GITCAP_WWW, else www/ (build.sh writes www/pkg and
+// www/pkg-threads).
+const wwwAt = args.indexOf('--www');
+const www = path.resolve(ROOT, wwwAt >= 0 ? args.splice(wwwAt, 2)[1] : process.env.GITCAP_WWW || 'www');
 const [mode, modelArg, imageArg, threadsArg] = args;
 const threads = Number(threadsArg);
 if (!['cli', 'page'].includes(mode) || !modelArg || !imageArg || !(threads > 0)) {
