@@ -112,7 +112,7 @@ fn main() -> Result<()> {
             serde_json::json!({"path": name, "kernel": match *name {
                     "int8 best" => int8::kernel(&best).describe(),
                     "int8 portable" => int8::kernel(&portable).describe(),
-                    "own f32" if packed[0].is_some() => "AVX-512 F, packed weights".into(),
+                    "own f32" if packed[0].is_some() => "AVX-512 F, packed weights",
                     _ => "" },
                 "threads": rayon::current_num_threads(),
                 "layer_ms": t * 1e3, "encoder_products_s": t * LAYERS as f64,

@@ -597,6 +597,33 @@ mod tests {
         }
     }
 
+    /// c (m × n) is `start` plus x · w[j_range]ᵀ in the columns of `j_range` (within 1e-4 of
+    /// f64 dot products) and `start` elsewhere.
+    fn assert_adds_product(
+        c: &[f32],
+        start: &[f32],
+        x: &[f32],
+        w: &[f32],
+        (m, n, k): (usize, usize, usize),
+        j_range: std::ops::Range<usize>,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut want = start[i * n + j] as f64;
+                if j_range.contains(&j) {
+                    want += (0..k)
+                        .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                        .sum::<f64>();
+                }
+                let got = c[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+
     /// The matrix-vector loop against f64 dot products: one and several rows, inputs below,
     /// at and past a multiple of 16, weight groups short of four, a column range inside the
     /// weight; columns outside the range keep their values.
@@ -618,21 +645,7 @@ mod tests {
             let mut c = start.clone();
             // SAFETY: available() above; c is m × n and only this thread's.
             unsafe { add_dots(c.as_mut_ptr(), &x, m, k, &w, n, j_start, j_end) };
-            for i in 0..m {
-                for j in 0..n {
-                    let mut want = start[i * n + j] as f64;
-                    if (j_start..j_end).contains(&j) {
-                        want += (0..k)
-                            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                            .sum::<f64>();
-                    }
-                    let got = c[i * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
-                    );
-                }
-            }
+            assert_adds_product(&c, &start, &x, &w, (m, n, k), j_start..j_end);
         }
     }
 
@@ -658,21 +671,7 @@ mod tests {
             // SAFETY: available() above; c is m × n and only this thread's.
             let packed = PackedX::new(&x, m, k);
             unsafe { add_product(c.as_mut_ptr(), &packed, Weight::Rows(&w), n, j_start, j_end) };
-            for i in 0..m {
-                for j in 0..n {
-                    let mut want = start[i * n + j] as f64;
-                    if (j_start..j_end).contains(&j) {
-                        want += (0..k)
-                            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                            .sum::<f64>();
-                    }
-                    let got = c[i * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "({m},{n},{k}) [{i},{j}]: {got} vs {want}"
-                    );
-                }
-            }
+            assert_adds_product(&c, &start, &x, &w, (m, n, k), j_start..j_end);
         }
     }
 }

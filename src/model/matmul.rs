@@ -61,8 +61,8 @@ pub fn takes(policy: &Policy, rows: usize) -> bool {
 
 /// Natively, products of this many rows or more with f32 weights go through the AVX-512 kernel
 /// (`avx512.rs`) on CPUs that have it, unless the policy turns it off: the image encoder's 257
-/// rows, prompts, beams. Decoding's single row is bound by memory, where candle's loop is no
-/// slower.
+/// rows, prompts. Products of fewer than `FEW_WIDE_BELOW` rows (decoding a token, a few beams)
+/// take the matrix-vector loop instead (`few_wide`), which `MatmulT` asks first.
 #[cfg(target_arch = "x86_64")]
 const WIDE_MIN_ROWS: usize = 2;
 
