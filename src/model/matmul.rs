@@ -84,6 +84,7 @@ pub fn wide(policy: &Policy, rows: usize) -> bool {
 /// the AVX-512 matrix-vector loop on CPUs that have it, shared out over rayon's pool: candle ran
 /// them on the calling thread alone, whose share of the memory bandwidth bounds a token (25–32 ms
 /// on an Intel Xeon against transformers' 15–20 ms on 2 threads).
+#[cfg(target_arch = "x86_64")]
 const FEW_WIDE_BELOW: usize = 8;
 
 /// Whether an f32 product of `rows` rows runs on the AVX-512 matrix-vector loop under `policy`:
