@@ -51,13 +51,13 @@ export function startServer({ modelDirs = [TINY], isolation = true, dir = WWW, e
   let out = '';
   let err = '';
   proc.stderr.on('data', (d) => (err += d));
+  // Everything the server prints is kept (output()), also what comes after the URL.
+  proc.stdout.on('data', (d) => (out += d));
   return new Promise((resolve, reject) => {
-    const onData = (d) => {
-      out += d;
+    const onData = () => {
       const m = /http:\/\/127\.0\.0\.1:(\d+)\//.exec(out);
       if (m) {
         proc.stdout.off('data', onData);
-        proc.stdout.resume();
         resolve({
           url: m[0],
           port: Number(m[1]),

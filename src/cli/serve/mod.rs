@@ -234,9 +234,13 @@ impl Reply {
 }
 
 impl Server {
+    /// Prints the page's and the models' URLs in one write: a script that reads the output
+    /// (the e2e tests' helper) sees every line once it sees the first, not the URL alone in one
+    /// chunk of the pipe and the model lines in a later one.
     fn announce(&self, port: u16) -> Result<()> {
+        use std::fmt::Write as _;
         let base = format!("http://127.0.0.1:{port}/");
-        let mut out = std::io::stdout().lock();
+        let mut out = String::new();
         let page = self.mounts.last().expect("the page's mount");
         writeln!(out, "gitcap serve: {} on {base}", page.root.display())?;
         for m in self.mounts.iter().filter(|m| m.is_model()) {
@@ -254,7 +258,9 @@ impl Server {
                 "(without cross-origin isolation: WebAssembly threads are unavailable)"
             )?;
         }
-        out.flush()?;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes())?;
+        stdout.flush()?;
         Ok(())
     }
 
