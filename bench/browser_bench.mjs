@@ -24,6 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { refuseDevBuilds } from './release_pages.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -46,6 +47,7 @@ const threadCounts = (opt('--threads', '') || '').split(',').filter(Boolean).map
 const rounds = Math.max(1, Number(opt('--rounds', '1')) || 1);
 let bin = opt('--bin', null);
 const www = path.resolve(ROOT, opt('--www', process.env.GITCAP_WWW || 'www'));
+refuseDevBuilds(www);
 const modelDir = args[0] && path.resolve(args[0]);
 if (!modelDir || !fs.existsSync(modelDir)) {
   console.error('usage: node bench/browser_bench.mjs <model folder> [--image FILE] [--tokens N] [--runs N] [--bin gitcap]');

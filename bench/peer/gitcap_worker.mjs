@@ -11,6 +11,7 @@
 //       (data-encode-ms: image decoding + preprocessing + vision tower + projection + the image
 //       half of the decoder, a wider stage than the others', see README.md).
 import { logger, say, serve } from './worker_protocol.mjs';
+import { refuseDevBuilds } from '../release_pages.mjs';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -60,6 +61,7 @@ async function pageWorker() {
   const { chromium } = await import('playwright-core');
   if (!fs.existsSync(path.join(www, 'pkg/gitcap.js'))) throw new Error('www/pkg is missing: bash build.sh --wasm-only');
   if (threads > 1 && !fs.existsSync(path.join(www, 'pkg-threads/gitcap.js'))) throw new Error('www/pkg-threads is missing: bash build.sh --wasm-only');
+  refuseDevBuilds(www);
   const proc = spawn(bin, ['serve', www, '--port', '0', '--model-dir', model], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
   const url = await new Promise((resolve, reject) => {
     let out = '';
