@@ -27,8 +27,8 @@ pub fn quick_gelu(policy: &Policy, xs: &Tensor) -> candle_core::Result<Tensor> {
 /// wasm only: natively candle's is already split over threads and no slower, and keeps the logits
 /// nearer transformers', its exp being libm's).
 pub fn softmax_last(policy: &Policy, xs: &Tensor) -> candle_core::Result<Tensor> {
-    if policy.own_softmax() && takes(xs) {
-        return xs.apply_op1_no_bwd(&SoftmaxLast);
+    if policy.own_softmax() {
+        return softmax_last_own(xs);
     }
     candle_nn::ops::softmax_last_dim(xs)
 }

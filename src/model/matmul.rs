@@ -70,8 +70,8 @@ const WIDE_MIN_ROWS: usize = 2;
 pub fn wide(policy: &Policy, rows: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        policy.avx512() && rows >= WIDE_MIN_ROWS && *AVAILABLE.get_or_init(super::avx512::available)
+        // std caches the CPU's features: the check costs a load.
+        policy.avx512() && rows >= WIDE_MIN_ROWS && super::avx512::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -92,12 +92,11 @@ const FEW_WIDE_BELOW: usize = 8;
 pub fn few_wide(policy: &Policy, rows: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         policy.avx512()
             && (1..FEW_WIDE_BELOW).contains(&rows)
             && !applies(policy, rows)
             && rows >= policy.few_rows_below()
-            && *AVAILABLE.get_or_init(super::avx512::available)
+            && super::avx512::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
