@@ -117,9 +117,27 @@ fn split_quantized_model_matches_the_whole_one() {
         model.set_policy(split.clone());
         let (f_split, l_split) = reference.features_and_logits(model.model(), key);
         assert!(split.stats().splits() > 0, "the split model did not split");
-        assert!(max_abs_diff(&f_split, &f_whole) < 1e-5, "{key}: features");
+        // The same f32 sums cut in other places: relative to the largest feature, since how far
+        // reordering moves a sum scales with its terms (1.6e-5 of 3.5 seen on an AVX2-only AMD
+        // EPYC, whose gemm kernels sum in another order than AVX-512's; 2.7e-6 with AVX-512).
+        let features_scale = f_whole
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let features_err = max_abs_diff(&f_split, &f_whole);
+        println!(
+            "{key}: q8_0 split vs whole features {features_err:.1e} (largest {features_scale:.1})"
+        );
+        assert!(
+            features_err < 8e-6 * features_scale,
+            "{key}: features {features_err}"
+        );
         // Both sides are the same f32 arithmetic on the same expanded weights, summed in another
-        // order: within 3e-5 of the largest logit (1.7e-4 of 13 seen), well below what changes a token.
+        // order: within 5e-5 of the largest logit (1.7e-4 of 13 seen with AVX-512, 4.2e-4 of 13.1
+        // on an AVX2-only CPU), well below what changes a token; the ids are checked below.
         let scale = l_whole
             .abs()
             .unwrap()
@@ -129,7 +147,7 @@ fn split_quantized_model_matches_the_whole_one() {
             .unwrap();
         let err = max_abs_diff(&l_split, &l_whole);
         println!("{key}: q8_0 split vs whole logits {err:.1e} (largest logit {scale:.1})");
-        assert!(err < 3e-5 * scale, "{key}: logits {err}");
+        assert!(err < 5e-5 * scale, "{key}: logits {err}");
         let split_ids = [Decoding::Greedy, BEAM4].map(|d| reference.caption_ids(&model, key, d));
         assert_eq!(split_ids, whole_ids, "{key}: ids");
         // The wasm build's own kernels: the blocked one for every product (q8_0 blocks packed in
@@ -150,7 +168,7 @@ fn split_quantized_model_matches_the_whole_one() {
                 assert!(err < 1e-4, "{what}: features {err}");
                 let err = max_abs_diff(&l_kernel, &l_whole);
                 println!("{what} vs whole logits {err:.1e}");
-                assert!(err < 3e-5 * scale, "{what}: logits {err}");
+                assert!(err < 5e-5 * scale, "{what}: logits {err}");
                 let ids = [Decoding::Greedy, BEAM4].map(|d| reference.caption_ids(&model, key, d));
                 assert_eq!(ids, whole_ids, "{what}: ids");
             }
