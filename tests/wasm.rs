@@ -567,17 +567,24 @@ fn int8_text_decoder_keeps_127_levels_in_both_builds() {
     // (The portable form is taken only where asked for: it is not fast.)
     let portable = Policy::default()
         .with_portable_int8(true)
-        .with_int8_min_rows(8)
+        .with_int8_min_rows(1)
         .for_text_decoder();
     assert_eq!(int8::kernel(&portable), int8::Kernel::Portable);
-    for (m, n, k) in [(258, 40, 768), (9, 13, 64)] {
+    // Decoding's few rows (under 8) take the few-rows loop, the rest the tiles.
+    for (m, n, k) in [
+        (258, 40, 768),
+        (9, 13, 64),
+        (1, 13, 64),
+        (3, 30, 544),
+        (2, 7, 1024),
+    ] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let weight = QMatMul::from_qtensor(q).unwrap();
         let run = |policy: &Policy| {
             matmul::linear(policy, &x, &weight, matmul::Epilogue::default(), false)
-                .expect("the integer kernel takes q8_0 products of 8 rows or more")
+                .expect("the integer kernel takes every q8_0 product in wasm")
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -616,6 +623,10 @@ fn int8_kernel_matches_candle() {
         (257, 64, 1088),
         (9, 1, 64),
         (33, 19, 1024),
+        // Decoding's: the few-rows loop.
+        (1, 30, 1024),
+        (3, 9, 96),
+        (7, 5, 544),
     ];
     for (m, n, k) in shapes {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
@@ -636,7 +647,7 @@ fn int8_kernel_matches_candle() {
             residual: None,
         };
         let got = matmul::linear(&policy, &x, &weight, epilogue, false)
-            .expect("the integer kernel takes q8_0 products of 8 rows or more")
+            .expect("the integer kernel takes every q8_0 product in wasm")
             .unwrap();
         let (got, want) = (
             got.to_vec2::<f32>().unwrap(),

@@ -10,12 +10,12 @@ use gitcap::model::Policy;
 ///
 /// - `GITCAP_NO_AVX512` (set, not `0`): f32 products stay on candle's kernels, for comparisons and
 ///   for CPUs whose AVX-512 is slower than their AVX2;
-/// - `GITCAP_INT8`: how q8_0 products of 8 rows or more are computed, to compare with the browser
-///   (whose forms give the same bits as the portable one) or with candle: `off` (candle's q8_0
-///   kernels, what CPUs without AVX-512 VNNI run), `portable` (the integer kernel in plain
-///   integer arithmetic: the SIMD128 page's results), `relaxed` (the same with the image
-///   encoder's activations at ±63, the text decoder keeping ±127: the relaxed SIMD page's
-///   results). Unset: the fastest form for this CPU.
+/// - `GITCAP_INT8`: how q8_0 products are computed, to compare with the browser (whose forms give
+///   the same bits as the portable one) or with candle: `off` (candle's q8_0 kernels, what CPUs
+///   without AVX-512 VNNI run), `portable` (every q8_0 product, decoding's single rows too, in the
+///   integer kernel's plain integer arithmetic: the SIMD128 page's results), `relaxed` (the same
+///   with the image encoder's activations at ±63, the text decoder keeping ±127: the relaxed
+///   SIMD page's results). Unset: the fastest form for this CPU (products of 8 rows or more).
 ///
 /// An error names a value it does not know.
 pub fn from_env() -> Result<Policy, String> {
@@ -38,7 +38,7 @@ fn from_values(no_avx512: Option<&OsStr>, int8: Option<&OsStr>) -> Result<Policy
         Some("off") => policy.with_int8_min_rows(usize::MAX),
         Some(form @ ("portable" | "relaxed")) => policy
             .with_portable_int8(true)
-            .with_int8_min_rows(8)
+            .with_int8_min_rows(1)
             .with_int8_activations(Activations {
                 levels: if form == "relaxed" { 63 } else { 127 },
                 per_row: false,
@@ -84,7 +84,7 @@ mod tests {
         for (form, levels) in [("portable", 127), ("relaxed", 63)] {
             let p = policy(None, Some(form)).unwrap();
             assert!(p.portable_int8(), "{form}");
-            assert_eq!(p.int8_min_rows(), Some(8), "{form}");
+            assert_eq!(p.int8_min_rows(), Some(1), "{form}");
             assert_eq!(p.int8_activations().levels, levels, "{form}");
         }
         let err = policy(None, Some("fast")).unwrap_err();

@@ -162,10 +162,12 @@ fn activations(policy: &Policy, kernel: Kernel) -> Activations {
     }
 }
 
-/// Products of at least this many rows (the encoder, a prompt) go through the integer kernel where
-/// its form is fast, unless the policy sets a bound of its own; decoding's single rows keep
-/// candle's int8 matrix-vector kernels.
-const DEFAULT_MIN_ROWS: usize = 8;
+/// Products of at least this many rows go through the integer kernel where its form is fast,
+/// unless the policy sets a bound of its own. In wasm every product does (decoding's single rows
+/// through the few-rows loop: candle's q8_0 matrix-vector kernel gave 18.6 ms a token in the page,
+/// on one thread only); natively decoding keeps candle's AVX2 int8 kernels, the VNNI form's tiles
+/// being built for many rows.
+const DEFAULT_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") { 1 } else { 8 };
 
 /// Whether a q8_0 product of `rows` rows goes to the integer kernel under `policy`.
 pub fn takes(policy: &Policy, rows: usize) -> bool {
@@ -607,8 +609,19 @@ fn multiply_with(
     let k = w.k;
     assert!(k.is_multiple_of(BLOCK) && x.len() == m * k);
     assert!(a.levels >= 1 && a.levels <= kernel.max_levels());
-    let xq = quantize_x(x, m, k, kernel, a, workers);
+    let few = few_rows(kernel, m);
+    // The few-rows loop reads x as SIMD128's i16 pairs whatever the form: the integer sums, and so
+    // the bits, are those of any form at the same levels.
+    let encoding = if few { Kernel::Simd128 } else { kernel };
+    let xq = quantize_x(x, m, k, encoding, a, workers);
     let n = w.rows();
+    if few {
+        let block = |out: SharedOut, j_start: usize, j_end: usize| {
+            // SAFETY: by_column_blocks_over hands each column range to one call only.
+            unsafe { few_block(out, &xq, w, m, n, kernel, j_start, j_end, epilogue) }
+        };
+        return by_column_blocks_over(stats, workers, m, n, FEW_COLUMNS, MIN_FEW_UNITS, block);
+    }
     let nw = match kernel {
         Kernel::Portable => portable::NW,
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -675,6 +688,98 @@ unsafe fn multiply_block(
         for i in 0..m {
             epilogue.finish_row(row(i), i, n, j_start);
         }
+    }
+}
+
+/// Products of fewer rows than this (decoding: one row a beam) take the few-rows loop where the
+/// build has one (wasm SIMD128): a tile's panel is packed for every product, which for a single
+/// row costs as much as the product itself, while the few-rows loop reads each weight block once,
+/// as stored, and dots it with every row.
+const FEW_ROWS_BELOW: usize = 8;
+/// A split few-rows product's column blocks are multiples of `FEW_COLUMNS` columns, at least
+/// `MIN_FEW_UNITS` of them.
+const FEW_COLUMNS: usize = 4;
+const MIN_FEW_UNITS: usize = 8;
+
+/// Whether a product of `m` rows in form `kernel` takes the few-rows loop: every form's but the
+/// VNNI one's (natively few rows reach the integer kernel only where a policy asks).
+fn few_rows(kernel: Kernel, m: usize) -> bool {
+    kernel != Kernel::Avx512Vnni && m < FEW_ROWS_BELOW
+}
+
+/// `multiply_block` through the few-rows loop (`xq` in SIMD128's encoding): the wasm forms' vector
+/// loop, or the portable form's scalar one.
+///
+/// # Safety
+/// As `multiply_block`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn few_block(
+    out: SharedOut,
+    xq: &QuantizedX,
+    w: &Q8_0Weight,
+    m: usize,
+    n: usize,
+    kernel: Kernel,
+    j_start: usize,
+    j_end: usize,
+    epilogue: Epilogue<'_>,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { out.start_block(m, n, j_start, j_end, epilogue.bias) };
+    let tiles = Tiles {
+        c: out,
+        xq,
+        m,
+        n,
+        k: w.k,
+    };
+    match kernel {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Kernel::Simd128 | Kernel::RelaxedSimd => {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { wasm::few_i16(&tiles, w, j_start, j_end) }
+        }
+        _ => {
+            for j in j_start..j_end {
+                for i in 0..m {
+                    // SAFETY: the caller's contract, passed on.
+                    unsafe { few_column(&tiles, w, i, j) };
+                }
+            }
+        }
+    }
+    if epilogue.finishes() {
+        for i in 0..m {
+            // SAFETY: row i's columns j_start..j_end lie inside the m × n output and are this
+            // call's.
+            epilogue.finish_row(unsafe { out.row(i, n, j_start, j_end) }, i, n, j_start);
+        }
+    }
+}
+
+/// Column j of row i in the few-rows loop, in scalar steps: the portable form's loop.
+///
+/// # Safety
+/// Row i's column j of c is the caller's; `t.xq` in SIMD128's encoding.
+unsafe fn few_column(t: &Tiles, w: &Q8_0Weight, i: usize, j: usize) {
+    let row = &w.blocks[j * w.row_bytes()..][..w.row_bytes()];
+    let words = &t.xq.words[i * t.xq.words_per_row..][..t.xq.words_per_row];
+    let sx = t.x_scales(i, 0);
+    for k0 in (0..t.k).step_by(KC) {
+        let mut acc = 0f32;
+        for bi in k0 / BLOCK..(k0 + KC.min(t.k - k0)) / BLOCK {
+            let block = &row[bi * Q8_0_BYTES..][..Q8_0_BYTES];
+            let sw = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            let mut sum = 0i32;
+            for (p, &q) in block[2..].iter().enumerate() {
+                let word = words[bi * BLOCK / 2 + p / 2];
+                let xv = (word >> (16 * (p % 2))) as u16 as i16;
+                sum += i32::from(q as i8) * i32::from(xv);
+            }
+            acc = step(acc, sw, sx[bi], sum);
+        }
+        // SAFETY: the caller's contract.
+        unsafe { t.add_to_row(i, j, &[acc]) };
     }
 }
 
@@ -1172,6 +1277,150 @@ mod wasm {
             // SAFETY: the caller's contract.
             unsafe { t.add_to_row(i + a, j0, &out[..nw]) };
         }
+    }
+
+    /// The few-rows loop: each weight row's blocks read as stored (f16 scale, 32 bytes), widened
+    /// to i16 and dotted (`i32x4.dot_i16x8_s`) with every row of x; four blocks' sums at a time
+    /// are gathered into one vector for the float steps, whose results are then added to the
+    /// row's sum one by one. Every float operation is the portable form's, in its order (blocks
+    /// summed from zero within each `KC` inputs, then added to c), so the bits are the same.
+    ///
+    /// One weight row at a time, so that the weight is read as one stream: reading four rows'
+    /// blocks side by side (one vector of four columns' sums per block) was held up by memory
+    /// (git-large's decoder rows are 13 to 51 cache lines, too short for the prefetcher to follow
+    /// four of them at once): 14.6 ms of an 18 ms token in Chromium on one thread.
+    ///
+    /// # Safety
+    /// As `multiply_block`; `t.xq` in SIMD128's encoding (two i16 to a word).
+    pub unsafe fn few_i16(t: &Tiles, w: &Q8_0Weight, j_start: usize, j_end: usize) {
+        assert!(j_end <= w.rows() && w.k == t.k && t.k.is_multiple_of(BLOCK));
+        assert!(t.xq.words_per_row * 2 == t.k && t.xq.words.len() >= t.m * t.xq.words_per_row);
+        assert!(t.xq.scales.len() >= t.m * (t.k / BLOCK));
+        for j in j_start..j_end {
+            let mut i = 0;
+            while i + 2 <= t.m {
+                // SAFETY: rows i, i + 1 and column j: the caller's.
+                unsafe { few_row::<2>(t, w, i, j) };
+                i += 2;
+            }
+            if i < t.m {
+                // SAFETY: row i and column j: the caller's.
+                unsafe { few_row::<1>(t, w, i, j) };
+            }
+        }
+    }
+
+    /// Column j of rows i..i + R.
+    ///
+    /// # Safety
+    /// Those values of c are the caller's; rows i..i + R of x and row j of w exist (asserted by
+    /// `few_i16`).
+    #[inline(always)]
+    unsafe fn few_row<const R: usize>(t: &Tiles, w: &Q8_0Weight, i: usize, j: usize) {
+        let blocks = t.k / BLOCK;
+        // SAFETY (all reads below): blocks bi < blocks of weight row j < w.rows(); words
+        // bi · 16..bi · 16 + 16 and scales bi of x rows i..i + R < t.m (few_i16's asserts).
+        let row = unsafe { w.blocks.as_ptr().add(j * w.row_bytes()) };
+        let xs: [*const v128; R] = std::array::from_fn(|a| unsafe {
+            t.xq.words.as_ptr().add((i + a) * t.xq.words_per_row) as *const v128
+        });
+        let sx: [*const f32; R] =
+            std::array::from_fn(|a| unsafe { t.xq.scales.as_ptr().add((i + a) * blocks) });
+        let scale = |bi: usize| unsafe {
+            u32::from((row.add(bi * Q8_0_BYTES) as *const u16).read_unaligned())
+        };
+        let dots = |bi: usize| unsafe {
+            let x: [*const v128; R] = std::array::from_fn(|a| xs[a].add(bi * 4));
+            block_dots::<R>(row.add(bi * Q8_0_BYTES + 2), &x)
+        };
+        for k0 in (0..t.k).step_by(KC) {
+            let end = (k0 + KC.min(t.k - k0)) / BLOCK;
+            let mut acc = [0f32; R];
+            let mut bi = k0 / BLOCK;
+            while bi + 4 <= end {
+                let sw = f16x4_to_f32(u32x4(
+                    scale(bi),
+                    scale(bi + 1),
+                    scale(bi + 2),
+                    scale(bi + 3),
+                ));
+                // Four calls, not a loop: looped, the partial sums went through memory.
+                let (p0, p1, p2, p3) = (dots(bi), dots(bi + 1), dots(bi + 2), dots(bi + 3));
+                for a in 0..R {
+                    let sums = add_lanes4([p0[a], p1[a], p2[a], p3[a]]);
+                    // SAFETY: scales bi..bi + 4 of row i + a.
+                    let sx4 = unsafe { v128_load(sx[a].add(bi) as *const v128) };
+                    let terms = f32x4_mul(f32x4_mul(sw, sx4), f32x4_convert_i32x4(sums));
+                    acc[a] += f32x4_extract_lane::<0>(terms);
+                    acc[a] += f32x4_extract_lane::<1>(terms);
+                    acc[a] += f32x4_extract_lane::<2>(terms);
+                    acc[a] += f32x4_extract_lane::<3>(terms);
+                }
+                bi += 4;
+            }
+            while bi < end {
+                let sw = half::f16::from_bits(scale(bi) as u16).to_f32();
+                let p = dots(bi);
+                for a in 0..R {
+                    let sum = i32x4_extract_lane::<0>(p[a])
+                        + i32x4_extract_lane::<1>(p[a])
+                        + i32x4_extract_lane::<2>(p[a])
+                        + i32x4_extract_lane::<3>(p[a]);
+                    // SAFETY: scale bi of row i + a.
+                    acc[a] = step(acc[a], sw, unsafe { *sx[a].add(bi) }, sum);
+                }
+                bi += 1;
+            }
+            for (a, &acc) in acc.iter().enumerate() {
+                // SAFETY: the caller's contract.
+                unsafe { t.add_to_row(i + a, j, &[acc]) };
+            }
+        }
+    }
+
+    /// One weight block's 32 values (at `q`) dotted with each row's block of x (at `x[a]`), in
+    /// four lanes each to be summed.
+    ///
+    /// # Safety
+    /// 32 bytes at q, 64 at each x[a].
+    #[inline(always)]
+    unsafe fn block_dots<const R: usize>(q: *const u8, x: &[*const v128; R]) -> [v128; R] {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let lo = v128_load(q as *const v128);
+            let hi = v128_load(q.add(16) as *const v128);
+            let ws = [
+                i16x8_extend_low_i8x16(lo),
+                i16x8_extend_high_i8x16(lo),
+                i16x8_extend_low_i8x16(hi),
+                i16x8_extend_high_i8x16(hi),
+            ];
+            std::array::from_fn(|a| {
+                let x = x[a];
+                let d0 = i32x4_dot_i16x8(ws[0], v128_load(x));
+                let d1 = i32x4_dot_i16x8(ws[1], v128_load(x.add(1)));
+                let d2 = i32x4_dot_i16x8(ws[2], v128_load(x.add(2)));
+                let d3 = i32x4_dot_i16x8(ws[3], v128_load(x.add(3)));
+                i32x4_add(i32x4_add(d0, d1), i32x4_add(d2, d3))
+            })
+        }
+    }
+
+    /// Lane c of the result: the sum of `v[c]`'s four lanes.
+    #[inline(always)]
+    fn add_lanes4(v: [v128; 4]) -> v128 {
+        let a = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]),
+            i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]),
+        );
+        let b = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]),
+            i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]),
+        );
+        i32x4_add(
+            i32x4_shuffle::<0, 1, 4, 5>(a, b),
+            i32x4_shuffle::<2, 3, 6, 7>(a, b),
+        )
     }
 
     /// Relaxed SIMD: weights as bytes, `i32x4.relaxed_dot_i8x16_i7x16_add_s` with four broadcast
