@@ -1052,9 +1052,9 @@ pub fn set_min_split_macs(macs: f64) {
     change_worker_policy(|p| p.with_min_split_macs(macs.max(0.0) as usize));
 }
 
-/// Products of fewer than `rows` input rows run on one thread (default 8: decoding a token or a few
-/// beams is not shared out), in models loaded from now on. A tuning knob, for comparing decoding
-/// split and whole.
+/// Products of fewer than `rows` input rows run on one thread, in models loaded from now on
+/// (default 8, but 1 for q8_0 products through the integer kernel: decoding a token's f32 products
+/// is not shared out, its q8_0 ones are). A tuning knob, for comparing decoding split and whole.
 #[wasm_bindgen(js_name = setMinSplitRows)]
 pub fn set_min_split_rows(rows: f64) {
     change_worker_policy(|p| p.with_min_split_rows(rows.max(0.0) as usize));

@@ -9,10 +9,10 @@
 // ?store=q8_0|q4k|as-is (how the weights are kept; the module's default without it), ?nosave=1 (do not store the model), ?nosw=1 (no service worker), ?threads=N (at most N threads;
 // 1 forces the single-threaded build), ?split_min=N (threaded: split products from N multiply-adds;
 // a tuning knob, 0 in the tests so that the tiny model splits), ?split_rows=N (threaded: split
-// products of N or more rows, default 8, so decoding's are not), ?kernel_min=N (products of N or more
+// products of N or more rows; default 8, so decoding's are not, but 1 for q8_0 ones), ?kernel_min=N (products of N or more
 // rows use the model's own blocked SIMD kernel, default 8; a huge N compares the encoder against
 // candle's matmul), ?int8_min=N (q8_0 products of N or more rows use the integer kernel, default
-// 8), ?relaxed=0 (never the relaxed SIMD builds: what engines without relaxed SIMD run).
+// 1: all of them), ?relaxed=0 (never the relaxed SIMD builds: what engines without relaxed SIMD run).
 //
 // When a download starts: a model already stored loads by itself; a ?model= on this site's own
 // origin (or a link from this site) starts at once; anything else waits for a click, so that a

@@ -6,13 +6,12 @@
 //! multiply-add), see `bench/README-browser.md`. It is used for products with enough rows to pay
 //! for packing the weight (the encoder's 257, a prompt). Products of fewer rows (decoding: one
 //! row per beam) of f32 weights take a matrix-vector loop instead (`multiply_few`) that streams
-//! each weight row once: 4.8 ms for the LM head's row in Chromium, candle's path 7.4 ms. q8_0
-//! weights keep candle's int8 kernels for those rows, which beat an f32 loop over the blocks
-//! (4.4 vs 6.2 ms).
+//! each weight row once: 4.8 ms for the LM head's row in Chromium, candle's path 7.4 ms.
 //!
-//! q8_0 weights with 8 rows or more go to the integer kernel instead (`int8`: activations
-//! quantized per block, exact integer sums) wherever it has a fast form: both wasm builds, and
-//! natively CPUs with AVX-512 VNNI; `linear` hands them over.
+//! q8_0 weights go to the integer kernel instead (`int8`: activations quantized per block, exact
+//! integer sums) wherever it has a fast form: every product in both wasm builds (decoding's few
+//! rows through its own row-at-a-time loop over the blocks as stored), and natively products of
+//! 8 rows or more on CPUs with AVX-512 VNNI; `linear` hands them over.
 //!
 //! A linear layer's product goes through `linear`, which adds the bias and applies the activation
 //! to each block of output columns as it finishes it; in the threaded build those blocks are handed
@@ -237,7 +236,7 @@ pub fn linear(
         return None;
     }
     if let QMatMul::QTensor(q) = weight {
-        if q.dtype() == GgmlDType::Q8_0 && k % Q8_0_BLOCK == 0 && super::int8::takes(policy, rows) {
+        if to_int8(policy, weight, rows, k) {
             return Some(super::int8::linear(policy, x, q, epilogue, split));
         }
     }
@@ -274,6 +273,36 @@ pub fn linear(
             })())
         }
         _ => None,
+    }
+}
+
+/// Whether `linear` hands a product of `rows` rows of `k` inputs with this weight to the integer
+/// kernel.
+fn to_int8(
+    policy: &Policy,
+    weight: &candle_core::quantized::QMatMul,
+    rows: usize,
+    k: usize,
+) -> bool {
+    matches!(weight, candle_core::quantized::QMatMul::QTensor(q)
+        if q.dtype() == GgmlDType::Q8_0 && k.is_multiple_of(Q8_0_BLOCK) && super::int8::takes(policy, rows))
+}
+
+/// Whether `linear`'s product of `rows` rows of `k` inputs with this weight of `n` outputs is
+/// worth splitting over the policy's threads (`parallel::splits_product`, the integer kernel's
+/// rule for the products it takes).
+pub fn splits(
+    policy: &Policy,
+    weight: &candle_core::quantized::QMatMul,
+    rows: usize,
+    k: usize,
+    n: usize,
+) -> bool {
+    let macs = rows * k * n;
+    if to_int8(policy, weight, rows, k) {
+        super::parallel::splits_int8_product(policy, rows, macs)
+    } else {
+        super::parallel::splits_product(policy, rows, macs)
     }
 }
 
@@ -1190,6 +1219,34 @@ mod tests {
                 assert_product(&one, &x, &w, m, &bias, true);
             }
         }
+    }
+
+    /// A split policy shares out decoding's single row for q8_0 weights through the integer
+    /// kernel, not for f32 ones; `?split_rows` moves both bounds.
+    #[test]
+    fn decoding_splits_only_through_the_integer_kernel() {
+        use candle_core::quantized::{QMatMul, QTensor};
+        use candle_core::{DType, Device};
+        let (n, k) = (2048, 1024);
+        let w = Tensor::ones((n, k), DType::F32, &Device::Cpu).unwrap();
+        let q8_0 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+        let f32 = QMatMul::Tensor(w);
+        let threads = Policy::default().with_parts(2).with_int8_min_rows(1);
+        assert!(splits(&threads, &q8_0, 1, k, n));
+        assert!(!splits(&threads, &f32, 1, k, n));
+        assert!(splits(&threads, &f32, 8, k, n));
+        let moved = threads.clone().with_min_split_rows(4);
+        assert!(!splits(&moved, &q8_0, 1, k, n));
+        assert!(splits(&moved, &q8_0, 4, k, n));
+        // Still too small to be worth handing out, or only one thread.
+        assert!(!splits(&threads, &q8_0, 1, k, 64));
+        assert!(!splits(
+            &Policy::default().with_int8_min_rows(1),
+            &q8_0,
+            1,
+            k,
+            n
+        ));
     }
 
     /// Every edge: rows not a multiple of MR, columns not a multiple of NW, inputs spanning

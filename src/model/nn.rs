@@ -431,7 +431,7 @@ impl Linear {
         {
             return None;
         }
-        let split = parallel::splits_product(policy, rows, rows * in_dim * self.out_dim);
+        let split = matmul::splits(policy, weight, rows, in_dim, self.out_dim);
         self.with_epilogue(policy, end, |epilogue| {
             matmul::linear(policy, flat, weight, epilogue, split)
         })

@@ -120,6 +120,11 @@ pub fn splits_product(policy: &Policy, rows: usize, macs: usize) -> bool {
     policy.parts() > 1 && rows >= policy.min_split_rows() && macs >= policy.min_split_macs()
 }
 
+/// `splits_product` for a product through the integer kernel, which splits decoding's rows too.
+pub fn splits_int8_product(policy: &Policy, rows: usize, macs: usize) -> bool {
+    policy.parts() > 1 && rows >= policy.min_split_rows_int8() && macs >= policy.min_split_macs()
+}
+
 /// `f(0..n)`, on the rayon pool (counted in `stats`) when there is more than one part.
 pub fn map<T, F>(stats: &Stats, n: usize, f: F) -> Result<Vec<T>>
 where

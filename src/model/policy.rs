@@ -26,6 +26,13 @@ const DEFAULT_MIN_SPLIT_MACS: usize = 1 << 21;
 /// threads, splitting it made f32 tokens slower (13–21 ms against 11–17 ms on one thread).
 const DEFAULT_MIN_SPLIT_ROWS: usize = 8;
 
+/// q8_0 products through the integer kernel split from this many rows, decoding's included: its
+/// few-rows loop reads each weight row as one stream, and two threads read two. In Chromium on 2
+/// threads (Intel Xeon, git-large q8_0) a token took 12.2–14.4 ms split, 16.3–17.3 ms whole;
+/// splitting products from 2¹⁹ multiply-adds (the attention's projections too) rather than 2²¹
+/// was no better (13.5–13.9 ms).
+const DEFAULT_MIN_SPLIT_ROWS_INT8: usize = 1;
+
 /// In wasm, from this many input rows on, a quantized weight is expanded to f32 for the product
 /// (one weight, or one thread's block of it, at a time, so memory stays quantized): there candle's
 /// quantized kernels run at about half the speed of its f32 matrix kernel, which wins once the
@@ -60,7 +67,7 @@ const DEFAULT_FEW_ROWS_BELOW: usize = if cfg!(target_arch = "wasm32") { 8 } else
 pub struct Policy {
     parts: usize,
     min_split_macs: usize,
-    min_split_rows: usize,
+    min_split_rows: Option<usize>,
     dequantize_min_rows: usize,
     kernel_min_rows: usize,
     few_rows_below: usize,
@@ -82,7 +89,7 @@ impl Default for Policy {
         Policy {
             parts: 1,
             min_split_macs: DEFAULT_MIN_SPLIT_MACS,
-            min_split_rows: DEFAULT_MIN_SPLIT_ROWS,
+            min_split_rows: None,
             dequantize_min_rows: DEFAULT_DEQUANTIZE_MIN_ROWS,
             kernel_min_rows: DEFAULT_KERNEL_MIN_ROWS,
             few_rows_below: DEFAULT_FEW_ROWS_BELOW,
@@ -116,10 +123,11 @@ impl Policy {
         self
     }
 
-    /// Products of fewer input rows than `rows` run whole even when the model is split (default
-    /// 8: decoding is not split), so that the tests can split decoding's products too.
+    /// Products of fewer input rows than `rows` run whole even when the model is split, whatever
+    /// their kernel (default: 8, so decoding's are not split, but 1 for the integer kernel's), so
+    /// that the tests can split decoding's products too and the page can move the bound.
     pub fn with_min_split_rows(mut self, rows: usize) -> Self {
-        self.min_split_rows = rows;
+        self.min_split_rows = Some(rows);
         self
     }
 
@@ -165,8 +173,8 @@ impl Policy {
 
     /// Makes q8_0 products of `rows` input rows or more take the integer kernel (`int8`) in
     /// whatever form it runs, so that the tests can run it anywhere and the page can move the
-    /// bound (a huge value turns it off, for comparisons). By default products of 8 rows or more
-    /// take it where its form is fast (both wasm builds, CPUs with AVX-512 VNNI), others never.
+    /// bound (a huge value turns it off, for comparisons). By default every product takes it in
+    /// both wasm builds, products of 8 rows or more on CPUs with AVX-512 VNNI, others never.
     pub fn with_int8_min_rows(mut self, rows: usize) -> Self {
         self.int8_min_rows = Some(rows.max(1));
         self
@@ -230,8 +238,14 @@ impl Policy {
         self.min_split_macs
     }
 
+    /// The fewest rows of a split product (`with_min_split_rows`).
     pub fn min_split_rows(&self) -> usize {
-        self.min_split_rows
+        self.min_split_rows.unwrap_or(DEFAULT_MIN_SPLIT_ROWS)
+    }
+
+    /// The fewest rows of a split product through the integer kernel.
+    pub fn min_split_rows_int8(&self) -> usize {
+        self.min_split_rows.unwrap_or(DEFAULT_MIN_SPLIT_ROWS_INT8)
     }
 
     pub fn dequantize_min_rows(&self) -> usize {
