@@ -218,7 +218,7 @@ pub type InPlace<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
 /// `activation(x · wᵀ + bias)` for a linear layer's weight through this module's loops: a dense
 /// f32 weight through the blocked kernel or, for few rows, the matrix-vector loop; a q8_0 one
 /// through the integer kernel where `int8::takes`, else through the blocked kernel from the
-/// policy's `dequantize_min_rows()` rows on. When `split`, the output's column blocks are handed
+/// policy's `dequantize_min_rows(Q8_0)` rows on. When `split`, the output's column blocks are handed
 /// out over the policy's threads as they come free (`parallel::for_each_piece_over`), all writing
 /// into one output. `None` where `policy` does not send this product to the kernels, for the
 /// caller to take another way. Each output value is computed the same way however the columns
@@ -259,7 +259,7 @@ pub fn linear(
             if q.dtype() == GgmlDType::Q8_0
                 && k % Q8_0_BLOCK == 0
                 && applies(policy, rows)
-                && rows >= policy.dequantize_min_rows() =>
+                && rows >= policy.dequantize_min_rows(GgmlDType::Q8_0) =>
         {
             Some((|| {
                 let data = q.data()?;

@@ -368,7 +368,10 @@ impl Linear {
             }
             Ok(ys)
         };
-        let dequantize = rows >= policy.dequantize_min_rows();
+        let dequantize = match weight {
+            QMatMul::QTensor(q) => rows >= policy.dequantize_min_rows(q.dtype()),
+            _ => false,
+        };
         // A quantized weight is split only where it is expanded to f32 anyway: splitting it for a
         // few rows would copy its blocks on every token.
         let splittable = !matches!(weight, QMatMul::QTensor(_)) || dequantize;

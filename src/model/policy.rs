@@ -15,6 +15,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use candle_core::quantized::GgmlDType;
+
 use super::int8::Activations;
 
 /// Products smaller than this many multiply-adds run whole even when the model is split: handing
@@ -37,14 +39,28 @@ const DEFAULT_MIN_SPLIT_ROWS_INT8: usize = 1;
 /// (one weight, or one thread's block of it, at a time, so memory stays quantized): there candle's
 /// quantized kernels run at about half the speed of its f32 matrix kernel, which wins once the
 /// expansion is shared by enough rows (the image encoder's 257); decoding a token, or a few beams,
-/// keeps the quantized kernels, which read 4× fewer bytes. Natively candle's AVX2 int8 kernels beat
-/// its f32 kernel even on the encoder (q8_0 encode 0.85 s vs f32 1.8 s on 2 threads), so weights
-/// stay quantized there.
-const DEFAULT_DEQUANTIZE_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
-    32
-} else {
-    usize::MAX
-};
+/// keeps the quantized kernels, which read 4× fewer bytes. Natively the same bound holds for q8_0
+/// weights on x86-64 CPUs without VNNI (`expands_q8_0_natively`); elsewhere weights stay quantized.
+const DEFAULT_DEQUANTIZE_MIN_ROWS: usize = 32;
+
+/// Whether, natively, q8_0 products of many rows are better expanded to f32. candle's q8_0 kernels
+/// repack the weight into VNNI tiles on CPUs with AVX-512 VNNI or AVX-VNNI (the encoder in q8_0
+/// as fast as in f32: 0.65 s both, AMD EPYC with AVX-512, 2 threads); without VNNI they fall back
+/// to a block-by-block dot product that, on an AVX2-only AMD EPYC, took the encoder 9.1 s against
+/// 2.4 s in f32. Other types keep candle's kernels (q4_K repacks on AVX2 too).
+fn expands_q8_0_natively() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vnni = (std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vnni"))
+            || (std::is_x86_feature_detected!("avxvnni") && std::is_x86_feature_detected!("avx2"));
+        !vnni
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// In wasm, products of this many rows or more (the encoder's 257, a prompt) go to the model's
 /// own blocked SIMD kernel (`matmul`), which beats candle's f32 kernel there; natively candle's
@@ -68,7 +84,7 @@ pub struct Policy {
     parts: usize,
     min_split_macs: usize,
     min_split_rows: Option<usize>,
-    dequantize_min_rows: usize,
+    dequantize_min_rows: Option<usize>,
     kernel_min_rows: usize,
     few_rows_below: usize,
     avx512: bool,
@@ -90,7 +106,7 @@ impl Default for Policy {
             parts: 1,
             min_split_macs: DEFAULT_MIN_SPLIT_MACS,
             min_split_rows: None,
-            dequantize_min_rows: DEFAULT_DEQUANTIZE_MIN_ROWS,
+            dequantize_min_rows: None,
             kernel_min_rows: DEFAULT_KERNEL_MIN_ROWS,
             few_rows_below: DEFAULT_FEW_ROWS_BELOW,
             avx512: true,
@@ -131,10 +147,11 @@ impl Policy {
         self
     }
 
-    /// From `rows` input rows on, a quantized weight is expanded to f32 for the product (wasm: 32;
-    /// natively never), so that the native tests can run the wasm build's path.
+    /// From `rows` input rows on, a quantized weight of any type is expanded to f32 for the product
+    /// (default: 32 in wasm; natively 32 for q8_0 on x86-64 CPUs without VNNI, otherwise never),
+    /// so that the native tests can run the wasm build's path.
     pub fn with_dequantize_min_rows(mut self, rows: usize) -> Self {
-        self.dequantize_min_rows = rows;
+        self.dequantize_min_rows = Some(rows);
         self
     }
 
@@ -248,8 +265,19 @@ impl Policy {
         self.min_split_rows.unwrap_or(DEFAULT_MIN_SPLIT_ROWS_INT8)
     }
 
-    pub fn dequantize_min_rows(&self) -> usize {
-        self.dequantize_min_rows
+    /// From how many input rows a quantized weight of type `dtype` is expanded to f32 for the
+    /// product (`with_dequantize_min_rows`).
+    pub fn dequantize_min_rows(&self, dtype: GgmlDType) -> usize {
+        if let Some(rows) = self.dequantize_min_rows {
+            return rows;
+        }
+        let expands =
+            cfg!(target_arch = "wasm32") || (dtype == GgmlDType::Q8_0 && expands_q8_0_natively());
+        if expands {
+            DEFAULT_DEQUANTIZE_MIN_ROWS
+        } else {
+            usize::MAX
+        }
     }
 
     pub fn kernel_min_rows(&self) -> usize {
@@ -361,5 +389,22 @@ mod tests {
             })
             .int8_activations();
         assert_eq!((a.levels, a.per_row), (127, true));
+    }
+
+    /// A bound set by hand holds for every quantized type; by default natively only q8_0 weights
+    /// are ever expanded (candle's other kernels are kept), and never for decoding's single rows.
+    #[test]
+    fn dequantize_bounds() {
+        let set = Policy::default().with_dequantize_min_rows(5);
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            assert_eq!(set.dequantize_min_rows(dtype), 5);
+        }
+        let default = Policy::default();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            assert!(default.dequantize_min_rows(dtype) > 1);
+        }
+        if cfg!(not(target_arch = "wasm32")) {
+            assert_eq!(default.dequantize_min_rows(GgmlDType::Q4K), usize::MAX);
+        }
     }
 }
