@@ -90,6 +90,16 @@ fn split_model_matches_transformers_and_the_whole_model() {
     }
 }
 
+/// The largest magnitude in `t`, the scale that reordered f32 sums are measured against.
+fn largest_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn split_quantized_model_matches_the_whole_one() {
     let reference = Reference::load("tiny-coco");
@@ -120,13 +130,7 @@ fn split_quantized_model_matches_the_whole_one() {
         // The same f32 sums cut in other places: relative to the largest feature, since how far
         // reordering moves a sum scales with its terms (1.6e-5 of 3.5 seen on an AVX2-only AMD
         // EPYC, whose gemm kernels sum in another order than AVX-512's; 2.7e-6 with AVX-512).
-        let features_scale = f_whole
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let features_scale = largest_abs(&f_whole);
         let features_err = max_abs_diff(&f_split, &f_whole);
         println!(
             "{key}: q8_0 split vs whole features {features_err:.1e} (largest {features_scale:.1})"
@@ -138,13 +142,7 @@ fn split_quantized_model_matches_the_whole_one() {
         // Both sides are the same f32 arithmetic on the same expanded weights, summed in another
         // order: within 5e-5 of the largest logit (1.7e-4 of 13 seen with AVX-512, 4.2e-4 of 13.1
         // on an AVX2-only CPU), well below what changes a token; the ids are checked below.
-        let scale = l_whole
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = largest_abs(&l_whole);
         let err = max_abs_diff(&l_split, &l_whole);
         println!("{key}: q8_0 split vs whole logits {err:.1e} (largest logit {scale:.1})");
         assert!(err < 5e-5 * scale, "{key}: logits {err}");
