@@ -11,8 +11,9 @@ use gitcap::model::Policy;
 /// - `GITCAP_NO_AVX512` (set, not `0`): f32 products stay on candle's kernels, for comparisons and
 ///   for CPUs whose AVX-512 is slower than their AVX2;
 /// - `GITCAP_INT8`: how q8_0 products are computed, to compare with the browser (whose forms give
-///   the same bits as the portable one) or with candle: `off` (candle's q8_0 kernels, what CPUs
-///   without AVX-512 VNNI run), `portable` (every q8_0 product, decoding's single rows too, in the
+///   the same bits as the portable one) or with candle: `off` (what CPUs without AVX-512 VNNI
+///   run: candle's q8_0 kernels, or the weight expanded to f32 for many rows where candle has no
+///   VNNI tiles), `portable` (every q8_0 product, decoding's single rows too, in the
 ///   integer kernel's plain integer arithmetic: the SIMD128 page's results), `relaxed` (the same
 ///   with the image encoder's activations at ±63, the text decoder keeping ±127: the relaxed
 ///   SIMD page's results). Unset: the fastest form for this CPU (products of 8 rows or more).

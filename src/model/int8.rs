@@ -615,31 +615,29 @@ fn multiply_with(
     let encoding = if few { Kernel::Simd128 } else { kernel };
     let xq = quantize_x(x, m, k, encoding, a, workers);
     let n = w.rows();
-    if few {
-        let block = |out: SharedOut, j_start: usize, j_end: usize| {
-            // SAFETY: by_column_blocks_over hands each column range to one call only.
-            unsafe { few_block(out, &xq, w, m, n, kernel, j_start, j_end, epilogue) }
+    let (unit, min_units) = if few {
+        (FEW_COLUMNS, MIN_FEW_UNITS)
+    } else {
+        let nw = match kernel {
+            Kernel::Portable => portable::NW,
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Kernel::Simd128 | Kernel::RelaxedSimd => wasm::NW,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::NW,
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("{kernel:?} is not built here"),
         };
-        return by_column_blocks_over(stats, workers, m, n, FEW_COLUMNS, MIN_FEW_UNITS, block);
-    }
-    let nw = match kernel {
-        Kernel::Portable => portable::NW,
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        Kernel::Simd128 | Kernel::RelaxedSimd => wasm::NW,
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => x86::NW,
-        #[allow(unreachable_patterns)]
-        _ => unreachable!("{kernel:?} is not built here"),
+        (nw, MIN_BLOCK_PANELS)
     };
     let block = |out: SharedOut, j_start: usize, j_end: usize| {
         // SAFETY: by_column_blocks_over hands each column range to one call only.
         unsafe { multiply_block(out, &xq, w, m, n, kernel, j_start, j_end, epilogue) }
     };
-    by_column_blocks_over(stats, workers, m, n, nw, MIN_BLOCK_PANELS, block)
+    by_column_blocks_over(stats, workers, m, n, unit, min_units, block)
 }
 
-/// Columns j_start..j_end of c (m × n): the bias, then every `KC` inputs' contribution, then the
-/// activation.
+/// Columns j_start..j_end of c (m × n): the bias, then every `KC` inputs' contribution (through the
+/// few-rows loop for fewer than `FEW_ROWS_BELOW` rows), then the activation.
 ///
 /// # Safety
 /// `out` points to m × n floats of which no other thread touches columns `j_start..j_end` during
@@ -670,6 +668,7 @@ unsafe fn multiply_block(
     // SAFETY: the caller's contract, passed on.
     unsafe {
         match kernel {
+            _ if few_rows(kernel, m) => few_block(&tiles, w, kernel, j_start, j_end),
             Kernel::Portable => portable::block(&tiles, w, j_start, j_end),
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Kernel::Simd128 => wasm::block_i16(&tiles, w, j_start, j_end),
@@ -707,52 +706,25 @@ fn few_rows(kernel: Kernel, m: usize) -> bool {
     kernel != Kernel::Avx512Vnni && m < FEW_ROWS_BELOW
 }
 
-/// `multiply_block` through the few-rows loop (`xq` in SIMD128's encoding): the wasm forms' vector
-/// loop, or the portable form's scalar one.
+/// Columns j_start..j_end of every row through the few-rows loop (`t.xq` in SIMD128's encoding):
+/// the wasm forms' vector loop, or the portable form's scalar one.
 ///
 /// # Safety
-/// As `multiply_block`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn few_block(
-    out: SharedOut,
-    xq: &QuantizedX,
-    w: &Q8_0Weight,
-    m: usize,
-    n: usize,
-    kernel: Kernel,
-    j_start: usize,
-    j_end: usize,
-    epilogue: Epilogue<'_>,
-) {
-    // SAFETY: the caller's contract.
-    unsafe { out.start_block(m, n, j_start, j_end, epilogue.bias) };
-    let tiles = Tiles {
-        c: out,
-        xq,
-        m,
-        n,
-        k: w.k,
-    };
+/// As `multiply_block`'s tiles.
+unsafe fn few_block(t: &Tiles, w: &Q8_0Weight, kernel: Kernel, j_start: usize, j_end: usize) {
     match kernel {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         Kernel::Simd128 | Kernel::RelaxedSimd => {
             // SAFETY: the caller's contract, passed on.
-            unsafe { wasm::few_i16(&tiles, w, j_start, j_end) }
+            unsafe { wasm::few_i16(t, w, j_start, j_end) }
         }
         _ => {
             for j in j_start..j_end {
-                for i in 0..m {
+                for i in 0..t.m {
                     // SAFETY: the caller's contract, passed on.
-                    unsafe { few_column(&tiles, w, i, j) };
+                    unsafe { few_column(t, w, i, j) };
                 }
             }
-        }
-    }
-    if epilogue.finishes() {
-        for i in 0..m {
-            // SAFETY: row i's columns j_start..j_end lie inside the m × n output and are this
-            // call's.
-            epilogue.finish_row(unsafe { out.row(i, n, j_start, j_end) }, i, n, j_start);
         }
     }
 }
@@ -1638,6 +1610,45 @@ mod tests {
                     &stats,
                 );
                 assert_product(&c, &expand_quantized(&x, k, a), &expanded, &[], m, k);
+            }
+        }
+    }
+
+    /// The few-rows loop (fewer than `FEW_ROWS_BELOW` rows) gives the bits of the tiled loop: x's
+    /// blocks are quantized row by row, so each row alone through the few-rows loop must equal
+    /// that row of a many-row product through the tiles, at both levels and over 3 threads.
+    #[test]
+    fn few_rows_loop_equals_the_tiled_one() {
+        let stats = Stats::default();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let (m, n, k) = (FEW_ROWS_BELOW + 3, 70, 2 * KC + 3 * BLOCK);
+        let (blocks, _) = weight(n, k);
+        let w = Q8_0Weight { blocks: &blocks, k };
+        let x = activations_for(m, k);
+        let bias: Vec<f32> = (0..n).map(|j| (j % 5) as f32 - 2.0).collect();
+        let epilogue = Epilogue {
+            bias: Some(&bias),
+            activation: None,
+            residual: None,
+        };
+        for levels in [127, 63] {
+            let a = Activations {
+                levels,
+                per_row: false,
+            };
+            let tiled = multiply_with(&x, &w, m, Kernel::Portable, a, epilogue, 1, &stats);
+            for i in 0..m {
+                let row = &x[i * k..][..k];
+                let few = pool.install(|| {
+                    multiply_with(row, &w, 1, Kernel::Portable, a, epilogue, 3, &stats)
+                });
+                assert!(
+                    few == tiled[i * n..][..n],
+                    "row {i} at {levels} levels differs"
+                );
             }
         }
     }

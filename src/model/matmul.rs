@@ -289,8 +289,8 @@ fn to_int8(
 }
 
 /// Whether `linear`'s product of `rows` rows of `k` inputs with this weight of `n` outputs is
-/// worth splitting over the policy's threads (`parallel::splits_product`, the integer kernel's
-/// rule for the products it takes).
+/// worth splitting over the policy's threads (`parallel::splits_product`, with the integer
+/// kernel's bound on rows for the products it takes).
 pub fn splits(
     policy: &Policy,
     weight: &candle_core::quantized::QMatMul,
@@ -298,12 +298,12 @@ pub fn splits(
     k: usize,
     n: usize,
 ) -> bool {
-    let macs = rows * k * n;
-    if to_int8(policy, weight, rows, k) {
-        super::parallel::splits_int8_product(policy, rows, macs)
+    let min_rows = if to_int8(policy, weight, rows, k) {
+        policy.min_split_rows_int8()
     } else {
-        super::parallel::splits_product(policy, rows, macs)
-    }
+        policy.min_split_rows()
+    };
+    super::parallel::splits_product(policy, rows, min_rows, rows * k * n)
 }
 
 /// An f32 weight packed once, at load, for the AVX-512 kernel (`avx512::PackedWeight`): for the

@@ -34,7 +34,7 @@ pub fn split(
     macs: usize,
     align: usize,
 ) -> Option<Vec<(usize, usize)>> {
-    if total <= 1 || !splits_product(policy, rows, macs) {
+    if total <= 1 || !splits_product(policy, rows, policy.min_split_rows(), macs) {
         return None;
     }
     Some(pieces_over(policy.parts(), total, align, 1))
@@ -114,15 +114,11 @@ fn spread_order(n: usize, workers: usize) -> Vec<usize> {
 }
 
 /// Whether a product of `macs` multiply-adds over `rows` input rows is worth sharing out over the
-/// threads under `policy`: there is more than one, it is large enough, and it is not decoding's
-/// few rows.
-pub fn splits_product(policy: &Policy, rows: usize, macs: usize) -> bool {
-    policy.parts() > 1 && rows >= policy.min_split_rows() && macs >= policy.min_split_macs()
-}
-
-/// `splits_product` for a product through the integer kernel, which splits decoding's rows too.
-pub fn splits_int8_product(policy: &Policy, rows: usize, macs: usize) -> bool {
-    policy.parts() > 1 && rows >= policy.min_split_rows_int8() && macs >= policy.min_split_macs()
+/// threads under `policy`: there is more than one, it is large enough, and it has at least
+/// `min_rows` rows (`Policy::min_split_rows`: decoding's few rows run whole, unless their kernel
+/// gains from splitting them).
+pub fn splits_product(policy: &Policy, rows: usize, min_rows: usize, macs: usize) -> bool {
+    policy.parts() > 1 && rows >= min_rows && macs >= policy.min_split_macs()
 }
 
 /// `f(0..n)`, on the rayon pool (counted in `stats`) when there is more than one part.
