@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use gitcap::model::{int8, matmul, Policy};
+use gitcap::model::{int8, matmul, Policy, WideKernel};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -57,10 +57,24 @@ fn main() -> Result<()> {
         candle_q.push(QMatMul::from_qtensor(q)?);
     }
     let best = Policy::default();
-    let packed = layer
-        .iter()
-        .map(|(_, w, _)| matmul::PackedWeight::new(&best, w, ROWS))
-        .collect::<gitcap::Result<Vec<_>>>()?;
+    let avx2 = Policy::default().with_wide_kernel(WideKernel::Avx2);
+    let pack = |policy: &Policy| {
+        layer
+            .iter()
+            .map(|(_, w, _)| matmul::PackedWeight::new(policy, w, ROWS))
+            .collect::<gitcap::Result<Vec<_>>>()
+    };
+    let packed = pack(&best)?;
+    let packed_avx2 = pack(&avx2)?;
+    // The wide kernel in the form a policy packed for, or candle's where it has none.
+    let wide = |policy: &Policy, packed: &[Option<matmul::PackedWeight>], i: usize| match &packed[i]
+    {
+        Some(w) => Ok(
+            matmul::linear_packed(policy, &layer[i].0, w, matmul::Epilogue::default())
+                .expect("the wide kernel takes the encoder's products")?,
+        ),
+        None => Ok(layer[i].0.matmul(&layer[i].1.t()?)?),
+    };
     let portable = Policy::default().with_portable_int8(true);
     let int8 = |policy: &Policy, i: usize| -> Result<Tensor> {
         let (x, _, q) = &layer[i];
@@ -83,18 +97,8 @@ fn main() -> Result<()> {
             Box::new(|i| Ok(candle_q[i].forward(&layer[i].0)?)),
         ),
         ("int8 best", Box::new(|i| int8(&best, i))),
-        (
-            "own f32",
-            Box::new(|i| match &packed[i] {
-                Some(w) => {
-                    Ok(
-                        matmul::linear_packed(&best, &layer[i].0, w, matmul::Epilogue::default())
-                            .expect("the AVX-512 kernel takes the encoder's products")?,
-                    )
-                }
-                None => Ok(layer[i].0.matmul(&layer[i].1.t()?)?),
-            }),
-        ),
+        ("own f32", Box::new(|i| wide(&best, &packed, i))),
+        ("own f32 avx2", Box::new(|i| wide(&avx2, &packed_avx2, i))),
         ("int8 portable", Box::new(|i| int8(&portable, i))),
     ];
     for (name, f) in &paths {
@@ -112,7 +116,8 @@ fn main() -> Result<()> {
             serde_json::json!({"path": name, "kernel": match *name {
                     "int8 best" => int8::kernel(&best).describe(),
                     "int8 portable" => int8::kernel(&portable).describe(),
-                    "own f32" if packed[0].is_some() => "AVX-512 F, packed weights",
+                    "own f32" => packed[0].as_ref().map_or("", |w| w.describe()),
+                    "own f32 avx2" => packed_avx2[0].as_ref().map_or("", |w| w.describe()),
                     _ => "" },
                 "threads": rayon::current_num_threads(),
                 "layer_ms": t * 1e3, "encoder_products_s": t * LAYERS as f64,

@@ -1,6 +1,7 @@
-//! The native build's paths for products, each against transformers: for f32, the AVX-512 kernel
-//! (src/model/avx512.rs, chosen at run time where the CPU has it) for every product down to two
-//! rows, and candle's kernels, which every other CPU runs; for q8_0, the integer kernel
+//! The native build's paths for products, each against transformers: for f32, the wide kernel
+//! (src/model/wide/, chosen at run time: AVX-512 F, else AVX2 with FMA; the AVX2 form also run on
+//! AVX-512 CPUs) for every product down to two rows, and candle's kernels, which every other CPU
+//! runs; for q8_0, the integer kernel
 //! (src/model/int8.rs: portable everywhere, AVX-512 VNNI where the CPU has it) and candle's. Each
 //! run gives the model the policy of the path it checks, and checks that policy's statistics.
 
@@ -11,9 +12,9 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{ids, max_abs_diff, model_dir, Reference, TempDir};
-use gitcap::checkpoint::{load_dir, load_gguf};
+use gitcap::checkpoint::{load_dir, load_dir_with_policy, load_gguf};
 use gitcap::gguf::QuantType;
-use gitcap::model::{int8, matmul, Policy};
+use gitcap::model::{int8, matmul, Policy, WideKernel};
 use gitcap::quantize::quantize_checkpoint;
 use gitcap::{Captioner, Decoding};
 
@@ -59,17 +60,26 @@ fn assert_matches_transformers(
 }
 
 #[test]
-fn avx512_kernel_and_candle_both_match_transformers() {
-    let wide_here = matmul::wide(&Policy::default(), usize::MAX / 2);
-    if !wide_here {
-        println!("this CPU has no AVX-512 F: only candle's path is checked");
+fn wide_kernel_forms_and_candle_all_match_transformers() {
+    // Each form of the wide kernel this CPU runs: the widest (AVX-512 where there is one) and
+    // the AVX2 form, which an AVX-512 CPU also runs.
+    let forms: Vec<(WideKernel, &str)> =
+        [(WideKernel::Widest, "widest"), (WideKernel::Avx2, "avx2")]
+            .into_iter()
+            .filter(|(kernel, _)| {
+                matmul::wide(&Policy::default().with_wide_kernel(*kernel), usize::MAX / 2)
+            })
+            .collect();
+    if forms.is_empty() {
+        println!("this CPU has neither AVX-512 F nor AVX2 with FMA: only candle's path is checked");
     }
     for name in ["tiny-coco", "tiny-vatex"] {
         let reference = Reference::load(name);
-        let mut model = load_dir(&model_dir(name), &Device::Cpu).unwrap();
         for case in reference.cases() {
             let key = case["key"].as_str().unwrap();
-            let candle = Policy::default().with_avx512(false);
+            // Loaded per policy, so that the image encoder's weights are packed in its form.
+            let candle = Policy::default().with_wide_kernel(WideKernel::Off);
+            let mut model = load_dir(&model_dir(name), &Device::Cpu).unwrap();
             model.set_policy(candle.clone());
             let (f_candle, l_candle) =
                 assert_matches_transformers(&model, &reference, key, &format!("{name} candle"));
@@ -78,17 +88,22 @@ fn avx512_kernel_and_candle_both_match_transformers() {
                 0,
                 "candle's path ran the kernel"
             );
-            if wide_here {
-                let wide = Policy::default().with_avx512(true);
-                model.set_policy(wide.clone());
-                let (f_wide, l_wide) =
-                    assert_matches_transformers(&model, &reference, key, &format!("{name} avx512"));
+            for (kernel, label) in &forms {
+                let wide = Policy::default().with_wide_kernel(*kernel);
+                let model =
+                    load_dir_with_policy(&model_dir(name), &Device::Cpu, wide.clone()).unwrap();
+                let (f_wide, l_wide) = assert_matches_transformers(
+                    &model,
+                    &reference,
+                    key,
+                    &format!("{name} {label}"),
+                );
                 assert!(
                     wide.stats().kernel_products() > 0,
-                    "the AVX-512 kernel did not run"
+                    "the wide kernel ({label}) did not run"
                 );
                 println!(
-                    "{name} {key}: avx512 vs candle: features {:.1e}, logits {:.1e}",
+                    "{name} {key}: {label} vs candle: features {:.1e}, logits {:.1e}",
                     max_abs_diff(&f_wide, &f_candle),
                     max_abs_diff(&l_wide, &l_candle)
                 );

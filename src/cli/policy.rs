@@ -4,12 +4,12 @@
 use std::ffi::OsStr;
 
 use gitcap::model::int8::Activations;
-use gitcap::model::Policy;
+use gitcap::model::{Policy, WideKernel};
 
 /// The default policy, changed by
 ///
-/// - `GITCAP_NO_AVX512` (set, not `0`): f32 products stay on candle's kernels, for comparisons and
-///   for CPUs whose AVX-512 is slower than their AVX2;
+/// - `GITCAP_WIDE`: the form of the wide f32 kernel, for comparisons: `off` (candle's kernels),
+///   `avx2` (the AVX2 form, also on CPUs with AVX-512). Unset: the widest form this CPU runs;
 /// - `GITCAP_INT8`: how q8_0 products are computed, to compare with the browser (whose forms give
 ///   the same bits as the portable one) or with candle: `off` (what CPUs without AVX-512 VNNI
 ///   run: candle's q8_0 kernels, or the weight expanded to f32 for many rows where candle has no
@@ -21,16 +21,26 @@ use gitcap::model::Policy;
 /// An error names a value it does not know.
 pub fn from_env() -> Result<Policy, String> {
     from_values(
-        std::env::var_os("GITCAP_NO_AVX512").as_deref(),
+        std::env::var_os("GITCAP_WIDE").as_deref(),
         std::env::var_os("GITCAP_INT8").as_deref(),
     )
 }
 
-/// `from_env` for these values of `GITCAP_NO_AVX512` and `GITCAP_INT8`.
-fn from_values(no_avx512: Option<&OsStr>, int8: Option<&OsStr>) -> Result<Policy, String> {
+/// `from_env` for these values of `GITCAP_WIDE` and `GITCAP_INT8`.
+fn from_values(wide: Option<&OsStr>, int8: Option<&OsStr>) -> Result<Policy, String> {
     let mut policy = Policy::default();
-    if no_avx512.is_some_and(|v| v != "0") {
-        policy = policy.with_avx512(false);
+    if let Some(value) = wide {
+        let kernel = match value.to_str() {
+            Some("off") => WideKernel::Off,
+            Some("avx2") => WideKernel::Avx2,
+            _ => {
+                return Err(format!(
+                    "GITCAP_WIDE={} is not one of off, avx2",
+                    value.to_string_lossy()
+                ))
+            }
+        };
+        policy = policy.with_wide_kernel(kernel);
     }
     let Some(value) = int8 else {
         return Ok(policy);
@@ -57,25 +67,31 @@ fn from_values(no_avx512: Option<&OsStr>, int8: Option<&OsStr>) -> Result<Policy
 mod tests {
     use super::*;
 
-    fn policy(no_avx512: Option<&str>, int8: Option<&str>) -> Result<Policy, String> {
-        from_values(no_avx512.map(OsStr::new), int8.map(OsStr::new))
+    fn policy(wide: Option<&str>, int8: Option<&str>) -> Result<Policy, String> {
+        from_values(wide.map(OsStr::new), int8.map(OsStr::new))
     }
 
     #[test]
     fn unset_is_the_default() {
         let p = policy(None, None).unwrap();
         let d = Policy::default();
-        assert_eq!(p.avx512(), d.avx512());
+        assert_eq!(p.wide_kernel(), d.wide_kernel());
         assert_eq!(p.portable_int8(), d.portable_int8());
         assert_eq!(p.int8_min_rows(), d.int8_min_rows());
         assert_eq!(p.int8_activations(), d.int8_activations());
     }
 
     #[test]
-    fn no_avx512_turns_the_kernel_off_unless_0() {
-        assert!(!policy(Some("1"), None).unwrap().avx512());
-        assert!(!policy(Some(""), None).unwrap().avx512());
-        assert!(policy(Some("0"), None).unwrap().avx512());
+    fn wide_names_a_form_or_off() {
+        let wide = |v| policy(Some(v), None).map(|p| p.wide_kernel());
+        assert_eq!(wide("off"), Ok(WideKernel::Off));
+        assert_eq!(wide("avx2"), Ok(WideKernel::Avx2));
+        assert_eq!(Policy::default().wide_kernel(), WideKernel::Widest);
+        let err = wide("1").unwrap_err();
+        assert!(
+            err.contains("GITCAP_WIDE=1") && err.contains("off, avx2"),
+            "{err}"
+        );
     }
 
     #[test]

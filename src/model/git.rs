@@ -73,8 +73,8 @@ impl Git {
     }
 
     /// Makes the model compute by `policy` from now on. Weights keep the layout the policy given
-    /// at load chose; a policy that turns the AVX-512 kernel off gives the same results, more
-    /// slowly (see `Policy::with_avx512`).
+    /// at load chose; a policy that turns the wide kernel off gives the same results, more
+    /// slowly (see `Policy::with_wide_kernel`).
     pub fn set_policy(&mut self, policy: Policy) {
         self.text_policy = policy.for_text_decoder();
         self.policy = policy;

@@ -58,19 +58,18 @@ pub fn takes(policy: &Policy, rows: usize) -> bool {
     applies(policy, rows) || rows < policy.few_rows_below()
 }
 
-/// Natively, products of this many rows or more with f32 weights go through the AVX-512 kernel
-/// (`avx512.rs`) on CPUs that have it, unless the policy turns it off: the image encoder's 257
+/// Natively, products of this many rows or more with f32 weights go through the wide kernel
+/// (`wide/`: AVX-512 or AVX2 with FMA) on CPUs that have either, unless the policy turns it off: the image encoder's 257
 /// rows, prompts. Products of fewer than `FEW_WIDE_BELOW` rows (decoding a token, a few beams)
 /// take the matrix-vector loop instead (`few_wide`), which `MatmulT` asks first.
 #[cfg(target_arch = "x86_64")]
 const WIDE_MIN_ROWS: usize = 2;
 
-/// Whether f32 products of `rows` rows run on the AVX-512 kernel under `policy` (on this CPU).
+/// Whether f32 products of `rows` rows run on the wide kernel under `policy` (on this CPU).
 pub fn wide(policy: &Policy, rows: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // std caches the CPU's features: the check costs a load.
-        policy.avx512() && rows >= WIDE_MIN_ROWS && super::avx512::available()
+        rows >= WIDE_MIN_ROWS && wide_form(policy).is_some()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -79,23 +78,35 @@ pub fn wide(policy: &Policy, rows: usize) -> bool {
     }
 }
 
+/// The form of the wide kernel `policy` chooses on this CPU, if any (std caches the CPU's
+/// features: the check costs a load).
+#[cfg(target_arch = "x86_64")]
+fn wide_form(policy: &Policy) -> Option<super::wide::Form> {
+    use super::policy::WideKernel;
+    use super::wide::Form;
+    match policy.wide_kernel() {
+        WideKernel::Off => None,
+        WideKernel::Avx2 => Some(Form::Avx2).filter(|form| form.available()),
+        WideKernel::Widest => Form::best(),
+    }
+}
+
 /// Natively, f32 products of fewer rows than this (decoding a token, a few beams) run through
-/// the AVX-512 matrix-vector loop on CPUs that have it, shared out over rayon's pool: candle ran
+/// the wide kernel's matrix-vector loop on CPUs that have it, shared out over rayon's pool: candle ran
 /// them on the calling thread alone, whose share of the memory bandwidth bounds a token (25–32 ms
 /// on an Intel Xeon against transformers' 15–20 ms on 2 threads).
 #[cfg(target_arch = "x86_64")]
 const FEW_WIDE_BELOW: usize = 8;
 
-/// Whether an f32 product of `rows` rows runs on the AVX-512 matrix-vector loop under `policy`:
-/// natively on CPUs with AVX-512 F, few rows, and not taken by the wasm build's loops.
+/// Whether an f32 product of `rows` rows runs on the wide matrix-vector loop under `policy`:
+/// natively on CPUs with AVX-512 F or AVX2 with FMA, few rows, and not taken by the wasm build's loops.
 pub fn few_wide(policy: &Policy, rows: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        policy.avx512()
-            && (1..FEW_WIDE_BELOW).contains(&rows)
+        (1..FEW_WIDE_BELOW).contains(&rows)
             && !applies(policy, rows)
             && rows >= policy.few_rows_below()
-            && super::avx512::available()
+            && wide_form(policy).is_some()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -104,7 +115,7 @@ pub fn few_wide(policy: &Policy, rows: usize) -> bool {
     }
 }
 
-/// Whether an f32 product of `rows` rows runs on the AVX-512 kernel: `wide`, and not taken by
+/// Whether an f32 product of `rows` rows runs on the wide kernel: `wide`, and not taken by
 /// the wasm build's loops (which the native tests can turn on for every product).
 pub fn wide_takes(policy: &Policy, rows: usize) -> bool {
     wide(policy, rows) && !applies(policy, rows) && rows >= policy.few_rows_below()
@@ -306,17 +317,17 @@ pub fn splits(
     super::parallel::splits_product(policy, rows, min_rows, rows * k * n)
 }
 
-/// An f32 weight packed once, at load, for the AVX-512 kernel (`avx512::PackedWeight`): for the
+/// An f32 weight packed once, at load, for the wide kernel (`wide::PackedWeight`): for the
 /// image encoder's weights, which serve only its many-row products. Natively on CPUs with
-/// AVX-512 F only; the layer keeps this form alone (`unpack` gives the rows back where another
+/// AVX-512 F or AVX2 with FMA only, in the widest form the CPU runs; the layer keeps this form alone (`unpack` gives the rows back where another
 /// path must take the product, e.g. a test that turns the kernel off).
 pub struct PackedWeight {
     #[cfg(target_arch = "x86_64")]
-    inner: super::avx512::PackedWeight,
+    inner: super::wide::PackedWeight,
 }
 
 impl PackedWeight {
-    /// `w` (n × k, f32 on the CPU) packed where products of `rows` rows take the AVX-512 kernel
+    /// `w` (n × k, f32 on the CPU) packed where products of `rows` rows take the wide kernel
     /// under `policy`; `None` elsewhere.
     pub fn new(policy: &Policy, w: &Tensor, rows: usize) -> Result<Option<PackedWeight>> {
         if !wide(policy, rows) || w.dtype() != candle_core::DType::F32 || !w.device().is_cpu() {
@@ -324,14 +335,25 @@ impl PackedWeight {
         }
         #[cfg(target_arch = "x86_64")]
         {
+            let form = wide_form(policy).expect("wide() checked the CPU");
             let (n, k) = w.dims2()?;
             let rows = w.flatten_all()?.to_vec1::<f32>()?;
             Ok(Some(PackedWeight {
-                inner: super::avx512::PackedWeight::new(&rows, n, k),
+                inner: super::wide::PackedWeight::new(form, &rows, n, k),
             }))
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("wide() is false off x86-64")
+    }
+
+    /// The kernel form the weight is packed for ("AVX-512 F", "AVX2 + FMA"), for reports.
+    pub fn describe(&self) -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.inner.form().describe()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("a PackedWeight is made on x86-64 only")
     }
 
     /// The weight's rows again (n × k), on the CPU.
@@ -350,7 +372,7 @@ impl PackedWeight {
     }
 }
 
-/// `activation(x · wᵀ + bias)` for a packed weight through the AVX-512 kernel; `None` where this
+/// `activation(x · wᵀ + bias)` for a packed weight through the wide kernel; `None` where this
 /// product does not take the kernel (`wide` false under `policy`), for the caller to take another
 /// way.
 pub fn linear_packed(
@@ -412,7 +434,8 @@ impl CustomOp1 for MatmulTPacked<'_> {
         self.stats.count_kernel_product();
         let out = multiply_wide(
             &xd[x0..x1],
-            super::avx512::Weight::Packed(w),
+            w.form(),
+            super::wide::Weight::Packed(w),
             n,
             m,
             k,
@@ -510,7 +533,8 @@ impl CustomOp2 for MatmulT<'_> {
         } else if few_wide(policy, m) {
             #[cfg(target_arch = "x86_64")]
             {
-                multiply_few_wide(&xd[x0..x1], w.w, n, m, k, self.epilogue)
+                let form = wide_form(policy).expect("few_wide() checked the CPU");
+                multiply_few_wide(&xd[x0..x1], form, w.w, n, m, k, self.epilogue)
             }
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("few_wide() is false off x86-64")
@@ -519,7 +543,8 @@ impl CustomOp2 for MatmulT<'_> {
             {
                 multiply_wide(
                     &xd[x0..x1],
-                    super::avx512::Weight::Rows(w.w),
+                    wide_form(policy).expect("wide() checked the CPU"),
+                    super::wide::Weight::Rows(w.w),
                     n,
                     m,
                     k,
@@ -630,7 +655,7 @@ fn multiply_blocked(
     )
 }
 
-/// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ) through the AVX-512 kernel, in blocks of output
+/// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ) through the wide kernel, in blocks of output
 /// columns shared out over rayon's pool (candle's, which natively has one thread per core): each
 /// block starts from the bias, gets the product added and then the activation. Every output value
 /// is computed the same way whichever block holds it, so the result does not depend on the
@@ -638,30 +663,32 @@ fn multiply_blocked(
 #[cfg(target_arch = "x86_64")]
 fn multiply_wide(
     x: &[f32],
-    w: super::avx512::Weight,
+    form: super::wide::Form,
+    w: super::wide::Weight,
     n: usize,
     m: usize,
     k: usize,
     epilogue: Epilogue<'_>,
 ) -> Vec<f32> {
     {
-        use super::avx512;
+        use super::wide;
         let mut c = Vec::with_capacity(m * n);
         let out = SharedOut(c.as_mut_ptr());
-        let packed_x = avx512::PackedX::new(x, m, k);
+        let packed_x = wide::PackedX::new(form, x, m, k);
         let block = |j_start: usize, j_end: usize| {
             // SAFETY: each column range goes to one call only; rows are inside the output.
             unsafe { out.start_block(m, n, j_start, j_end, epilogue.bias) };
             let row = |i: usize| unsafe { out.row(i, n, j_start, j_end) };
             // SAFETY: `wide` checked the CPU; this call owns columns j_start..j_end.
-            unsafe { avx512::add_product(out.0, &packed_x, w, n, j_start, j_end) };
+            unsafe { wide::add_product(out.0, &packed_x, w, n, j_start, j_end) };
             if epilogue.finishes() {
                 for i in 0..m {
                     epilogue.finish_row(row(i), i, n, j_start);
                 }
             }
         };
-        let units = n.div_ceil(avx512::NR);
+        let nr = form.nr();
+        let units = n.div_ceil(nr);
         let threads = rayon::current_num_threads();
         // A few blocks per thread, so that a thread slowed by something else takes fewer; none
         // narrower than 4 panels, which would re-pack x more often than they compute with it.
@@ -671,8 +698,8 @@ fn multiply_wide(
         } else {
             use rayon::prelude::*;
             (0..blocks).into_par_iter().for_each(|b| {
-                let start = (units * b / blocks * avx512::NR).min(n);
-                let end = (units * (b + 1) / blocks * avx512::NR).min(n);
+                let start = (units * b / blocks * nr).min(n);
+                let end = (units * (b + 1) / blocks * nr).min(n);
                 if start < end {
                     block(start, end);
                 }
@@ -685,20 +712,20 @@ fn multiply_wide(
     }
 }
 
-/// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ) for few rows through the AVX-512 matrix-vector
+/// c (m × n) = epilogue(x (m × k) · w (n × k)ᵀ) for few rows through the wide matrix-vector
 /// loop, in blocks of output columns (weight rows) shared out over rayon's pool, each block
 /// starting from the bias. Every output value is computed the same way whichever block holds
 /// it, so the result does not depend on the number of threads.
 #[cfg(target_arch = "x86_64")]
 fn multiply_few_wide(
     x: &[f32],
+    form: super::wide::Form,
     w: &[f32],
     n: usize,
     m: usize,
     k: usize,
     epilogue: Epilogue<'_>,
 ) -> Vec<f32> {
-    use super::avx512;
     /// Weight rows per block at least: each block is one hand-out to the pool.
     const MIN_BLOCK_ROWS: usize = 64;
     let mut c = Vec::with_capacity(m * n);
@@ -707,7 +734,7 @@ fn multiply_few_wide(
         // SAFETY: each column range goes to one call only; rows are inside the output.
         unsafe { out.start_block(m, n, j_start, j_end, epilogue.bias) };
         // SAFETY: few_wide checked the CPU; this call owns columns j_start..j_end.
-        unsafe { avx512::add_dots(out.0, x, m, k, w, n, j_start, j_end) };
+        unsafe { form.add_dots(out.0, x, m, k, w, n, j_start, j_end) };
         if epilogue.finishes() {
             for i in 0..m {
                 // SAFETY: as above.
@@ -1031,7 +1058,7 @@ mod tests {
 
     /// Attention's scaled scores: the scaling done in the kernel's epilogue gives the bits of the
     /// product scaled by candle's op afterwards, with a scale that is not a power of two and rows
-    /// that are not a multiple of any tile. Natively the product runs on the AVX-512 kernel where
+    /// that are not a multiple of any tile. Natively the product runs on the wide kernel where
     /// the CPU has it, on candle's otherwise (both sides the same way).
     #[test]
     fn scaled_scores_have_the_bits_of_scaling_after() {
@@ -1050,7 +1077,7 @@ mod tests {
     }
 
     /// A residual in the epilogue is added after the bias and the activation, with the bits of
-    /// candle's add on the finished output, in every loop (blocked, few rows, AVX-512 with rows
+    /// candle's add on the finished output, in every loop (blocked, few rows, the wide kernel with rows
     /// or a packed weight, the integer kernel) and however the columns are shared out; a
     /// residual of the wrong size is refused.
     #[test]
@@ -1108,15 +1135,18 @@ mod tests {
                 assert_eq!(bits(int8(with)), added(int8(plain)), "int8 {what}");
             }
             #[cfg(target_arch = "x86_64")]
-            if super::super::avx512::available() {
-                use super::super::avx512::{PackedWeight, Weight};
-                let packed = PackedWeight::new(&wv, n, k);
+            for form in super::super::wide::Form::ALL
+                .into_iter()
+                .filter(|f| f.available())
+            {
+                use super::super::wide::{PackedWeight, Weight};
+                let packed = PackedWeight::new(form, &wv, n, k);
                 for weight in [Weight::Rows(&wv), Weight::Packed(&packed)] {
-                    let wide = |e| multiply_wide(&x, weight, n, m, k, e);
+                    let wide = |e| multiply_wide(&x, form, weight, n, m, k, e);
                     assert_eq!(
                         bits(wide(with)),
                         added(wide(plain)),
-                        "AVX-512 ({m},{n},{k})"
+                        "{form:?} ({m},{n},{k})"
                     );
                 }
             }

@@ -1,7 +1,5 @@
 //! The GIT architecture: pure tensor code, no I/O, compiled for native targets and wasm32 alike.
 
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 pub mod config;
 pub mod elementwise;
 pub mod git;
@@ -13,11 +11,13 @@ pub mod policy;
 mod simd;
 pub mod text;
 pub mod vision;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 pub use config::{GenerationConfig, GitConfig, VisionConfig};
 pub use git::Git;
 pub use nn::{QuantizedTensors, Weights};
-pub use policy::{Policy, Stats};
+pub use policy::{Policy, Stats, WideKernel};
 pub use text::{ImagePrefix, TextCache};
 
 /// x (m × k) and w (n × k) with varied values of both signs, none of them special, the same on

@@ -76,6 +76,18 @@ const DEFAULT_KERNEL_MIN_ROWS: usize = if cfg!(target_arch = "wasm32") {
 /// moves only the blocked kernel's: the rows between go to candle.
 const DEFAULT_FEW_ROWS_BELOW: usize = if cfg!(target_arch = "wasm32") { 8 } else { 0 };
 
+/// Which form of the native wide f32 kernel a policy lets products take (x86-64 only;
+/// elsewhere every choice means candle's kernels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WideKernel {
+    /// Candle's kernels.
+    Off,
+    /// The AVX2 + FMA form, also where the CPU has AVX-512 (candle's kernels without AVX2).
+    Avx2,
+    /// The widest form this CPU runs: AVX-512 F, else AVX2 with FMA, else candle's kernels.
+    Widest,
+}
+
 /// The knobs of the model's computation; see the module's documentation. Cloning a policy is
 /// cheap, and a clone shares the original's statistics (`stats`): a model counts into the policy
 /// value it was given and into every clone of it. `Policy::default()` starts statistics of its own.
@@ -87,7 +99,7 @@ pub struct Policy {
     dequantize_min_rows: Option<usize>,
     kernel_min_rows: usize,
     few_rows_below: usize,
-    avx512: bool,
+    wide_kernel: WideKernel,
     portable_int8: bool,
     int8_min_rows: Option<usize>,
     int8_activations: Activations,
@@ -109,7 +121,7 @@ impl Default for Policy {
             dequantize_min_rows: None,
             kernel_min_rows: DEFAULT_KERNEL_MIN_ROWS,
             few_rows_below: DEFAULT_FEW_ROWS_BELOW,
-            avx512: true,
+            wide_kernel: WideKernel::Widest,
             portable_int8: false,
             int8_min_rows: None,
             int8_activations: Activations::default(),
@@ -170,13 +182,14 @@ impl Policy {
         self
     }
 
-    /// Whether f32 products of a few rows or more run on the AVX-512 kernel where the CPU has it
-    /// (natively; default on). Off for comparisons with candle's path (the tests,
-    /// `GITCAP_NO_AVX512=1` in the CLI) and for CPUs whose AVX-512 runs slower than their AVX2.
-    /// The image encoder's weights are packed for the kernel at load where the policy given then
-    /// turns it on; a later policy that turns it off gives the same results, more slowly.
-    pub fn with_avx512(mut self, on: bool) -> Self {
-        self.avx512 = on;
+    /// Which form of the wide f32 kernel (natively on x86-64: `matmul`'s `wide/`) products of a
+    /// few rows or more take (default: the widest this CPU runs). `Off` keeps them on candle's
+    /// kernels, for comparisons (the tests, `GITCAP_WIDE=off` in the CLI); `Avx2` measures and
+    /// tests the AVX2 form on CPUs that also have AVX-512. The image encoder's weights are packed
+    /// at load in the form the policy given then chooses; a later policy keeps that form, or,
+    /// turning the kernel off, gives the same results more slowly.
+    pub fn with_wide_kernel(mut self, kernel: WideKernel) -> Self {
+        self.wide_kernel = kernel;
         self
     }
 
@@ -288,8 +301,8 @@ impl Policy {
         self.few_rows_below
     }
 
-    pub fn avx512(&self) -> bool {
-        self.avx512
+    pub fn wide_kernel(&self) -> WideKernel {
+        self.wide_kernel
     }
 
     pub fn portable_int8(&self) -> bool {

@@ -1,0 +1,309 @@
+//! The AVX2 + FMA form of the wide kernel (`mod.rs`), for CPUs without AVX-512 (AMD before Zen 4,
+//! Intel client cores): a 6 × 16 tile of the output in 12 of the 16 ymm registers (the other
+//! four hold two weight vectors and a broadcast x value), 8 × 8 register transposes for packing,
+//! an 8-lane matrix-vector loop.
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use super::{Prefetch, LINE, PREFETCH_EVERY};
+
+/// Output rows per microkernel tile (broadcast operands).
+pub const MR: usize = 6;
+// `pack_rows` transposes a tile's rows in one 8-lane block.
+const _: () = assert!(MR <= 8);
+/// Output columns per microkernel tile: two 8-lane vectors.
+pub const NR: usize = 16;
+
+/// Whether this CPU runs the form (AVX2 and FMA).
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// `Form::add_dots` at 8 lanes.
+///
+/// # Safety
+/// AVX2 and FMA; x holds m × k floats, w j_end × k, j_start <= j_end <= n, k > 0; `c` points to
+/// m × n floats of which no other thread touches columns `j_start..j_end` during the call.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn add_dots(
+    c: *mut f32,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    j_start: usize,
+    j_end: usize,
+) {
+    let whole = k / 8 * 8;
+    let tail = lanes_below(k - whole);
+    let mut j = j_start;
+    while j < j_end {
+        let rows = 4.min(j_end - j);
+        // A group short of four repeats its last row; those sums are not stored.
+        let wr: [*const f32; 4] = std::array::from_fn(|r| w[(j + r.min(rows - 1)) * k..].as_ptr());
+        for i in 0..m {
+            let xr = x[i * k..].as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            // SAFETY: x's row i and the weight rows have k values (the caller's contract); the
+            // loads read below `whole`, the masked ones below k.
+            unsafe {
+                for p in (0..whole).step_by(8) {
+                    let xv = _mm256_loadu_ps(xr.add(p));
+                    for (acc, w) in acc.iter_mut().zip(wr) {
+                        *acc = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(p)), xv, *acc);
+                    }
+                }
+                if whole < k {
+                    let xv = _mm256_maskload_ps(xr.add(whole), tail);
+                    for (acc, w) in acc.iter_mut().zip(wr) {
+                        let wv = _mm256_maskload_ps(w.add(whole), tail);
+                        *acc = _mm256_fmadd_ps(wv, xv, *acc);
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(rows) {
+                    // SAFETY: row i, column j + r < j_end: this call's (the caller's contract).
+                    *c.add(i * n + j + r) += sum(*acc);
+                }
+            }
+        }
+        j += rows;
+    }
+}
+
+/// The sum of v's lanes: halves added, then quarters, then the last pair.
+#[target_feature(enable = "avx2,fma")]
+fn sum(v: __m256) -> f32 {
+    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)))
+}
+
+/// x[.., k0..k0 + kc] into row tiles: tile t holds rows t·MR.. as kc groups of MR values, one
+/// per row (zero for rows past m). Writes all of `packed`'s first MR · ⌈m / MR⌉ · kc values.
+/// Eight inputs of a tile at a time through a register transpose, the rest one by one.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn pack_rows(
+    packed: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    k0: usize,
+    kc: usize,
+) {
+    let whole_inputs = kc / 8 * 8;
+    let first_rows = lanes_below(MR);
+    for t in 0..m.div_ceil(MR) {
+        let tile = &mut packed[t * MR * kc..][..MR * kc];
+        let rows = MR.min(m - t * MR);
+        // The tile's rows' values k0..k0 + kc, checked once.
+        let _ = &x[(t * MR + rows - 1) * k + k0..][..kc];
+        for p0 in (0..whole_inputs).step_by(8) {
+            // SAFETY: rows t·MR.. t·MR + rows have kc values from k0 (checked above) and
+            // p0 + 8 <= kc; the MR-lane stores land at (p0 + i) · MR.. + MR <= kc · MR.
+            unsafe {
+                let block: [__m256; 8] = std::array::from_fn(|r| {
+                    if r < rows {
+                        _mm256_loadu_ps(x.as_ptr().add((t * MR + r) * k + k0 + p0))
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
+                for (i, column) in transpose8(block).iter().enumerate() {
+                    let out = tile.as_mut_ptr().add((p0 + i) * MR).cast::<f32>();
+                    _mm256_maskstore_ps(out, first_rows, *column);
+                }
+            }
+        }
+        for r in 0..MR {
+            if r < rows {
+                let row = &x[(t * MR + r) * k + k0..][..kc];
+                for p in whole_inputs..kc {
+                    tile[p * MR + r].write(row[p]);
+                }
+            } else {
+                for p in whole_inputs..kc {
+                    tile[p * MR + r].write(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// w[j0..j0 + nr, k0..k0 + kc] transposed into panel[p · NR + b], zero past nr: 8 × 8 blocks
+/// through registers where whole, one value at a time at the edges.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn pack_panel(
+    panel: &mut [f32],
+    w: &[f32],
+    k: usize,
+    k0: usize,
+    kc: usize,
+    j0: usize,
+    nr: usize,
+) {
+    let panel = &mut panel[..kc * NR];
+    if nr < NR {
+        panel.fill(0.0);
+    }
+    let whole_rows = nr / 8 * 8;
+    let whole_inputs = kc / 8 * 8;
+    for b0 in (0..whole_rows).step_by(8) {
+        // The 8 rows' values k0..k0 + kc, checked once.
+        let _ = &w[(j0 + b0 + 7) * k + k0..][..kc];
+        for p0 in (0..whole_inputs).step_by(8) {
+            // SAFETY: rows j0 + b0..j0 + b0 + 8 have kc values from k0 (checked above) and
+            // p0 + 8 <= kc; the stores land at (p0 + i) · NR + b0.. + 8 <= kc · NR.
+            unsafe {
+                let rows: [__m256; 8] = std::array::from_fn(|i| {
+                    _mm256_loadu_ps(w.as_ptr().add((j0 + b0 + i) * k + k0 + p0))
+                });
+                for (i, column) in transpose8(rows).iter().enumerate() {
+                    _mm256_storeu_ps(panel.as_mut_ptr().add((p0 + i) * NR + b0), *column);
+                }
+            }
+        }
+        for b in b0..b0 + 8 {
+            let row = &w[(j0 + b) * k + k0..][..kc];
+            for p in whole_inputs..kc {
+                panel[p * NR + b] = row[p];
+            }
+        }
+    }
+    for b in whole_rows..nr {
+        let row = &w[(j0 + b) * k + k0..][..kc];
+        for (p, &v) in row.iter().enumerate() {
+            panel[p * NR + b] = v;
+        }
+    }
+}
+
+/// The 8 × 8 block whose rows are `r` transposed: element j of `r[i]` becomes element i of the
+/// result's vector j.
+#[target_feature(enable = "avx2,fma")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // Pairs of rows interleaved, then pairs of pairs: u[4g + c], 128-bit half H, holds rows
+    // 4g..4g + 4 of column 4H + c.
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    let u: [__m256; 8] = std::array::from_fn(|i| {
+        let (g, c) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + c / 2], t[4 * g + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm256_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    // Then the two groups' halves joined: column c from the low halves of u[c] and u[4 + c],
+    // column 4 + c from their high halves.
+    std::array::from_fn(|j| {
+        let c = j % 4;
+        if j < 4 {
+            _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c])
+        } else {
+            _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c])
+        }
+    })
+}
+
+/// c[0..rows, 0..cols] (row stride ldc) += a_tile (kc × MR) · panel (kc × NR), fetching up to
+/// kc / PREFETCH_EVERY of `prefetch`'s lines into L2 on the way (a hint: it changes no value).
+///
+/// # Safety
+/// AVX2 and FMA; `a` holds kc · MR floats and `panel` kc · NR; c's rows and columns as given are
+/// writable; `prefetch.from` is followed by `prefetch.lines` lines of one allocation.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile(
+    a: *const f32,
+    panel: *const f32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    prefetch: Prefetch,
+) {
+    // The tile's rows of c are read once, at the end, from wherever the last k block left
+    // them (often L3: c is rows × n and the k loop sweeps all of it per block); asking for them
+    // now overlaps that wait with the products.
+    for r in 0..rows {
+        // SAFETY: a hint inside c's row r, columns below `cols` (the caller's contract).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc).cast());
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + cols - 1).cast());
+        }
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    // One step: the panel's input p times the tile's MR x values, broadcast.
+    let step = |acc: &mut [[__m256; 2]; MR], p: usize| {
+        // SAFETY: p < kc, inside both packed blocks (the caller's contract).
+        unsafe {
+            let w0 = _mm256_loadu_ps(panel.add(p * NR));
+            let w1 = _mm256_loadu_ps(panel.add(p * NR + 8));
+            let xs = a.add(p * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*xs.add(r));
+                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
+            }
+        }
+    };
+    // Whole groups of PREFETCH_EVERY inputs with one prefetch each, so that the inner loop
+    // has a fixed count and no test; with c's rows asked for early and unmasked stores, the
+    // encoder's products went from 82-96 to 104-106 GFLOP/s on one core of an AMD EPYC (Zen 5,
+    // examples/int8_bench).
+    let groups = kc / PREFETCH_EVERY;
+    for g in 0..groups {
+        if g < prefetch.lines {
+            // SAFETY: line g of prefetch's (the caller's contract).
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(prefetch.from.add(g * LINE).cast()) };
+        }
+        for p in g * PREFETCH_EVERY..(g + 1) * PREFETCH_EVERY {
+            step(&mut acc, p);
+        }
+    }
+    for p in groups * PREFETCH_EVERY..kc {
+        step(&mut acc, p);
+    }
+    if cols == NR {
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            // SAFETY: row r's NR columns are the caller's.
+            unsafe {
+                let out = c.add(r * ldc);
+                _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), acc[0]));
+                let out = out.add(8);
+                _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), acc[1]));
+            }
+        }
+        return;
+    }
+    // A panel at the right edge: masked loads and stores (slow on AMD, so only here).
+    let masks = [lanes_below(cols), lanes_below(cols.saturating_sub(8))];
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        for (v, &sum) in acc.iter().enumerate() {
+            // SAFETY: the masked lanes are columns below `cols` of row r.
+            unsafe {
+                let out = c.add(r * ldc + v * 8);
+                let old = _mm256_maskload_ps(out, masks[v]);
+                _mm256_maskstore_ps(out, masks[v], _mm256_add_ps(old, sum));
+            }
+        }
+    }
+}
+
+/// A mask of the first min(n, 8) lanes (each lane's sign bit).
+#[target_feature(enable = "avx2,fma")]
+fn lanes_below(n: usize) -> __m256i {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lanes)
+}
