@@ -27,7 +27,7 @@ pub struct Git {
 
 impl Git {
     /// The model from `weights`, computing by `policy` (which also decides how the image
-    /// encoder's weights are laid out: packed for the AVX-512 kernel where it takes them).
+    /// encoder's weights are laid out: packed for the wide kernel where it takes them).
     pub fn new(weights: &Weights, config: &GitConfig, policy: Policy) -> Result<Self> {
         let vcfg = &config.vision_config;
         let git = weights.pp("git");

@@ -272,7 +272,7 @@ impl Linear {
         Linear::new(QMatMul::Tensor(weight), None)
     }
 
-    /// The layer with its f32 weight packed for the AVX-512 kernel where products of `rows` rows
+    /// The layer with its f32 weight packed for the wide kernel where products of `rows` rows
     /// take it under `policy` (natively, on CPUs with AVX-512 F); as it was elsewhere. For layers
     /// whose every product has that many rows (the image encoder's 257 a frame): packing each
     /// product's panels was 5% of the encoder's time natively. The packed form replaces the
@@ -440,7 +440,7 @@ impl Linear {
         })
     }
 
-    /// The layer through the AVX-512 kernel with its packed weight; `None` where the policy has
+    /// The layer through the wide kernel with its packed weight; `None` where the policy has
     /// the kernel off for this product.
     fn packed_forward(
         &self,
@@ -577,7 +577,7 @@ fn per_head_attention(
     let (q, k, v) = (flat(q, rows)?, flat(k, keys)?, flat(v, keys)?);
     let head = |i: usize| -> Result<Tensor> {
         let scores = matmul::matmul_t_scaled(policy, &q.get(i)?, &k.get(i)?, scale)?;
-        // The own loops natively too once the AVX-512 kernel takes the products: their exp is
+        // The own loops natively too once the wide kernel takes the products: their exp is
         // sixteen lanes wide there, candle's scalar (4% of git-large's encoder on one thread).
         let probs = if matmul::wide_takes(policy, rows) {
             super::elementwise::softmax_last_own(&scores)?
@@ -586,7 +586,7 @@ fn per_head_attention(
         };
         matmul::matmul_t(policy, &probs, &v.get(i)?.t()?.contiguous()?)
     };
-    // Natively, through the AVX-512 kernel, the heads go to rayon's pool (one thread per core):
+    // Natively, through the wide kernel, the heads go to rayon's pool (one thread per core):
     // each product alone is too small to split well (p v has 64 columns, two of its panels).
     // candle's batched products took 5% of git-large's encoder there, these about half as long.
     let outs = if matmul::wide_takes(policy, rows) {

@@ -110,7 +110,7 @@ pub struct VisionTransformer {
 
 impl VisionTransformer {
     /// `w` points at `git.image_encoder.vision_model`; `policy` decides how weights are laid out
-    /// (packed for the AVX-512 kernel or not).
+    /// (packed for the wide kernel or not).
     pub fn new(w: &Weights, cfg: &VisionConfig, policy: &Policy) -> Result<Self> {
         let d = cfg.hidden_size;
         let p = cfg.patch_size;
