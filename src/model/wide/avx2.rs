@@ -81,9 +81,7 @@ fn sum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)))
 }
 
-/// x[.., k0..k0 + kc] into row tiles: tile t holds rows t·MR.. as kc groups of MR values, one
-/// per row (zero for rows past m). Writes all of `packed`'s first MR · ⌈m / MR⌉ · kc values.
-/// Eight inputs of a tile at a time through a register transpose, the rest one by one.
+/// `Form::pack_rows`' whole groups of 8 inputs, through a register transpose.
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn pack_rows(
     packed: &mut [MaybeUninit<f32>],
@@ -117,23 +115,10 @@ pub(super) fn pack_rows(
                 }
             }
         }
-        for r in 0..MR {
-            if r < rows {
-                let row = &x[(t * MR + r) * k + k0..][..kc];
-                for p in whole_inputs..kc {
-                    tile[p * MR + r].write(row[p]);
-                }
-            } else {
-                for p in whole_inputs..kc {
-                    tile[p * MR + r].write(0.0);
-                }
-            }
-        }
     }
 }
 
-/// w[j0..j0 + nr, k0..k0 + kc] transposed into panel[p · NR + b], zero past nr: 8 × 8 blocks
-/// through registers where whole, one value at a time at the edges.
+/// `Form::pack_panel`'s whole 8 × 8 blocks, through registers; `panel` holds kc · NR values.
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn pack_panel(
     panel: &mut [f32],
@@ -145,9 +130,6 @@ pub(super) fn pack_panel(
     nr: usize,
 ) {
     let panel = &mut panel[..kc * NR];
-    if nr < NR {
-        panel.fill(0.0);
-    }
     let whole_rows = nr / 8 * 8;
     let whole_inputs = kc / 8 * 8;
     for b0 in (0..whole_rows).step_by(8) {
@@ -164,18 +146,6 @@ pub(super) fn pack_panel(
                     _mm256_storeu_ps(panel.as_mut_ptr().add((p0 + i) * NR + b0), *column);
                 }
             }
-        }
-        for b in b0..b0 + 8 {
-            let row = &w[(j0 + b) * k + k0..][..kc];
-            for p in whole_inputs..kc {
-                panel[p * NR + b] = row[p];
-            }
-        }
-    }
-    for b in whole_rows..nr {
-        let row = &w[(j0 + b) * k + k0..][..kc];
-        for (p, &v) in row.iter().enumerate() {
-            panel[p * NR + b] = v;
         }
     }
 }

@@ -17,14 +17,11 @@ pub fn available() -> bool {
     std::is_x86_feature_detected!("avx512f")
 }
 
-/// Adds x (m × k, row-major) · w[j_start..j_end]ᵀ to columns `j_start..j_end` of c (m × n), for
-/// decoding's few rows: each weight row is read from memory once and dotted with every row of x,
-/// four weight rows at a time, sixteen inputs a step (the inputs past the last whole sixteen
-/// masked). Each value's sum is reduced the same way whichever call and group holds its column.
+/// `Form::add_dots` at 16 lanes.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F; `c` points to m × n floats of which no other thread touches
-/// columns `j_start..j_end` during the call.
+/// AVX-512 F; x holds m × k floats, w j_end × k, j_start <= j_end <= n, k > 0; `c` points to m × n
+/// floats of which no other thread touches columns `j_start..j_end` during the call.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn add_dots(
@@ -37,10 +34,6 @@ pub(super) unsafe fn add_dots(
     j_start: usize,
     j_end: usize,
 ) {
-    assert!(x.len() >= m * k && w.len() >= j_end * k && j_start <= j_end && j_end <= n);
-    if k == 0 {
-        return;
-    }
     let whole = k / 16 * 16;
     let tail = lanes_below(k - whole);
     let mut j = j_start;
@@ -77,10 +70,7 @@ pub(super) unsafe fn add_dots(
     }
 }
 
-/// x[.., k0..k0 + kc] into row tiles: tile t holds rows t·MR.. as kc groups of MR values, one
-/// per row (zero for rows past m). Writes all of `packed`'s first MR · ⌈m / MR⌉ · kc values.
-/// Sixteen inputs of a tile at a time through a register transpose (one value at a time, the
-/// packing took 5% of git-large's encoder on one thread of an Intel Xeon), the rest one by one.
+/// `Form::pack_rows`' whole groups of 16 inputs, through a register transpose.
 #[target_feature(enable = "avx512f")]
 pub(super) fn pack_rows(
     packed: &mut [MaybeUninit<f32>],
@@ -115,24 +105,10 @@ pub(super) fn pack_rows(
                 }
             }
         }
-        for r in 0..MR {
-            if r < rows {
-                let row = &x[(t * MR + r) * k + k0..][..kc];
-                for p in whole_inputs..kc {
-                    tile[p * MR + r].write(row[p]);
-                }
-            } else {
-                for p in whole_inputs..kc {
-                    tile[p * MR + r].write(0.0);
-                }
-            }
-        }
     }
 }
 
-/// w[j0..j0 + nr, k0..k0 + kc] transposed into panel[p · NR + b], zero past nr: 16 × 16 blocks
-/// through registers where whole, one value at a time at the edges (one value at a time
-/// throughout, the packing took a quarter of the kernel's time).
+/// `Form::pack_panel`'s whole 16 × 16 blocks, through registers; `panel` holds kc · NR values.
 #[target_feature(enable = "avx512f")]
 pub(super) fn pack_panel(
     panel: &mut [f32],
@@ -144,9 +120,6 @@ pub(super) fn pack_panel(
     nr: usize,
 ) {
     let panel = &mut panel[..kc * NR];
-    if nr < NR {
-        panel.fill(0.0);
-    }
     let whole_rows = nr / 16 * 16;
     let whole_inputs = kc / 16 * 16;
     for b0 in (0..whole_rows).step_by(16) {
@@ -165,18 +138,6 @@ pub(super) fn pack_panel(
                     _mm512_storeu_ps(panel.as_mut_ptr().add((p0 + i) * NR + b0), *column);
                 }
             }
-        }
-        for b in b0..b0 + 16 {
-            let row = &w[(j0 + b) * k + k0..][..kc];
-            for p in whole_inputs..kc {
-                panel[p * NR + b] = row[p];
-            }
-        }
-    }
-    for b in whole_rows..nr {
-        let row = &w[(j0 + b) * k + k0..][..kc];
-        for (p, &v) in row.iter().enumerate() {
-            panel[p * NR + b] = v;
         }
     }
 }
