@@ -577,7 +577,7 @@ fn per_head_attention(
     let (q, k, v) = (flat(q, rows)?, flat(k, keys)?, flat(v, keys)?);
     let head = |i: usize| -> Result<Tensor> {
         let scores = matmul::matmul_t_scaled(policy, &q.get(i)?, &k.get(i)?, scale)?;
-        // The own loops natively too once the wide kernel takes the products: their exp is
+        // The own loops natively too once the wide kernel takes the products: their exp is eight or
         // sixteen lanes wide there, candle's scalar (4% of git-large's encoder on one thread).
         let probs = if matmul::wide_takes(policy, rows) {
             super::elementwise::softmax_last_own(&scores)?
