@@ -2,7 +2,7 @@
 # transformers and gitcap's native CLI (its wide f32 kernel in each form, and off) in alternating
 # rounds on the same machine and thread count, so that a slow spell falls on all of them:
 #   bench/native_rounds.sh [MODEL_DIR] [IMAGE] [THREADS] [ROUNDS]
-# Each round: transformers_bench.py (encode + 20-token greedy, 2 repeats, median), then
+# Each round: transformers_bench.py (encode + 20-token greedy, a warm-up then 2 repeats, median), then
 # `gitcap caption --timings` per mode (MODES, default "wide candle": `wide` the widest form this
 # CPU runs, `avx2` the AVX2 form (GITCAP_WIDE=avx2, also on AVX-512 CPUs), `candle` candle's
 # kernels (GITCAP_WIDE=off)), each captioning the image 3 times (the first warms the process up).
