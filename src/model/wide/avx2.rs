@@ -4,14 +4,11 @@
 //! an 8-lane matrix-vector loop.
 
 use std::arch::x86_64::*;
-use std::mem::MaybeUninit;
 
 use super::{Prefetch, LINE, PREFETCH_EVERY};
 
 /// Output rows per microkernel tile (broadcast operands).
 pub const MR: usize = 6;
-// `pack_rows` transposes a tile's rows in one 8-lane block.
-const _: () = assert!(MR <= 8);
 /// Output columns per microkernel tile: two 8-lane vectors.
 pub const NR: usize = 16;
 
@@ -20,140 +17,114 @@ pub fn available() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// `Form::add_dots` at 8 lanes.
-///
-/// # Safety
-/// AVX2 and FMA; x holds m × k floats, w j_end × k, j_start <= j_end <= n, k > 0; `c` points to
-/// m × n floats of which no other thread touches columns `j_start..j_end` during the call.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn add_dots(
-    c: *mut f32,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    j_start: usize,
-    j_end: usize,
-) {
-    let whole = k / 8 * 8;
-    let tail = lanes_below(k - whole);
-    let mut j = j_start;
-    while j < j_end {
-        let rows = 4.min(j_end - j);
-        // A group short of four repeats its last row; those sums are not stored.
-        let wr: [*const f32; 4] = std::array::from_fn(|r| w[(j + r.min(rows - 1)) * k..].as_ptr());
-        for i in 0..m {
-            let xr = x[i * k..].as_ptr();
-            let mut acc = [_mm256_setzero_ps(); 4];
-            // SAFETY: x's row i and the weight rows have k values (the caller's contract); the
-            // loads read below `whole`, the masked ones below k.
-            unsafe {
-                for p in (0..whole).step_by(8) {
-                    let xv = _mm256_loadu_ps(xr.add(p));
-                    for (acc, w) in acc.iter_mut().zip(wr) {
-                        *acc = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(p)), xv, *acc);
-                    }
-                }
-                if whole < k {
-                    let xv = _mm256_maskload_ps(xr.add(whole), tail);
-                    for (acc, w) in acc.iter_mut().zip(wr) {
-                        let wv = _mm256_maskload_ps(w.add(whole), tail);
-                        *acc = _mm256_fmadd_ps(wv, xv, *acc);
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate().take(rows) {
-                    // SAFETY: row i, column j + r < j_end: this call's (the caller's contract).
-                    *c.add(i * n + j + r) += sum(*acc);
-                }
-            }
-        }
-        j += rows;
-    }
-}
+// The lane operations of `lane_loops!` (mod.rs), which writes this form's `add_dots`,
+// `quick_gelu` and `exp_shifted`.
 
+type V = __m256;
+const LANES: usize = 8;
+type Mask = __m256i;
+
+/// # Safety
+/// LANES floats at `p`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn load(p: *const f32) -> V {
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_loadu_ps(p) }
+}
+/// # Safety
+/// The masked lanes' floats at `p`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn load_masked(p: *const f32, mask: Mask) -> V {
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_maskload_ps(p, mask) }
+}
+/// # Safety
+/// LANES floats at `p`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store(p: *mut f32, v: V) {
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_storeu_ps(p, v) }
+}
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn zero() -> V {
+    _mm256_setzero_ps()
+}
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn splat(v: f32) -> V {
+    _mm256_set1_ps(v)
+}
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn add(a: V, b: V) -> V {
+    _mm256_add_ps(a, b)
+}
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn sub(a: V, b: V) -> V {
+    _mm256_sub_ps(a, b)
+}
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn mul(a: V, b: V) -> V {
+    _mm256_mul_ps(a, b)
+}
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn div(a: V, b: V) -> V {
+    _mm256_div_ps(a, b)
+}
+/// `_mm256_min_ps(a, b)` is `a < b ? a : b`, b when either is NaN: as `_mm512_min_ps`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn min(a: V, b: V) -> V {
+    _mm256_min_ps(a, b)
+}
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn max(a: V, b: V) -> V {
+    _mm256_max_ps(a, b)
+}
+/// # Safety
+/// The masked lanes' floats at `p` are writable.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store_masked(p: *mut f32, mask: Mask, v: V) {
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_maskstore_ps(p, mask, v) }
+}
+/// a · b + c, fused.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn fmadd(a: V, b: V, c: V) -> V {
+    _mm256_fmadd_ps(a, b, c)
+}
 /// The sum of v's lanes: halves added, then quarters, then the last pair.
 #[target_feature(enable = "avx2,fma")]
-fn sum(v: __m256) -> f32 {
+#[inline]
+fn sum(v: V) -> f32 {
     let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
     _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)))
 }
-
-/// `Form::pack_rows`' whole groups of 8 inputs, through a register transpose.
+/// simd::pow2: ((n as i32 + 127) as u32) << 23, n integral and within ±128.
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn pack_rows(
-    packed: &mut [MaybeUninit<f32>],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    k0: usize,
-    kc: usize,
-) {
-    let whole_inputs = kc / 8 * 8;
-    let first_rows = lanes_below(MR);
-    for t in 0..m.div_ceil(MR) {
-        let tile = &mut packed[t * MR * kc..][..MR * kc];
-        let rows = MR.min(m - t * MR);
-        // The tile's rows' values k0..k0 + kc, checked once.
-        let _ = &x[(t * MR + rows - 1) * k + k0..][..kc];
-        for p0 in (0..whole_inputs).step_by(8) {
-            // SAFETY: rows t·MR.. t·MR + rows have kc values from k0 (checked above) and
-            // p0 + 8 <= kc; the MR-lane stores land at (p0 + i) · MR.. + MR <= kc · MR.
-            unsafe {
-                let block: [__m256; 8] = std::array::from_fn(|r| {
-                    if r < rows {
-                        _mm256_loadu_ps(x.as_ptr().add((t * MR + r) * k + k0 + p0))
-                    } else {
-                        _mm256_setzero_ps()
-                    }
-                });
-                for (i, column) in transpose8(block).iter().enumerate() {
-                    let out = tile.as_mut_ptr().add((p0 + i) * MR).cast::<f32>();
-                    _mm256_maskstore_ps(out, first_rows, *column);
-                }
-            }
-        }
-    }
+#[inline]
+fn pow2(n: V) -> V {
+    let biased = _mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127));
+    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased))
 }
 
-/// `Form::pack_panel`'s whole 8 × 8 blocks, through registers; `panel` holds kc · NR values.
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn pack_panel(
-    panel: &mut [f32],
-    w: &[f32],
-    k: usize,
-    k0: usize,
-    kc: usize,
-    j0: usize,
-    nr: usize,
-) {
-    let panel = &mut panel[..kc * NR];
-    let whole_rows = nr / 8 * 8;
-    let whole_inputs = kc / 8 * 8;
-    for b0 in (0..whole_rows).step_by(8) {
-        // The 8 rows' values k0..k0 + kc, checked once.
-        let _ = &w[(j0 + b0 + 7) * k + k0..][..kc];
-        for p0 in (0..whole_inputs).step_by(8) {
-            // SAFETY: rows j0 + b0..j0 + b0 + 8 have kc values from k0 (checked above) and
-            // p0 + 8 <= kc; the stores land at (p0 + i) · NR + b0.. + 8 <= kc · NR.
-            unsafe {
-                let rows: [__m256; 8] = std::array::from_fn(|i| {
-                    _mm256_loadu_ps(w.as_ptr().add((j0 + b0 + i) * k + k0 + p0))
-                });
-                for (i, column) in transpose8(rows).iter().enumerate() {
-                    _mm256_storeu_ps(panel.as_mut_ptr().add((p0 + i) * NR + b0), *column);
-                }
-            }
-        }
-    }
-}
+lane_loops!("avx2,fma");
 
 /// The 8 × 8 block whose rows are `r` transposed: element j of `r[i]` becomes element i of the
 /// result's vector j.
 #[target_feature(enable = "avx2,fma")]
-fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+fn transpose(r: [V; LANES]) -> [V; LANES] {
     // Pairs of rows interleaved, then pairs of pairs: u[4g + c], 128-bit half H, holds rows
     // 4g..4g + 4 of column 4H + c.
     let t: [__m256; 8] = std::array::from_fn(|i| {

@@ -2,14 +2,11 @@
 //! zmm registers, 16 × 16 register transposes for packing, a 16-lane matrix-vector loop.
 
 use std::arch::x86_64::*;
-use std::mem::MaybeUninit;
 
 use super::{Prefetch, LINE, PREFETCH_EVERY};
 
 /// Output rows per microkernel tile (broadcast operands).
 pub const MR: usize = 12;
-// `pack_rows` transposes a tile's rows in one 16-lane block.
-const _: () = assert!(MR <= 16);
 /// Output columns per microkernel tile: two 16-lane vectors.
 pub const NR: usize = 32;
 /// Whether this CPU runs the kernel (AVX-512 F).
@@ -17,135 +14,111 @@ pub fn available() -> bool {
     std::is_x86_feature_detected!("avx512f")
 }
 
-/// `Form::add_dots` at 16 lanes.
-///
+// The lane operations of `lane_loops!` (mod.rs), which writes this form's `add_dots`,
+// `quick_gelu` and `exp_shifted`.
+
+type V = __m512;
+const LANES: usize = 16;
+type Mask = __mmask16;
+
 /// # Safety
-/// AVX-512 F; x holds m × k floats, w j_end × k, j_start <= j_end <= n, k > 0; `c` points to m × n
-/// floats of which no other thread touches columns `j_start..j_end` during the call.
+/// LANES floats at `p`.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn add_dots(
-    c: *mut f32,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    j_start: usize,
-    j_end: usize,
-) {
-    let whole = k / 16 * 16;
-    let tail = lanes_below(k - whole);
-    let mut j = j_start;
-    while j < j_end {
-        let rows = 4.min(j_end - j);
-        // A group short of four repeats its last row; those sums are not stored.
-        let wr: [*const f32; 4] = std::array::from_fn(|r| w[(j + r.min(rows - 1)) * k..].as_ptr());
-        for i in 0..m {
-            let xr = x[i * k..].as_ptr();
-            let mut acc = [_mm512_setzero_ps(); 4];
-            // SAFETY: x's row i and the weight rows have k values (asserted above); the loads
-            // read below `whole`, the masked ones below k.
-            unsafe {
-                for p in (0..whole).step_by(16) {
-                    let xv = _mm512_loadu_ps(xr.add(p));
-                    for (acc, w) in acc.iter_mut().zip(wr) {
-                        *acc = _mm512_fmadd_ps(_mm512_loadu_ps(w.add(p)), xv, *acc);
-                    }
-                }
-                if whole < k {
-                    let xv = _mm512_maskz_loadu_ps(tail, xr.add(whole));
-                    for (acc, w) in acc.iter_mut().zip(wr) {
-                        let wv = _mm512_maskz_loadu_ps(tail, w.add(whole));
-                        *acc = _mm512_fmadd_ps(wv, xv, *acc);
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate().take(rows) {
-                    // SAFETY: row i, column j + r < j_end: this call's (the caller's contract).
-                    *c.add(i * n + j + r) += _mm512_reduce_add_ps(*acc);
-                }
-            }
-        }
-        j += rows;
-    }
+#[inline]
+unsafe fn load(p: *const f32) -> V {
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_loadu_ps(p) }
+}
+/// # Safety
+/// The masked lanes' floats at `p`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_masked(p: *const f32, mask: Mask) -> V {
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_maskz_loadu_ps(mask, p) }
+}
+/// # Safety
+/// LANES floats at `p`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store(p: *mut f32, v: V) {
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_storeu_ps(p, v) }
+}
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn zero() -> V {
+    _mm512_setzero_ps()
+}
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn splat(v: f32) -> V {
+    _mm512_set1_ps(v)
+}
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn add(a: V, b: V) -> V {
+    _mm512_add_ps(a, b)
+}
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn sub(a: V, b: V) -> V {
+    _mm512_sub_ps(a, b)
+}
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn mul(a: V, b: V) -> V {
+    _mm512_mul_ps(a, b)
+}
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn div(a: V, b: V) -> V {
+    _mm512_div_ps(a, b)
+}
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn min(a: V, b: V) -> V {
+    _mm512_min_ps(a, b)
+}
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn max(a: V, b: V) -> V {
+    _mm512_max_ps(a, b)
+}
+/// # Safety
+/// The masked lanes' floats at `p` are writable.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_masked(p: *mut f32, mask: Mask, v: V) {
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_mask_storeu_ps(p, mask, v) }
+}
+/// a · b + c, fused.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn fmadd(a: V, b: V, c: V) -> V {
+    _mm512_fmadd_ps(a, b, c)
+}
+/// The sum of v's lanes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn sum(v: V) -> f32 {
+    _mm512_reduce_add_ps(v)
+}
+/// simd::pow2: ((n as i32 + 127) as u32) << 23, n integral and within ±128.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn pow2(n: V) -> V {
+    let biased = _mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127));
+    _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased))
 }
 
-/// `Form::pack_rows`' whole groups of 16 inputs, through a register transpose.
-#[target_feature(enable = "avx512f")]
-pub(super) fn pack_rows(
-    packed: &mut [MaybeUninit<f32>],
-    x: &[f32],
-    m: usize,
-    k: usize,
-    k0: usize,
-    kc: usize,
-) {
-    let whole_inputs = kc / 16 * 16;
-    for t in 0..m.div_ceil(MR) {
-        let tile = &mut packed[t * MR * kc..][..MR * kc];
-        let rows = MR.min(m - t * MR);
-        // The tile's rows' values k0..k0 + kc, checked once.
-        let _ = &x[(t * MR + rows - 1) * k + k0..][..kc];
-        for p0 in (0..whole_inputs).step_by(16) {
-            // SAFETY: rows t·MR.. t·MR + rows have kc values from k0 (checked above) and
-            // p0 + 16 <= kc; the twelve-lane stores land at (p0 + i) · MR.. + MR <= kc · MR.
-            unsafe {
-                let block: [__m512; 16] = std::array::from_fn(|r| {
-                    if r < rows {
-                        _mm512_loadu_ps(x.as_ptr().add((t * MR + r) * k + k0 + p0))
-                    } else {
-                        _mm512_setzero_ps()
-                    }
-                });
-                let columns = transpose16(block);
-                let first_rows: __mmask16 = (1 << MR) - 1;
-                for (i, column) in columns.iter().enumerate() {
-                    let out = tile.as_mut_ptr().add((p0 + i) * MR).cast::<f32>();
-                    _mm512_mask_storeu_ps(out, first_rows, *column);
-                }
-            }
-        }
-    }
-}
-
-/// `Form::pack_panel`'s whole 16 × 16 blocks, through registers; `panel` holds kc · NR values.
-#[target_feature(enable = "avx512f")]
-pub(super) fn pack_panel(
-    panel: &mut [f32],
-    w: &[f32],
-    k: usize,
-    k0: usize,
-    kc: usize,
-    j0: usize,
-    nr: usize,
-) {
-    let panel = &mut panel[..kc * NR];
-    let whole_rows = nr / 16 * 16;
-    let whole_inputs = kc / 16 * 16;
-    for b0 in (0..whole_rows).step_by(16) {
-        // The 16 rows' values k0..k0 + kc, checked once.
-        let _ = &w[(j0 + b0 + 15) * k + k0..][..kc];
-        for p0 in (0..whole_inputs).step_by(16) {
-            // SAFETY: `pack_panel` runs only where `available()` (add_product's contract); rows
-            // j0 + b0..j0 + b0 + 16 have kc values from k0 (checked above) and p0 + 16 <= kc;
-            // the stores land at (p0 + i) · NR + b0.. + 16 <= kc · NR.
-            unsafe {
-                let rows: [__m512; 16] = std::array::from_fn(|i| {
-                    _mm512_loadu_ps(w.as_ptr().add((j0 + b0 + i) * k + k0 + p0))
-                });
-                let columns = transpose16(rows);
-                for (i, column) in columns.iter().enumerate() {
-                    _mm512_storeu_ps(panel.as_mut_ptr().add((p0 + i) * NR + b0), *column);
-                }
-            }
-        }
-    }
-}
+lane_loops!("avx512f");
 
 /// The 16 × 16 block whose rows are `r` transposed: element j of `r[i]` becomes element i of
 /// the result's vector j.
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+fn transpose(r: [V; LANES]) -> [V; LANES] {
     // Pairs of rows interleaved, then pairs of pairs: u[4g + c], 128-bit lane L, holds rows
     // 4g..4g + 4 of column 4L + c.
     let t: [__m512; 16] = std::array::from_fn(|i| {

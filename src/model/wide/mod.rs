@@ -23,6 +23,198 @@
 //!
 //! Compiled for x86_64 only (`model/mod.rs`).
 
+/// The loops both forms share, written once over the lane operations of the module that invokes
+/// it (`MR`, `NR`, `V`, `LANES`, `Mask`, `lanes_below`, `load`, `load_masked`, `store`,
+/// `store_masked`, `transpose`, `zero`, `splat`, `add`, `sub`, `mul`, `div`, `min`, `max`,
+/// `fmadd`, `sum`, `pow2`), compiled for `$feature`: the packing's register-transposed blocks,
+/// the matrix-vector loop `add_dots` and the elementwise `quick_gelu` and `exp_shifted`
+/// (`elementwise.rs`). The microkernel tile stays per form: its loop was tuned per instruction
+/// set (see avx2.rs).
+macro_rules! lane_loops {
+    ($feature:literal) => {
+        /// `Form::pack_rows`' whole groups of `LANES` inputs, through a register transpose.
+        #[target_feature(enable = $feature)]
+        pub(super) fn pack_rows(
+            packed: &mut [std::mem::MaybeUninit<f32>],
+            x: &[f32],
+            m: usize,
+            k: usize,
+            k0: usize,
+            kc: usize,
+        ) {
+            const _: () = assert!(MR <= LANES, "a tile's rows are transposed in one block");
+            let whole_inputs = kc / LANES * LANES;
+            let first_rows = lanes_below(MR);
+            for t in 0..m.div_ceil(MR) {
+                let tile = &mut packed[t * MR * kc..][..MR * kc];
+                let rows = MR.min(m - t * MR);
+                // The tile's rows' values k0..k0 + kc, checked once.
+                let _ = &x[(t * MR + rows - 1) * k + k0..][..kc];
+                for p0 in (0..whole_inputs).step_by(LANES) {
+                    // SAFETY: rows t·MR.. t·MR + rows have kc values from k0 (checked above)
+                    // and p0 + LANES <= kc; the MR-lane stores land at (p0 + i) · MR.. + MR
+                    // <= kc · MR.
+                    unsafe {
+                        let block: [V; LANES] = std::array::from_fn(|r| {
+                            if r < rows {
+                                load(x.as_ptr().add((t * MR + r) * k + k0 + p0))
+                            } else {
+                                zero()
+                            }
+                        });
+                        for (i, column) in transpose(block).iter().enumerate() {
+                            let out = tile.as_mut_ptr().add((p0 + i) * MR).cast::<f32>();
+                            store_masked(out, first_rows, *column);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// `Form::pack_panel`'s whole `LANES` × `LANES` blocks, through registers; `panel`
+        /// holds kc · NR values.
+        #[target_feature(enable = $feature)]
+        pub(super) fn pack_panel(
+            panel: &mut [f32],
+            w: &[f32],
+            k: usize,
+            k0: usize,
+            kc: usize,
+            j0: usize,
+            nr: usize,
+        ) {
+            let panel = &mut panel[..kc * NR];
+            let whole_rows = nr / LANES * LANES;
+            let whole_inputs = kc / LANES * LANES;
+            for b0 in (0..whole_rows).step_by(LANES) {
+                // The block's rows' values k0..k0 + kc, checked once.
+                let _ = &w[(j0 + b0 + LANES - 1) * k + k0..][..kc];
+                for p0 in (0..whole_inputs).step_by(LANES) {
+                    // SAFETY: rows j0 + b0..j0 + b0 + LANES have kc values from k0 (checked
+                    // above) and p0 + LANES <= kc; the stores land at (p0 + i) · NR + b0..
+                    // + LANES <= kc · NR.
+                    unsafe {
+                        let rows: [V; LANES] = std::array::from_fn(|i| {
+                            load(w.as_ptr().add((j0 + b0 + i) * k + k0 + p0))
+                        });
+                        for (i, column) in transpose(rows).iter().enumerate() {
+                            store(panel.as_mut_ptr().add((p0 + i) * NR + b0), *column);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// `Form::add_dots` at `LANES` lanes.
+        ///
+        /// # Safety
+        /// The CPU runs the form; x holds m × k floats, w j_end × k, j_start <= j_end <= n,
+        /// k > 0; `c` points to m × n floats of which no other thread touches columns
+        /// `j_start..j_end` during the call.
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn add_dots(
+            c: *mut f32,
+            x: &[f32],
+            m: usize,
+            k: usize,
+            w: &[f32],
+            n: usize,
+            j_start: usize,
+            j_end: usize,
+        ) {
+            let whole = k / LANES * LANES;
+            let tail = lanes_below(k - whole);
+            let mut j = j_start;
+            while j < j_end {
+                let rows = 4.min(j_end - j);
+                // A group short of four repeats its last row; those sums are not stored.
+                let wr: [*const f32; 4] =
+                    std::array::from_fn(|r| w[(j + r.min(rows - 1)) * k..].as_ptr());
+                for i in 0..m {
+                    let xr = x[i * k..].as_ptr();
+                    let mut acc = [zero(); 4];
+                    // SAFETY: x's row i and the weight rows have k values (the caller's
+                    // contract); the loads read below `whole`, the masked ones below k.
+                    unsafe {
+                        for p in (0..whole).step_by(LANES) {
+                            let xv = load(xr.add(p));
+                            for (acc, w) in acc.iter_mut().zip(wr) {
+                                *acc = fmadd(load(w.add(p)), xv, *acc);
+                            }
+                        }
+                        if whole < k {
+                            let xv = load_masked(xr.add(whole), tail);
+                            for (acc, w) in acc.iter_mut().zip(wr) {
+                                *acc = fmadd(load_masked(w.add(whole), tail), xv, *acc);
+                            }
+                        }
+                        for (r, acc) in acc.iter().enumerate().take(rows) {
+                            // SAFETY: row i, column j + r < j_end: this call's (the caller's
+                            // contract).
+                            *c.add(i * n + j + r) += sum(*acc);
+                        }
+                    }
+                }
+                j += rows;
+            }
+        }
+
+        /// `Form::quick_gelu` at `LANES` lanes.
+        ///
+        /// # Safety
+        /// The CPU runs the form.
+        #[target_feature(enable = $feature)]
+        pub(super) unsafe fn quick_gelu(xs: &mut [f32]) -> usize {
+            let whole = xs.len() / LANES * LANES;
+            for chunk in xs[..whole].chunks_exact_mut(LANES) {
+                // SAFETY: LANES floats in `chunk`.
+                unsafe {
+                    let x = load(chunk.as_ptr());
+                    let e = exp(mul(x, splat(-1.702)));
+                    store(chunk.as_mut_ptr(), div(x, add(splat(1.0), e)));
+                }
+            }
+            whole
+        }
+
+        /// `Form::exp_shifted` at `LANES` lanes.
+        ///
+        /// # Safety
+        /// The CPU runs the form.
+        #[target_feature(enable = $feature)]
+        pub(super) unsafe fn exp_shifted(xs: &mut [f32], shift: f32) -> usize {
+            let whole = xs.len() / LANES * LANES;
+            let shift = splat(shift);
+            for chunk in xs[..whole].chunks_exact_mut(LANES) {
+                // SAFETY: LANES floats in `chunk`.
+                unsafe { store(chunk.as_mut_ptr(), exp(sub(load(chunk.as_ptr()), shift))) };
+            }
+            whole
+        }
+
+        /// `simd::exp`, operation for operation (no fused multiply-adds), so the same bits.
+        #[target_feature(enable = $feature)]
+        fn exp(x: V) -> V {
+            use super::super::simd::exp_consts::*;
+            // simd::max(x, lo) is `x < lo ? lo : x`, which is max(lo, x) (x when NaN); min
+            // alike.
+            let x = min(splat(MAX), max(splat(MIN), x));
+            // simd::round.
+            let magic = splat(ROUNDING);
+            let n = sub(add(mul(x, splat(std::f32::consts::LOG2_E)), magic), magic);
+            let r = sub(x, mul(n, splat(LN2_HI)));
+            let r = sub(r, mul(n, splat(LN2_LO)));
+            let mut p = splat(POLY[0]);
+            for &c in &POLY[1..] {
+                p = add(mul(p, r), splat(c));
+            }
+            let p = add(mul(mul(p, r), r), add(r, splat(1.0)));
+            mul(p, pow2(n))
+        }
+    };
+}
+
 mod avx2;
 mod avx512;
 
@@ -202,6 +394,33 @@ impl Form {
             match self {
                 Form::Avx512 => avx512::add_dots(c, x, m, k, w, n, j_start, j_end),
                 Form::Avx2 => avx2::add_dots(c, x, m, k, w, n, j_start, j_end),
+            }
+        }
+    }
+
+    /// quick_gelu (x · sigmoid(1.702 x)) in place over the whole vectors at the front of `xs`,
+    /// with the four-lane loops' bits (`elementwise.rs` does the rest); returns how many values
+    /// it did. Panics where the CPU does not run the form.
+    pub fn quick_gelu(self, xs: &mut [f32]) -> usize {
+        assert!(self.available(), "{self:?} on a CPU without it");
+        // SAFETY: the CPU runs the form (asserted above).
+        unsafe {
+            match self {
+                Form::Avx512 => avx512::quick_gelu(xs),
+                Form::Avx2 => avx2::quick_gelu(xs),
+            }
+        }
+    }
+
+    /// exp(x - shift) in place over the whole vectors at the front of `xs`, with the four-lane
+    /// loops' bits; returns how many values it did. Panics where the CPU does not run the form.
+    pub fn exp_shifted(self, xs: &mut [f32], shift: f32) -> usize {
+        assert!(self.available(), "{self:?} on a CPU without it");
+        // SAFETY: the CPU runs the form (asserted above).
+        unsafe {
+            match self {
+                Form::Avx512 => avx512::exp_shifted(xs, shift),
+                Form::Avx2 => avx2::exp_shifted(xs, shift),
             }
         }
     }
@@ -498,6 +717,17 @@ mod tests {
                             let got = block[i / mr * mr * kc + p * mr + i % mr];
                             assert_eq!(got, want, "{form:?} ({m},{k}) row {i} input {}", k0 + p);
                         }
+                    }
+                    // Nothing written past the block: packed into a longer buffer, its tail
+                    // keeps what was there (a store wider than a tile's rows would not).
+                    let need = tiles * mr * kc;
+                    let mut longer = vec![MaybeUninit::new(-7.0f32); need + 64];
+                    // SAFETY: the CPU runs the form (`forms()`).
+                    unsafe { form.pack_rows(&mut longer, &x, m, k, k0, kc) };
+                    for (o, v) in longer[need..].iter().enumerate() {
+                        // SAFETY: written with -7.0 above.
+                        let v = unsafe { v.assume_init() };
+                        assert_eq!(v, -7.0, "{form:?} ({m},{k}) wrote {o} past the block");
                     }
                 }
             }
