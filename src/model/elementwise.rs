@@ -172,25 +172,12 @@ impl CustomOp1 for SoftmaxLast {
 mod tests {
     use super::*;
 
-    /// The wide forms this CPU runs (none elsewhere than x86-64).
-    #[cfg(target_arch = "x86_64")]
-    fn wide_forms() -> Vec<wide::Form> {
-        let forms: Vec<_> = wide::Form::ALL
-            .into_iter()
-            .filter(|f| f.available())
-            .collect();
-        if forms.len() < wide::Form::ALL.len() {
-            eprintln!("note: only {forms:?} of the wide forms run here");
-        }
-        forms
-    }
-
     /// Each wide quick_gelu (AVX-512, AVX2) gives the four-lane loops' bits for every kind of
     /// value: ordinary, large (the exp clamps), tiny and subnormal, ±0, ±inf; NaN stays NaN.
     #[test]
     fn wide_quick_gelu_has_the_four_lane_bits() {
         #[cfg(target_arch = "x86_64")]
-        for form in wide_forms() {
+        for form in wide::Form::runnable() {
             let mut xs: Vec<f32> = (-20_000..20_000).map(|i| i as f32 * 0.003_7).collect();
             xs.extend([
                 0.0,
@@ -257,7 +244,7 @@ mod tests {
             #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut each = vec![("exp_shifted_in_place".to_string(), wide)];
             #[cfg(target_arch = "x86_64")]
-            for form in wide_forms() {
+            for form in wide::Form::runnable() {
                 let mut wide = xs.clone();
                 let whole = form.exp_shifted(&mut wide, shift);
                 map_lanes(&mut wide[whole..], |x| simd::exp(simd::sub(x, s)));

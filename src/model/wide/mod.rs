@@ -235,6 +235,21 @@ impl Form {
     /// Every form, widest first.
     pub const ALL: [Form; 2] = [Form::Avx512, Form::Avx2];
 
+    /// The forms this CPU runs, for tests over each; says which it leaves out.
+    #[cfg(test)]
+    pub fn runnable() -> Vec<Form> {
+        Form::ALL
+            .into_iter()
+            .filter(|f| {
+                let runs = f.available();
+                if !runs {
+                    eprintln!("{f:?}: not on this CPU, not run");
+                }
+                runs
+            })
+            .collect()
+    }
+
     /// The widest form this CPU runs, if any.
     pub fn best() -> Option<Form> {
         Form::ALL.into_iter().find(|f| f.available())
@@ -640,24 +655,10 @@ mod tests {
     use super::*;
     use crate::model::test_matrices as operands;
 
-    /// The forms this CPU runs; says which it skips.
-    fn forms() -> Vec<Form> {
-        Form::ALL
-            .into_iter()
-            .filter(|f| {
-                let runs = f.available();
-                if !runs {
-                    eprintln!("{f:?}: not on this CPU, not run");
-                }
-                runs
-            })
-            .collect()
-    }
-
     /// The register transposes pack the same panel as one value at a time, at every edge.
     #[test]
     fn panel_packing_matches_the_definition() {
-        for form in forms() {
+        for form in Form::runnable() {
             let nr = form.nr();
             for &(n, k, k0, kc, j0, cols) in &[
                 (nr, 256usize, 0usize, 256usize, 0usize, nr),
@@ -693,7 +694,7 @@ mod tests {
     /// zero, inputs past the last whole vector, several KC blocks with a remainder.
     #[test]
     fn row_packing_matches_the_definition() {
-        for form in forms() {
+        for form in Form::runnable() {
             let mr = form.mr();
             for &(m, k) in &[
                 (1usize, 1usize),
@@ -722,7 +723,7 @@ mod tests {
                     // keeps what was there (a store wider than a tile's rows would not).
                     let need = tiles * mr * kc;
                     let mut longer = vec![MaybeUninit::new(-7.0f32); need + 64];
-                    // SAFETY: the CPU runs the form (`forms()`).
+                    // SAFETY: the CPU runs the form (`Form::runnable`).
                     unsafe { form.pack_rows(&mut longer, &x, m, k, k0, kc) };
                     for (o, v) in longer[need..].iter().enumerate() {
                         // SAFETY: written with -7.0 above.
@@ -739,7 +740,7 @@ mod tests {
     /// that starts at a later panel.
     #[test]
     fn packed_weight_matches_packing_per_product() {
-        for form in forms() {
+        for form in Form::runnable() {
             for &(m, n, k, j_start, j_end) in &[
                 (1, 1, 1, 0, 1),
                 (13, 70, 2 * KC + 9, 0, 70),
@@ -800,7 +801,7 @@ mod tests {
     /// inside the weight; columns outside the range keep their values.
     #[test]
     fn dots_match_f64_at_every_edge() {
-        for form in forms() {
+        for form in Form::runnable() {
             for &(m, n, k, j_start, j_end) in &[
                 (1usize, 1usize, 1usize, 0usize, 1usize),
                 (1, 7, 7, 0, 7),
@@ -824,7 +825,7 @@ mod tests {
     /// a remainder, a column range that starts inside the weight; against f64 dot products.
     #[test]
     fn matches_dot_products_at_every_edge() {
-        for form in forms() {
+        for form in Form::runnable() {
             for &(m, n, k, j_start, j_end) in &[
                 (1, 1, 1, 0, 1),
                 (5, 40, 3, 0, 40),
