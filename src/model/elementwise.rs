@@ -74,17 +74,17 @@ fn map_lanes(xs: &mut [f32], f: impl Fn(V) -> V) {
     }
 }
 
-/// Splits `xs` into pieces for the pool natively (candle's own elementwise ops run on one
+/// `f` over `xs` in pieces for the pool natively (candle's own elementwise ops run on one
 /// thread); in wasm the model's splitting already runs this per thread.
-fn map_pieces(xs: &mut [f32], f: impl Fn(V) -> V + Sync) {
+fn map_pieces(xs: &mut [f32], f: impl Fn(&mut [f32]) + Sync) {
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
         const PIECE: usize = 16 * 1024;
-        xs.par_chunks_mut(PIECE).for_each(|xs| map_lanes(xs, &f));
+        xs.par_chunks_mut(PIECE).for_each(&f);
     }
     #[cfg(target_arch = "wasm32")]
-    map_lanes(xs, f);
+    f(xs);
 }
 
 /// quick_gelu of one value block in place: what `quick_gelu` computes, for the matrix kernel to
@@ -132,13 +132,7 @@ impl CustomOp1 for QuickGelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let mut out = data(s, l)?.to_vec();
-        #[cfg(target_arch = "x86_64")]
-        if wide::Form::best().is_some() {
-            use rayon::prelude::*;
-            out.par_chunks_mut(16 * 1024).for_each(quick_gelu_in_place);
-            return Ok((CpuStorage::F32(out), l.shape().clone()));
-        }
-        map_pieces(&mut out, quick_gelu_lanes);
+        map_pieces(&mut out, quick_gelu_in_place);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
