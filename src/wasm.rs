@@ -114,7 +114,7 @@ export interface BuildInfo {
     version: string;
     /** Built with relaxed SIMD. */
     relaxed: boolean;
-    /** The integer kernel of q8_0 products (e.g. "wasm relaxed SIMD int8 dot"). */
+    /** The integer kernel of q8_0 products (e.g. "wasm relaxed SIMD int8 dot, x at ±127 (u8 × i8)"). */
     int8: string;
     /** Products the integer kernel has computed so far. */
     int8Products: number;

@@ -551,59 +551,119 @@ fn simd_kernel_matches_candle() {
     );
 }
 
-/// The integer kernel's SIMD form (i16 dot, or relaxed SIMD's i8 dot in a relaxed build) through
-/// `linear`, with bias and quick_gelu, at edges of its tiles and panels: within the bound its
-/// quantized activations allow of candle's product with the expanded weight (each input off by at
-/// most half its block's step, amax / levels), and within 2% in RMS.
-#[wasm_bindgen_test]
-fn int8_text_decoder_keeps_127_levels_in_both_builds() {
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-    use candle_core::{Device, Tensor};
-    use gitcap::model::{int8, matmul, Policy};
-    // The text decoder's products quantize activations at ±127 in a form that takes them: in
-    // the relaxed build SIMD128's i16 dot, not relaxed SIMD's ±63 (the image encoder's).
-    let text = Policy::default().for_text_decoder();
-    assert_eq!(int8::kernel(&text), int8::Kernel::Simd128);
-    // (The portable form is taken only where asked for: it is not fast.)
-    let portable = Policy::default()
-        .with_portable_int8(true)
-        .with_int8_min_rows(1)
-        .for_text_decoder();
-    assert_eq!(int8::kernel(&portable), int8::Kernel::Portable);
-    // Decoding's few rows (under 8) take the few-rows loop, the rest the tiles.
-    for (m, n, k) in [
-        (258, 40, 768),
-        (9, 13, 64),
-        (1, 13, 64),
-        (3, 30, 544),
-        (2, 7, 1024),
-    ] {
-        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let weight = QMatMul::from_qtensor(q).unwrap();
-        let run = |policy: &Policy| {
-            matmul::linear(policy, &x, &weight, matmul::Epilogue::default(), false)
-                .expect("the integer kernel takes every q8_0 product in wasm")
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        // The SIMD forms give the portable form's bits at the same levels.
-        assert!(run(&text) == run(&portable), "({m}, {n}, {k})");
-    }
-    let described = int8::describe_forms(&Policy::default());
+/// The encodings of relaxed SIMD's dot this build can run here: the one probed in this engine,
+/// and (in a relaxed build) the 7-bit one that every engine runs exactly, so that both are checked
+/// whatever the engine does.
+fn relaxed_dots() -> Vec<Option<gitcap::model::int8::RelaxedDot>> {
+    use gitcap::model::int8::{set_relaxed_dot, RelaxedDot};
+    set_relaxed_dot(None);
     if cfg!(feature = "relaxed-simd") {
-        assert!(described.contains("(text decoder)"), "{described}");
+        vec![None, Some(RelaxedDot::SevenBit)]
     } else {
-        assert_eq!(described, int8::Kernel::Simd128.describe());
+        vec![None]
     }
 }
 
+/// The text decoder's products quantize activations at ±127 in a form that takes them (relaxed
+/// SIMD where the engine's dot multiplies full bytes exactly, else SIMD128's i16 dot), and every
+/// form, in every encoding of relaxed SIMD's dot, gives the portable form's bits at the same levels.
+#[wasm_bindgen_test]
+fn int8_forms_give_the_portable_bits_in_every_relaxed_encoding() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Tensor};
+    use gitcap::model::int8::{self, set_relaxed_dot, Activations, RelaxedDot};
+    use gitcap::model::{matmul, Policy};
+    for dot in relaxed_dots() {
+        set_relaxed_dot(dot);
+        let probed = int8::relaxed_dot();
+        let relaxed_full = cfg!(feature = "relaxed-simd") && probed != RelaxedDot::SevenBit;
+        let text = Policy::default().for_text_decoder();
+        let want_text = if relaxed_full {
+            int8::Kernel::RelaxedSimd
+        } else {
+            int8::Kernel::Simd128
+        };
+        assert_eq!(int8::kernel(&text), want_text, "{probed:?}");
+        let image = Policy::default();
+        let levels = int8::kernel(&image).max_levels();
+        assert_eq!(
+            levels,
+            if relaxed_full || !cfg!(feature = "relaxed-simd") {
+                127
+            } else {
+                63
+            }
+        );
+        let image = image.with_int8_activations(Activations {
+            levels,
+            per_row: false,
+        });
+        // (The portable form is taken only where asked for: it is not fast.)
+        let portable = |levels: i32| {
+            Policy::default()
+                .with_portable_int8(true)
+                .with_int8_min_rows(1)
+                .with_int8_activations(Activations {
+                    levels,
+                    per_row: false,
+                })
+        };
+        assert_eq!(int8::kernel(&portable(127)), int8::Kernel::Portable);
+        // Decoding's few rows (under 8) take the few-rows loop, the rest the tiles.
+        for (m, n, k) in [
+            (258, 40, 768),
+            (9, 13, 64),
+            (1, 13, 64),
+            (3, 30, 544),
+            (2, 7, 1024),
+            (12, 25, 1088),
+        ] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+            let weight = QMatMul::from_qtensor(q).unwrap();
+            let run = |policy: &Policy| {
+                matmul::linear(policy, &x, &weight, matmul::Epilogue::default(), false)
+                    .expect("the integer kernel takes every q8_0 product in wasm")
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            let at = format!("({m}, {n}, {k}), {probed:?}");
+            assert!(
+                run(&text) == run(&portable(127).for_text_decoder()),
+                "text {at}"
+            );
+            assert!(run(&image) == run(&portable(levels)), "image {at}");
+        }
+        let described = int8::describe_forms(&Policy::default());
+        if cfg!(feature = "relaxed-simd") && !relaxed_full {
+            assert!(described.contains("(text decoder)"), "{described}");
+        } else {
+            assert!(!described.contains("(text decoder)"), "{described}");
+        }
+    }
+    set_relaxed_dot(None);
+}
+
+/// The integer kernel's SIMD form (i16 dot, or relaxed SIMD's i8 dot in a relaxed build) through
+/// `linear`, with bias and quick_gelu, at edges of its tiles and panels: within the bound its
+/// quantized activations allow of candle's product with the expanded weight (each input off by at
+/// most half its block's step, amax / levels), and within 2% in RMS; in each encoding of
+/// relaxed SIMD's dot.
 #[wasm_bindgen_test]
 fn int8_kernel_matches_candle() {
+    use gitcap::model::int8;
+    for dot in relaxed_dots() {
+        int8::set_relaxed_dot(dot);
+        kernel_matches_candle_once();
+    }
+    int8::set_relaxed_dot(None);
+}
+
+fn kernel_matches_candle_once() {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Tensor};
     use gitcap::model::{int8, matmul, Policy};
@@ -723,7 +783,11 @@ fn int8_quantizer_matches_its_definition() {
             }
         })
         .collect();
-    gitcap::model::int8::check_quantizer(&gitcap::model::Policy::default(), &x, m, k).unwrap();
+    for dot in relaxed_dots() {
+        gitcap::model::int8::set_relaxed_dot(dot);
+        gitcap::model::int8::check_quantizer(&gitcap::model::Policy::default(), &x, m, k).unwrap();
+    }
+    gitcap::model::int8::set_relaxed_dot(None);
 }
 
 /// The vector packing of q8_0 weight panels gives the scalar definition's bits in both forms'

@@ -14,9 +14,12 @@ use gitcap::model::{Policy, WideKernel};
 ///   the same bits as the portable one) or with candle: `off` (what CPUs without AVX-512 VNNI
 ///   run: candle's q8_0 kernels, or the weight expanded to f32 for many rows where candle has no
 ///   VNNI tiles), `portable` (every q8_0 product, decoding's single rows too, in the
-///   integer kernel's plain integer arithmetic: the SIMD128 page's results), `relaxed` (the same
-///   with the image encoder's activations at ±63, the text decoder keeping ±127: the relaxed
-///   SIMD page's results). Unset: the fastest form for this CPU (products of 8 rows or more).
+///   integer kernel's plain integer arithmetic: the results of the SIMD128 page, and of the
+///   relaxed SIMD page where the engine's dot multiplies full bytes exactly, as V8 on x86 with
+///   AVX-VNNI does), `relaxed` (the same with the image encoder's activations at ±63, the text
+///   decoder keeping ±127: the relaxed SIMD page's results where the engine's dot is exact for
+///   7-bit operands only; the page's backend line says "x at ±63"). Unset: the fastest form for
+///   this CPU (products of 8 rows or more).
 ///
 /// An error names a value it does not know.
 pub fn from_env() -> Result<Policy, String> {

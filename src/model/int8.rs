@@ -11,9 +11,13 @@
 //! - wasm SIMD128: weights widened to i16 in the panel, `i32x4.dot_i16x8_s` of one broadcast pair
 //!   of x values with four columns × two inputs.
 //! - wasm relaxed SIMD: `i32x4.relaxed_dot_i8x16_i7x16_add_s` of four columns × four inputs with a
-//!   broadcast four x values. The instruction is deterministic only while its second operand's
-//!   top bit is clear, so x is quantized to −63..=63 and offset by 64 into 1..=127; each block's
-//!   sum starts from −64 · Σw (computed at packing), which removes the offset exactly.
+//!   broadcast four x values. The instruction is defined only while its second operand's top bit
+//!   is clear; beyond that each engine does what its CPU's instruction does. So the engine's dot
+//!   is probed once (`RelaxedDot`): where it multiplies all eight bits exactly (x86's `vpdpbusd`
+//!   reads them unsigned, Arm's `sdot` signed) x keeps ±127, offset by 128 into u8 or as it is;
+//!   elsewhere (a saturating `pmaddubsw` sequence) x is quantized to −63..=63 and offset by 64
+//!   into 1..=127. Each block's sum starts from −offset · Σw (computed at packing), which removes
+//!   the offset exactly.
 //! - x86-64 AVX-512 VNNI (`vpdpbusd`, u8 × i8): x offset by 128 into u8, sums starting from
 //!   −128 · Σw. Chosen at run time when the CPU has it; natively q8_0 products otherwise stay with
 //!   candle's kernels.
@@ -73,8 +77,8 @@ impl Kernel {
         self != Kernel::Portable
     }
 
-    /// The fastest form that takes activations at ±127: relaxed SIMD's dot takes 7-bit ones only,
-    /// SIMD128's i16 dot (in the same build) all 8 bits.
+    /// The fastest form that takes activations at ±127 where this one does not: SIMD128's i16 dot
+    /// (in the same build) where the engine's relaxed dot takes 7-bit x only.
     fn with_full_levels(self) -> Kernel {
         match self {
             Kernel::RelaxedSimd
@@ -90,7 +94,7 @@ impl Kernel {
     /// The largest |q| of the quantized activations this form takes.
     pub fn max_levels(self) -> i32 {
         match self {
-            Kernel::RelaxedSimd => 63,
+            Kernel::RelaxedSimd => relaxed_dot().max_levels(),
             _ => 127,
         }
     }
@@ -99,10 +103,100 @@ impl Kernel {
         match self {
             Kernel::Portable => "portable int8",
             Kernel::Simd128 => "wasm SIMD128 i16 dot",
-            Kernel::RelaxedSimd => "wasm relaxed SIMD int8 dot",
+            Kernel::RelaxedSimd => match relaxed_dot() {
+                RelaxedDot::SevenBit => "wasm relaxed SIMD int8 dot, x at ±63",
+                RelaxedDot::Unsigned => "wasm relaxed SIMD int8 dot, x at ±127 (u8 × i8)",
+                RelaxedDot::Signed => "wasm relaxed SIMD int8 dot, x at ±127 (i8 × i8)",
+            },
             Kernel::Avx512Vnni => "AVX-512 VNNI",
         }
     }
+}
+
+/// What this engine's relaxed SIMD dot (`i32x4.relaxed_dot_i8x16_i7x16_add_s`) does with a second
+/// operand whose top bit is set, which the standard leaves to the engine: V8 on x86 with AVX-VNNI
+/// emits `vpdpbusd` (bytes read unsigned, summed exactly), on Arm with dot products `sdot` (read
+/// signed, exactly); other lowerings (`pmaddubsw`'s saturating pairs) are exact for 7-bit operands
+/// only. Probed once per engine (`relaxed_dot`); the integer sums are exact in every case, so
+/// each gives the portable form's bits at the same levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelaxedDot {
+    /// Exact for 7-bit operands only: x at ±63, offset by 64 into 1..=127.
+    SevenBit,
+    /// Bytes as u8, exact: x at ±127, offset by 128 into 1..=255.
+    Unsigned,
+    /// Bytes as i8, exact: x at ±127 as they are.
+    Signed,
+}
+
+impl RelaxedDot {
+    fn offset(self) -> i32 {
+        match self {
+            RelaxedDot::SevenBit => 64,
+            RelaxedDot::Unsigned => 128,
+            RelaxedDot::Signed => 0,
+        }
+    }
+
+    fn max_levels(self) -> i32 {
+        match self {
+            RelaxedDot::SevenBit => 63,
+            RelaxedDot::Unsigned | RelaxedDot::Signed => 127,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            RelaxedDot::SevenBit => 1,
+            RelaxedDot::Unsigned => 2,
+            RelaxedDot::Signed => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<RelaxedDot> {
+        match code {
+            1 => Some(RelaxedDot::SevenBit),
+            2 => Some(RelaxedDot::Unsigned),
+            3 => Some(RelaxedDot::Signed),
+            _ => None,
+        }
+    }
+}
+
+/// The probed `RelaxedDot`, or the one `set_relaxed_dot` put in its place (0: not probed yet).
+static RELAXED_DOT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// How this engine's relaxed dot treats full bytes; `SevenBit` (true everywhere) in builds without
+/// relaxed SIMD.
+pub fn relaxed_dot() -> RelaxedDot {
+    use std::sync::atomic::Ordering;
+    if let Some(dot) = RelaxedDot::from_code(RELAXED_DOT.load(Ordering::Relaxed)) {
+        return dot;
+    }
+    #[cfg(all(
+        target_arch = "wasm32",
+        any(target_feature = "relaxed-simd", feature = "relaxed-simd")
+    ))]
+    // SAFETY: a relaxed SIMD build runs only in engines that validate relaxed SIMD.
+    let dot = unsafe { wasm::probe_relaxed_dot() };
+    #[cfg(not(all(
+        target_arch = "wasm32",
+        any(target_feature = "relaxed-simd", feature = "relaxed-simd")
+    )))]
+    let dot = RelaxedDot::SevenBit;
+    RELAXED_DOT.store(dot.code(), Ordering::Relaxed);
+    dot
+}
+
+/// Makes the relaxed SIMD form run as if the engine's dot were `dot`, or probes again (`None`):
+/// for the tests, which check every encoding in one engine. `Unsigned` or `Signed` where the
+/// engine does otherwise gives wrong products.
+#[doc(hidden)]
+pub fn set_relaxed_dot(dot: Option<RelaxedDot>) {
+    RELAXED_DOT.store(
+        dot.map_or(0, RelaxedDot::code),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// The form products run under `policy`: the best one, or the portable one where it asks for it;
@@ -183,6 +277,8 @@ struct QuantizedX {
     words: Vec<u32>,
     words_per_row: usize,
     scales: Vec<f32>,
+    /// What was added to every value (`offset`): the packing's starting sums take it away.
+    offset: i32,
 }
 
 /// Round half to even by adding and removing 1.5 · 2²³ (exact for |a| < 2²²): no libm call, so
@@ -205,6 +301,7 @@ fn quantize_x(
 ) -> QuantizedX {
     let blocks = k / BLOCK;
     let words_per_row = k / per_word(kernel);
+    let offset = offset(kernel);
     let mut words = vec![0u32; m * words_per_row];
     let mut scales = vec![0f32; m * blocks];
     let rows = |x: &[f32], words: &mut [u32], scales: &mut [f32]| {
@@ -213,7 +310,7 @@ fn quantize_x(
             .zip(words.chunks_exact_mut(words_per_row))
             .zip(scales.chunks_exact_mut(blocks))
         {
-            quantize_row(row, words, scales, kernel, a);
+            quantize_row(row, words, scales, kernel, a, offset);
         }
     };
     if workers > 1 && m >= 2 * workers {
@@ -230,6 +327,7 @@ fn quantize_x(
         words,
         words_per_row,
         scales,
+        offset,
     }
 }
 
@@ -250,11 +348,12 @@ fn quantize_row(
     scales: &mut [f32],
     kernel: Kernel,
     a: Activations,
+    offset: i32,
 ) {
     let levels = a.levels as f32;
     let row_amax = if a.per_row { amax(row) } else { 0.0 };
     let per = per_word(kernel);
-    let offset = offset(kernel) as i8;
+    let offset = offset as i8;
     for ((xs, words), scale_out) in row
         .chunks_exact(BLOCK)
         .zip(words.chunks_exact_mut(BLOCK / per))
@@ -313,7 +412,7 @@ pub fn check_quantizer(
     let a = activations(policy, kernel);
     let got = quantize_x(x, m, k, kernel, a, policy.parts());
     let per = per_word(kernel);
-    let offset = offset(kernel) as i8;
+    let offset = got.offset as i8;
     let levels = a.levels as f32;
     for (i, row) in x.chunks_exact(k).enumerate() {
         let row_amax = row.iter().fold(0f32, |m, &x| m.max(x.abs()));
@@ -381,7 +480,9 @@ pub fn check_packing(blocks: &[u8], n: usize, k: usize) -> std::result::Result<(
         }
         let w = Q8_0Weight { blocks, k };
         compare::<i16>(&w, 2, 0)?;
-        compare::<i8>(&w, 4, 64)?;
+        for offset in [64, 128, 0] {
+            compare::<i8>(&w, 4, offset)?;
+        }
     }
     Ok(())
 }
@@ -389,7 +490,7 @@ pub fn check_packing(blocks: &[u8], n: usize, k: usize) -> std::result::Result<(
 /// What the form adds to each quantized x value to make it an operand its instruction takes.
 fn offset(kernel: Kernel) -> i32 {
     match kernel {
-        Kernel::RelaxedSimd => 64,
+        Kernel::RelaxedSimd => relaxed_dot().offset(),
         Kernel::Avx512Vnni => 128,
         Kernel::Portable | Kernel::Simd128 => 0,
     }
@@ -803,7 +904,7 @@ mod portable {
             let kc = KC.min(t.k - k0);
             for j0 in (j_start..j_end).step_by(NW) {
                 let nw = NW.min(j_end - j0);
-                panel.pack(w, k0, kc, j0, nw, NW, 4, 0);
+                panel.pack(w, k0, kc, j0, nw, NW, 4, t.xq.offset);
                 for i in 0..t.m {
                     let words = t.x_words(i, k0, 4);
                     let sx = t.x_scales(i, k0);
@@ -854,7 +955,7 @@ mod x86 {
             let kc = KC.min(t.k - k0);
             for j0 in (j_start..j_end).step_by(NW) {
                 let nw = NW.min(j_end - j0);
-                panel.pack(w, k0, kc, j0, nw, NW, 4, 128);
+                panel.pack(w, k0, kc, j0, nw, NW, 4, t.xq.offset);
                 let mut i = 0;
                 while i + MR <= t.m {
                     // SAFETY: the caller's contract; rows i..i + MR.
@@ -1144,7 +1245,7 @@ mod wasm {
             let kc = KC.min(t.k - k0);
             for j0 in (j_start..j_end).step_by(NW) {
                 let nw = NW.min(j_end - j0);
-                pack(&mut panel, w, k0, kc, j0, nw, 2, 0);
+                pack(&mut panel, w, k0, kc, j0, nw, 2, t.xq.offset);
                 let mut i = 0;
                 while i + MR <= t.m {
                     // SAFETY: the caller's contract; rows i..i + MR.
@@ -1395,8 +1496,66 @@ mod wasm {
         )
     }
 
+    /// Asks the engine's relaxed dot for products whose x byte has its top bit set, at the ends of
+    /// the ranges the kernel feeds it (weights −128..=127; x 1..=255 read unsigned, −127..=127
+    /// signed), where a lowering through 16-bit pairs saturates: which `RelaxedDot` every answer
+    /// matches exactly. V8 (Liftoff and TurboFan alike) and SpiderMonkey lower the instruction
+    /// through one macro-assembler routine per CPU, so the probe's answer is the kernel's.
+    #[cfg(any(target_feature = "relaxed-simd", feature = "relaxed-simd"))]
+    #[target_feature(enable = "relaxed-simd")]
+    pub unsafe fn probe_relaxed_dot() -> RelaxedDot {
+        const W: [[i8; 16]; 4] = [
+            [127; 16],
+            [-128; 16],
+            [
+                127, -128, 1, -1, 0, 100, -100, 64, -64, 127, -127, 3, 77, -77, 126, -128,
+            ],
+            [
+                -127, -127, 127, 127, 5, -6, 7, -8, 90, 91, -92, -93, 0, 1, 2, 3,
+            ],
+        ];
+        const X: [[u8; 16]; 4] = [
+            [255; 16],
+            [
+                128, 129, 255, 254, 1, 127, 128, 200, 56, 255, 255, 1, 130, 131, 255, 255,
+            ],
+            [
+                255, 255, 255, 255, 128, 128, 128, 128, 129, 200, 250, 251, 1, 2, 3, 127,
+            ],
+            [1; 16],
+        ];
+        let (mut unsigned, mut signed) = (true, true);
+        for w in &W {
+            for x in &X {
+                let wv = std::hint::black_box(v128_load(w.as_ptr() as *const v128));
+                let xv = std::hint::black_box(v128_load(x.as_ptr() as *const v128));
+                let got = i32x4_relaxed_dot_i8x16_i7x16_add(wv, xv, i32x4_splat(0));
+                let lanes: [i32; 4] = [
+                    i32x4_extract_lane::<0>(got),
+                    i32x4_extract_lane::<1>(got),
+                    i32x4_extract_lane::<2>(got),
+                    i32x4_extract_lane::<3>(got),
+                ];
+                for (lane, &value) in lanes.iter().enumerate() {
+                    let sum = |read: fn(u8) -> i32| -> i32 {
+                        (4 * lane..4 * lane + 4)
+                            .map(|l| i32::from(w[l]) * read(x[l]))
+                            .sum()
+                    };
+                    unsigned &= value == sum(i32::from);
+                    signed &= value == sum(|b| i32::from(b as i8));
+                }
+            }
+        }
+        match (unsigned, signed) {
+            (true, _) => RelaxedDot::Unsigned,
+            (false, true) => RelaxedDot::Signed,
+            (false, false) => RelaxedDot::SevenBit,
+        }
+    }
+
     /// Relaxed SIMD: weights as bytes, `i32x4.relaxed_dot_i8x16_i7x16_add_s` with four broadcast
-    /// x values offset into 1..=127.
+    /// x values in the engine's encoding (`RelaxedDot`).
     ///
     /// Compiled for relaxed SIMD function by function (`#[target_feature]`, the crate's
     /// `relaxed-simd` feature) rather than by a global target feature, so that the relaxed build
@@ -1419,7 +1578,7 @@ mod wasm {
             let kc = KC.min(t.k - k0);
             for j0 in (j_start..j_end).step_by(NW) {
                 let nw = NW.min(j_end - j0);
-                pack(&mut panel, w, k0, kc, j0, nw, 4, 64);
+                pack(&mut panel, w, k0, kc, j0, nw, 4, t.xq.offset);
                 let mut i = 0;
                 while i + MR <= t.m {
                     // SAFETY: the caller's contract; rows i..i + MR.

@@ -211,8 +211,9 @@ impl Policy {
     }
 
     /// How the integer kernel quantizes the activations (levels clamped to 1..=127, and capped by
-    /// the form: relaxed SIMD takes 63), for the accuracy measurements and to give the relaxed
-    /// SIMD page's bits natively (`GITCAP_INT8=relaxed`).
+    /// the form: relaxed SIMD takes 63 where the engine's dot is exact for 7-bit operands only,
+    /// `int8::RelaxedDot`), for the accuracy measurements and to give that relaxed SIMD page's
+    /// bits natively (`GITCAP_INT8=relaxed`).
     pub fn with_int8_activations(mut self, a: Activations) -> Self {
         self.int8_activations = Activations {
             levels: a.levels.clamp(1, 127),
@@ -223,8 +224,9 @@ impl Policy {
 
     /// How the integer kernel quantizes the text decoder's activations (default ±127 per block of
     /// 32). Unlike the image encoder's, these levels are not capped by the fastest form: the text
-    /// decoder's products take a form that can hold them (in the relaxed SIMD build, SIMD128's
-    /// i16 dot instead of relaxed SIMD's ±63). The decoder's quantization is most of the final
+    /// decoder's products take a form that can hold them (in the relaxed SIMD build, where the
+    /// engine's dot is exact for 7-bit operands only, SIMD128's i16 dot instead of relaxed SIMD's
+    /// ±63; where it multiplies full bytes exactly, relaxed SIMD). The decoder's quantization is most of the final
     /// logits' error: on git-large (random weights, the shared images) ±63 everywhere gave
     /// 2.15e-2 mean / 2.34e-2 max relative error against f32, above ONNX Runtime's int8 model's
     /// 1.78e-2 / 2.12e-2, and ±63 in the encoder with ±127 in the decoder 1.66e-2 / 1.94e-2

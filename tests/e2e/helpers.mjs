@@ -119,9 +119,10 @@ export function nativeCaption(image, extraArgs = [], { model = TINY, int8 } = {}
 }
 
 /** The CLI's GITCAP_INT8 form that gives the bits of the page's integer kernel, from the page's
- *  backend line: every wasm form equals the portable one, except relaxed SIMD (x at ±63). */
+ *  backend line: every wasm form equals the portable one, except relaxed SIMD where the engine's
+ *  dot is exact for 7-bit operands only (x at ±63 in the image encoder). */
 export function int8FormOfPage(backendText) {
-  return /relaxed SIMD/.test(backendText) ? 'relaxed' : 'portable';
+  return /x at ±63/.test(backendText) ? 'relaxed' : 'portable';
 }
 
 /** The page's query for tests that compare with the CLI's captions of the f32 fixture: the weights

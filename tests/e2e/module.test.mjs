@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { startServer, launch, recordRequests, nativeCaption, gitcapBin, sha256, IMAGES, TINY } from './helpers.mjs';
+import { startServer, launch, recordRequests, nativeCaption, int8FormOfPage, gitcapBin, sha256, IMAGES, TINY } from './helpers.mjs';
 import { makeSite } from './module-helpers.mjs';
 
 const CHELSEA = path.join(IMAGES, 'chelsea.png');
@@ -332,7 +332,7 @@ test('store: a wrong value is refused; q8_0 of a safetensors source is converted
   assert.match(r.bad, /store must be one of 'q8_0', 'q4k', 'as-is'; got "q9"/);
   assert.equal(r.info.weights, 'q8_0', JSON.stringify(r.info));
   // `gitcap quantize` of the same folder, captioned by the CLI with the page's integer-kernel form.
-  const form = /relaxed/.test(r.info.backend) ? 'relaxed' : 'portable';
+  const form = int8FormOfPage(r.info.backend);
   const native = nativeCaption(CHELSEA, [], { model: path.join(ggufDir, 'tiny-q8_0.gguf'), int8: form });
   assert.deepEqual(r.ids, native.token_ids);
 });
@@ -347,7 +347,7 @@ test('a q8_0 .gguf source: store q8_0 keeps it as it is, info says q8_0, and ids
   }, model);
   assert.equal(r.info.weights, 'q8_0');
   assert.equal(r.info.store, 'as-is');
-  const form = /relaxed/.test(r.info.backend) ? 'relaxed' : 'portable';
+  const form = int8FormOfPage(r.info.backend);
   const native = nativeCaption(CHELSEA, [], { model: path.join(ggufDir, 'tiny-q8_0.gguf'), int8: form });
   assert.deepEqual(r.ids, native.token_ids);
 });
@@ -397,7 +397,7 @@ test('no store: a safetensors source is stored as q8_0, the file gitcap quantize
   assert.equal(stored.complete, true);
   assert.equal(stored.size, want.length);
   assert.equal(stored.sha256, await sha256(want));
-  const form = /relaxed/.test(r.info.backend) ? 'relaxed' : 'portable';
+  const form = int8FormOfPage(r.info.backend);
   assert.deepEqual(r.ids, nativeCaption(CHELSEA, [], { model: file, int8: form }).token_ids);
   assert.equal(r.again.fromCache, true);
   assert.equal(r.again.store, 'q8_0');
