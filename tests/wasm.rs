@@ -651,7 +651,7 @@ fn int8_forms_give_the_portable_bits_in_every_relaxed_encoding() {
 /// The integer kernel's SIMD form (i16 dot, or relaxed SIMD's i8 dot in a relaxed build) through
 /// `linear`, with bias and quick_gelu, at edges of its tiles and panels: within the bound its
 /// quantized activations allow of candle's product with the expanded weight (each input off by at
-/// most half its block's step, amax / levels), and within 2% in RMS; in each encoding of
+/// most half its block's step, amax / levels), and within 2.5 / levels in RMS; in each encoding of
 /// relaxed SIMD's dot.
 #[wasm_bindgen_test]
 fn int8_kernel_matches_candle() {
@@ -744,8 +744,14 @@ fn kernel_matches_candle_once() {
                 norm2 += f64::from(want[i][j]).powi(2);
             }
         }
+        // Quantizing x per block of 32 gives about 0.7% (±127) or 1.4% (±63) on these Gaussian
+        // values; a product of few outputs (9 here) can land at twice that by chance.
         let rel = (err2 / norm2).sqrt();
-        assert!(rel < 2e-2, "({m}, {n}, {k}): relative RMS error {rel}");
+        let limit = 2.5 / f64::from(levels);
+        assert!(
+            rel < limit,
+            "({m}, {n}, {k}): relative RMS error {rel}, over {limit} at ±{levels}"
+        );
     }
     assert_eq!(
         policy.stats().int8_products(),
