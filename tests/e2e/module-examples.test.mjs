@@ -9,19 +9,25 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { startServer, launch, nativeCaption, gitcapBin, IMAGES, ROOT, TINY } from './helpers.mjs';
+import { startServer, launch, nativeCaption, int8FormOfPage, gitcapBin, IMAGES, ROOT, TINY } from './helpers.mjs';
 import { ensureModule } from './module-helpers.mjs';
-import { RELAXED_SIMD_PROBE } from '../../www/wasm.js';
 
 let q8;
+let int8Form;
 /** The CLI's caption of `image` on the q8_0 file, with the integer kernel's form the page's build
- *  runs: the relaxed SIMD build where the engine validates relaxed SIMD (www/wasm.js's choice;
- *  single-threaded here), else the plain one, whose products equal the portable form. */
+ *  runs (single-threaded here), read from the module's backend line once: every wasm form gives
+ *  the portable form's bits, except relaxed SIMD where the engine's dot takes 7-bit x only. */
 async function cliQ8(page, image) {
-  const relaxed =
-    fs.existsSync(path.join(site, 'dist/gitcap/pkg-relaxed/gitcap.js')) &&
-    (await page.evaluate((probe) => WebAssembly.validate(new Uint8Array(probe)), [...RELAXED_SIMD_PROBE]));
-  return nativeCaption(path.join(IMAGES, image), [], { model: q8, int8: relaxed ? 'relaxed' : 'portable' }).text;
+  int8Form ??= int8FormOfPage(
+    await page.evaluate(async () => {
+      const M = await import('/dist/gitcap/gitcap.js');
+      const c = await M.Captioner.load({ model: '/models/tiny-coco/', threads: 1, persist: false });
+      const backend = c.info.backend;
+      c.dispose();
+      return backend;
+    })
+  );
+  return nativeCaption(path.join(IMAGES, image), [], { model: q8, int8: int8Form }).text;
 }
 
 let server;
