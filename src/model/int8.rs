@@ -1499,8 +1499,11 @@ mod wasm {
     /// Asks the engine's relaxed dot for products whose x byte has its top bit set, at the ends of
     /// the ranges the kernel feeds it (weights −128..=127; x 1..=255 read unsigned, −127..=127
     /// signed), where a lowering through 16-bit pairs saturates: which `RelaxedDot` every answer
-    /// matches exactly. V8 (Liftoff and TurboFan alike) and SpiderMonkey lower the instruction
-    /// through one macro-assembler routine per CPU, so the probe's answer is the kernel's.
+    /// matches exactly. The answer holds for the kernel as long as the engine lowers the
+    /// instruction one way per CPU in all its tiers; in Chromium 156 on an AMD Zen 5 the
+    /// optimized kernel's code was seen to use `vpdpbusd` (`perf annotate`) and the probe said
+    /// `Unsigned`, and with V8's AVX-VNNI turned off (`--js-flags=--no-enable-avx-vnni`) it said
+    /// `SevenBit`.
     #[cfg(any(target_feature = "relaxed-simd", feature = "relaxed-simd"))]
     #[target_feature(enable = "relaxed-simd")]
     pub unsafe fn probe_relaxed_dot() -> RelaxedDot {
