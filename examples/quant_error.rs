@@ -15,9 +15,10 @@
 //! `--paths a,b,...` (after `errors`) measures each model through each product path: `default`
 //! (what the build does here), `candle` (candle's q8_0 kernels), `f32` (q8_0 weights expanded
 //! into the f32 kernel: exact activations), `int8` (the integer kernel, activations per block of
-//! 32 at ±127), `int8-row` (one activation scale per row), `int8-63` (the relaxed SIMD build's:
-//! ±63 in the image encoder, ±127 in the text decoder), `int8-63-everywhere` (±63 in both, the
-//! relaxed build before 2026-12-01).
+//! 32 at ±127: also the relaxed SIMD page's where the engine's dot multiplies full bytes
+//! exactly), `int8-row` (one activation scale per row), `int8-63` (the relaxed SIMD page's where
+//! the engine's dot takes 7-bit x only: ±63 in the image encoder, ±127 in the text decoder),
+//! `int8-63-everywhere` (±63 in both, the relaxed build before 2026-12-01).
 //!
 //! `time`: loads the model, then per image encodes it and generates exactly TOKENS (default 20)
 //! greedy tokens (EOS ignored, so every type does the same work); prints one JSON line with the
@@ -118,7 +119,8 @@ fn path_policy(path: &str) -> Result<Policy> {
                 per_row: path == "int8-row",
             };
             // The text decoder keeps ±127 per block unless the path says otherwise (as the
-            // relaxed SIMD page does since its ±63 there exceeded ONNX Runtime's logits error).
+            // relaxed SIMD page does on 7-bit engines, since ±63 there exceeded ONNX Runtime's
+            // logits error).
             let text = match path {
                 "int8-row" | "int8-63-everywhere" => image,
                 _ => Activations::default(),

@@ -564,12 +564,21 @@ fn relaxed_dots() -> Vec<Option<gitcap::model::int8::RelaxedDot>> {
     }
 }
 
+/// A random Gaussian weight (n × k) quantized to q8_0, and its q8_0 values expanded to f32.
+fn random_q8_0(n: usize, k: usize) -> (candle_core::quantized::QMatMul, candle_core::Tensor) {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Tensor};
+    let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+    let expanded = q.dequantize(&Device::Cpu).unwrap();
+    (QMatMul::from_qtensor(q).unwrap(), expanded)
+}
+
 /// The text decoder's products quantize activations at ±127 in a form that takes them (relaxed
 /// SIMD where the engine's dot multiplies full bytes exactly, else SIMD128's i16 dot), and every
 /// form, in every encoding of relaxed SIMD's dot, gives the portable form's bits at the same levels.
 #[wasm_bindgen_test]
 fn int8_forms_give_the_portable_bits_in_every_relaxed_encoding() {
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Tensor};
     use gitcap::model::int8::{self, set_relaxed_dot, Activations, RelaxedDot};
     use gitcap::model::{matmul, Policy};
@@ -618,10 +627,8 @@ fn int8_forms_give_the_portable_bits_in_every_relaxed_encoding() {
             (2, 7, 1024),
             (12, 25, 1088),
         ] {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let (weight, _) = random_q8_0(n, k);
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-            let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-            let weight = QMatMul::from_qtensor(q).unwrap();
             let run = |policy: &Policy| {
                 matmul::linear(policy, &x, &weight, matmul::Epilogue::default(), false)
                     .expect("the integer kernel takes every q8_0 product in wasm")
@@ -664,7 +671,6 @@ fn int8_kernel_matches_candle() {
 }
 
 fn kernel_matches_candle_once() {
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Tensor};
     use gitcap::model::{int8, matmul, Policy};
     let policy = Policy::default();
@@ -689,12 +695,9 @@ fn kernel_matches_candle_once() {
         (7, 5, 544),
     ];
     for (m, n, k) in shapes {
-        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let (weight, expanded) = random_q8_0(n, k);
         let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let expanded = q.dequantize(&Device::Cpu).unwrap();
-        let weight = QMatMul::from_qtensor(q).unwrap();
         let want = x
             .matmul(&expanded.t().unwrap())
             .unwrap()

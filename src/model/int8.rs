@@ -119,14 +119,16 @@ impl Kernel {
 /// signed, exactly); other lowerings (`pmaddubsw`'s saturating pairs) are exact for 7-bit operands
 /// only. Probed once per engine (`relaxed_dot`); the integer sums are exact in every case, so
 /// each gives the portable form's bits at the same levels.
+/// (The discriminants are what `RELAXED_DOT` holds; 0 there means not probed yet.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum RelaxedDot {
     /// Exact for 7-bit operands only: x at ±63, offset by 64 into 1..=127.
-    SevenBit,
+    SevenBit = 1,
     /// Bytes as u8, exact: x at ±127, offset by 128 into 1..=255.
-    Unsigned,
+    Unsigned = 2,
     /// Bytes as i8, exact: x at ±127 as they are.
-    Signed,
+    Signed = 3,
 }
 
 impl RelaxedDot {
@@ -145,21 +147,14 @@ impl RelaxedDot {
         }
     }
 
-    fn code(self) -> u8 {
-        match self {
-            RelaxedDot::SevenBit => 1,
-            RelaxedDot::Unsigned => 2,
-            RelaxedDot::Signed => 3,
-        }
-    }
-
     fn from_code(code: u8) -> Option<RelaxedDot> {
-        match code {
-            1 => Some(RelaxedDot::SevenBit),
-            2 => Some(RelaxedDot::Unsigned),
-            3 => Some(RelaxedDot::Signed),
-            _ => None,
-        }
+        [
+            RelaxedDot::SevenBit,
+            RelaxedDot::Unsigned,
+            RelaxedDot::Signed,
+        ]
+        .into_iter()
+        .find(|dot| *dot as u8 == code)
     }
 }
 
@@ -184,7 +179,7 @@ pub fn relaxed_dot() -> RelaxedDot {
         any(target_feature = "relaxed-simd", feature = "relaxed-simd")
     )))]
     let dot = RelaxedDot::SevenBit;
-    RELAXED_DOT.store(dot.code(), Ordering::Relaxed);
+    RELAXED_DOT.store(dot as u8, Ordering::Relaxed);
     dot
 }
 
@@ -194,7 +189,7 @@ pub fn relaxed_dot() -> RelaxedDot {
 #[doc(hidden)]
 pub fn set_relaxed_dot(dot: Option<RelaxedDot>) {
     RELAXED_DOT.store(
-        dot.map_or(0, RelaxedDot::code),
+        dot.map_or(0, |dot| dot as u8),
         std::sync::atomic::Ordering::Relaxed,
     );
 }
@@ -412,7 +407,14 @@ pub fn check_quantizer(
     let a = activations(policy, kernel);
     let got = quantize_x(x, m, k, kernel, a, policy.parts());
     let per = per_word(kernel);
-    let offset = got.offset as i8;
+    if got.offset != offset(kernel) {
+        return Err(format!(
+            "x offset by {}, the form's offset is {}",
+            got.offset,
+            offset(kernel)
+        ));
+    }
+    let offset = offset(kernel) as i8;
     let levels = a.levels as f32;
     for (i, row) in x.chunks_exact(k).enumerate() {
         let row_amax = row.iter().fold(0f32, |m, &x| m.max(x.abs()));
