@@ -141,6 +141,16 @@ pub struct Placement {
     /// The tensor is a matrix that should have taken the requested type but its row length
     /// does not divide into that type's blocks.
     pub fallback: bool,
+    /// q8_0 blocks written in pairs that share one scale (`crate::quantize::encode_paired_q8_0`):
+    /// the image encoder's matrices, whose products of 257 rows the integer kernel then sums per
+    /// 64 inputs (`crate::model::int8::PAIR`). Still plain q8_0 to every reader.
+    pub paired: bool,
+}
+
+/// Whether `name` is a matrix of the image encoder (the vision transformer and its projection),
+/// whose q8_0 blocks are paired.
+fn image_encoder_matrix(name: &str) -> bool {
+    name.starts_with("git.image_encoder.") || name.starts_with("git.visual_projection.")
 }
 
 /// The storage type of a checkpoint tensor under `quant_type` (see the module documentation).
@@ -148,6 +158,7 @@ pub fn placement(name: &str, shape: &[usize], quant_type: QuantType) -> Placemen
     let keep = |dtype| Placement {
         dtype,
         fallback: false,
+        paired: false,
     };
     if quant_type == QuantType::F16 {
         return keep(if shape.len() >= 2 {
@@ -163,17 +174,24 @@ pub fn placement(name: &str, shape: &[usize], quant_type: QuantType) -> Placemen
     }
     let cols = shape[1];
     let want = quant_type.ggml();
+    let q8_0 = |fallback| Placement {
+        dtype: GgmlDType::Q8_0,
+        fallback,
+        paired: image_encoder_matrix(name) && cols.is_multiple_of(crate::model::int8::PAIR),
+    };
     if cols.is_multiple_of(want.block_size()) {
-        keep(want)
-    } else if cols.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-        Placement {
-            dtype: GgmlDType::Q8_0,
-            fallback: true,
+        if want == GgmlDType::Q8_0 {
+            q8_0(false)
+        } else {
+            keep(want)
         }
+    } else if cols.is_multiple_of(GgmlDType::Q8_0.block_size()) {
+        q8_0(true)
     } else {
         Placement {
             dtype: GgmlDType::F16,
             fallback: true,
+            paired: false,
         }
     }
 }

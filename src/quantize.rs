@@ -80,6 +80,8 @@ pub struct Planned {
     pub dtype: GgmlDType,
     /// See [`crate::gguf::Placement::fallback`].
     pub fallback: bool,
+    /// See [`crate::gguf::Placement::paired`].
+    pub paired: bool,
     pub elements: u64,
     /// Its data in the file, without padding.
     pub bytes: u64,
@@ -175,6 +177,7 @@ impl Plan {
                 shape,
                 dtype: p.dtype,
                 fallback: p.fallback,
+                paired: p.paired,
                 elements,
                 bytes,
                 offset,
@@ -337,6 +340,47 @@ pub fn encode(values: &[f32], dtype: GgmlDType, out: &mut Vec<u8>) -> Result<()>
     let q = QTensor::quantize(&t, dtype)?;
     out.extend_from_slice(&q.data()?);
     Ok(())
+}
+
+/// Appends `values`, a whole number of pairs of q8_0 blocks, as q8_0 blocks quantized in pairs:
+/// candle's q8_0 quantizer (scale d = amax / 127 stored as f16, q = round(x / d) through the f32
+/// inverse) with amax taken over both blocks of each pair, which then store the same scale.
+/// Values whose pair holds a larger one lose precision; the integer kernel makes one step of each
+/// pair in return (`crate::model::int8::PAIR`).
+pub fn encode_paired_q8_0(values: &[f32], out: &mut Vec<u8>) {
+    const PAIR: usize = crate::model::int8::PAIR;
+    assert!(values.len().is_multiple_of(PAIR));
+    for pair in values.chunks_exact(PAIR) {
+        let amax = pair.iter().fold(0f32, |m, &x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let scale = half::f16::from_f32(d).to_le_bytes();
+        for block in pair.chunks_exact(PAIR / 2) {
+            out.extend_from_slice(&scale);
+            out.extend(block.iter().map(|&x| (x * inverse).round() as i8 as u8));
+        }
+    }
+}
+
+impl Planned {
+    /// Values converted at a time: a block of its type, or a pair of q8_0 blocks.
+    pub fn unit(&self) -> usize {
+        if self.paired {
+            crate::model::int8::PAIR
+        } else {
+            self.dtype.block_size()
+        }
+    }
+
+    /// Appends `values`, a whole number of `unit`s, in this tensor's storage layout.
+    pub fn encode(&self, values: &[f32], out: &mut Vec<u8>) -> Result<()> {
+        if self.paired {
+            encode_paired_q8_0(values, out);
+            Ok(())
+        } else {
+            encode(values, self.dtype, out)
+        }
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -590,7 +634,7 @@ mod native {
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             out.clear();
-            encode(&values, t.dtype, &mut out)
+            t.encode(&values, &mut out)
                 .map_err(|e| Error::weight(&t.name, format!("could not be converted: {e}")))?;
             drop(values);
             debug_assert_eq!(out.len() as u64, t.bytes);

@@ -13,12 +13,11 @@
 //! blob (the source header and those carries) that [`QuantizeStream::resume`] turns back into
 //! the stream: the caller keeps the output produced so far and the state, not the source.
 
-use candle_core::quantized::GgmlDType;
 use sha2::Digest;
 
 use crate::captioner::ModelFiles;
 use crate::gguf::QuantType;
-use crate::quantize::{check_files, encode, padding, Plan, Progress, QuantizeSummary};
+use crate::quantize::{check_files, padding, Plan, Planned, Progress, QuantizeSummary};
 use crate::stream_load::{
     corrupt, header_len, parse_header, take_front, truncation, Carry, Elem, Entry, Phase,
 };
@@ -246,7 +245,7 @@ impl QuantizeStream {
         let n = (total - self.taken).min(chunk.len() as u64) as usize;
         if let Some(slot) = plan.slots[self.next] {
             let t = &plan.tensors[slot];
-            let (elem, dtype) = (e.elem, t.dtype);
+            let elem = e.elem;
             let size = elem.size();
             let mut bytes = &chunk[..n];
             self.carry.complete(elem, &mut bytes, &mut self.pending);
@@ -254,11 +253,11 @@ impl QuantizeStream {
                 let k = (bytes.len() / size).min(PIECE) * size;
                 elem.decode(&bytes[..k], &mut self.pending);
                 bytes = &bytes[k..];
-                flush_blocks(&mut self.pending, dtype, out).map_err(|err| {
+                flush_units(&mut self.pending, t, out).map_err(|err| {
                     Error::weight(&t.name, format!("could not be converted: {err}"))
                 })?;
             }
-            flush_blocks(&mut self.pending, dtype, out)
+            flush_units(&mut self.pending, t, out)
                 .map_err(|err| Error::weight(&t.name, format!("could not be converted: {err}")))?;
             self.carry.keep(bytes);
             if self.taken + n as u64 == total {
@@ -499,7 +498,7 @@ impl QuantizeStream {
             Some(i) => {
                 let t = &plan.tensors[i];
                 let size = e.elem.size() as u64;
-                let block = t.dtype.block_size() as u64;
+                let block = t.unit() as u64;
                 let decoded = self.taken - self.carry.len() as u64;
                 if self.carry.len() as u64 >= size || !decoded.is_multiple_of(size) {
                     return false;
@@ -509,7 +508,9 @@ impl QuantizeStream {
                     && self.emitted
                         == self.gguf_header_len
                             + t.offset
-                            + values / block * t.dtype.type_size() as u64
+                            + values / block
+                                * (t.unit() / t.dtype.block_size()) as u64
+                                * t.dtype.type_size() as u64
             }
         }
     }
@@ -525,11 +526,11 @@ fn again(e: &Error) -> Error {
     }
 }
 
-/// Converts the whole blocks of `pending` and keeps the rest.
-fn flush_blocks(pending: &mut Vec<f32>, dtype: GgmlDType, out: &mut Vec<u8>) -> Result<()> {
-    let whole = pending.len() - pending.len() % dtype.block_size();
+/// Converts the whole units (`Planned::unit`) of `pending` and keeps the rest.
+fn flush_units(pending: &mut Vec<f32>, t: &Planned, out: &mut Vec<u8>) -> Result<()> {
+    let whole = pending.len() - pending.len() % t.unit();
     if whole > 0 {
-        encode(&pending[..whole], dtype, out)?;
+        t.encode(&pending[..whole], out)?;
         pending.drain(..whole);
     }
     Ok(())

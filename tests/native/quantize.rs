@@ -15,7 +15,7 @@ use gitcap::checkpoint::{load_dir, load_gguf};
 use gitcap::gguf::{
     captioner_from_gguf, inspect, inspect_file, keys, placement, QuantType, FORMAT_VERSION,
 };
-use gitcap::quantize::quantize_checkpoint;
+use gitcap::quantize::{encode_paired_q8_0, quantize_checkpoint};
 use gitcap::Captioner;
 
 /// A path under the system temp dir, unique to this test, removed when dropped.
@@ -95,6 +95,16 @@ fn placement_follows_block_sizes() {
         placement(patch, &[1024, 3, 14, 14], QuantType::F16).dtype,
         GgmlDType::F16
     );
+    // q8_0 blocks go in pairs of one scale in the image encoder's matrices whose rows divide
+    // into pairs, nowhere else.
+    let paired = |name: &str, shape: &[usize], t| placement(name, shape, t).paired;
+    let fc1 = "git.image_encoder.vision_model.encoder.layers.3.mlp.fc1.weight";
+    let projection = "git.visual_projection.visual_projection.0.weight";
+    assert!(paired(fc1, &[4096, 1024], q8) && paired(projection, &[768, 1024], q8));
+    assert!(!paired(fc1, &[64, 32], q8) && !paired(linear, &[768, 768], q8));
+    // A k-quant's fallback to q8_0 is paired there too; the k-quant itself and f16 are not.
+    assert!(paired(fc1, &[64, 192], q4) && !paired(fc1, &[64, 1024], q4));
+    assert!(!paired(fc1, &[4096, 1024], QuantType::F16));
     let pos = "git.embeddings.position_embeddings.weight";
     assert_eq!(placement(pos, &[1024, 768], q4).dtype, GgmlDType::F32);
     let words = "git.embeddings.word_embeddings.weight";
@@ -230,11 +240,77 @@ fn q8_0_quantizes_rows_of_32_and_keeps_rows_of_16_f16() {
         dtype("git.image_encoder.vision_model.embeddings.patch_embedding.weight"),
         GgmlDType::F32
     );
+    // The 64-wide ones (fc2: 32 × 64) store their blocks in pairs of one scale, which the
+    // 32-wide ones cannot.
+    let mut pairs_share_scales = |name: &str| {
+        let q = content.tensor(&mut f, name, &Device::Cpu).unwrap();
+        let data = q.data().unwrap();
+        data.chunks_exact(68).all(|pair| pair[..2] == pair[34..36])
+    };
+    assert!(pairs_share_scales(&format!("{v}.mlp.fc2.weight")));
+    assert!(!pairs_share_scales(&format!("{v}.mlp.fc1.weight")));
     // q4k's blocks of 256 fit nothing here: 32- and 64-wide rows fall back to q8_0.
     let (_, q4) = quantize(&model_dir("tiny-coco"), QuantType::Q4K);
     assert!(!q4.tensors.contains_key("q4k"));
     assert_eq!(q4.tensors.get("q8_0"), Some(&15));
     assert_eq!(q4.fallbacks.len(), 15 + summary.fallbacks.len());
+}
+
+/// Paired q8_0 is candle's q8_0 with the scale taken over 64 values: where both blocks of a pair
+/// reach the same largest |x| the bytes are candle's; elsewhere both blocks take the scale of the
+/// one with the larger values and every value is within half a step of it.
+#[test]
+fn paired_q8_0_is_candles_q8_0_with_the_scale_of_the_pair() {
+    // Blocks of very different sizes side by side, and all-zero ones.
+    let values: Vec<f32> = (0..64 * 40)
+        .map(|i| (((i * 7919) % 211) as f32 / 50.0 - 2.0) * [1.0, 0.02, 3.0, 0.0, 0.5][i / 32 % 5])
+        .collect();
+    let mut equal = values.clone();
+    for pair in equal.chunks_exact_mut(64) {
+        let amax = pair.iter().fold(0f32, |m, x| m.max(x.abs()));
+        pair[0] = amax;
+        pair[32] = -amax;
+    }
+    let candle = |v: &[f32]| {
+        let t = Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
+        QTensor::quantize(&t, GgmlDType::Q8_0)
+            .unwrap()
+            .data()
+            .unwrap()
+            .into_owned()
+    };
+    let mut ours = Vec::new();
+    encode_paired_q8_0(&equal, &mut ours);
+    assert_eq!(ours, candle(&equal));
+
+    let mut ours = Vec::new();
+    encode_paired_q8_0(&values, &mut ours);
+    let theirs = candle(&values);
+    assert_eq!(ours.len(), theirs.len());
+    let scale = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let mut differ = 0;
+    for (p, (pair, candles)) in ours
+        .chunks_exact(68)
+        .zip(theirs.chunks_exact(68))
+        .enumerate()
+    {
+        let (a, b) = (scale(&candles[..34]), scale(&candles[34..]));
+        assert_eq!(scale(&pair[..34]), a.max(b), "pair {p}");
+        assert_eq!(pair[..2], pair[34..36], "pair {p}");
+        differ += usize::from(a != b);
+        for (block, xs) in pair.chunks_exact(34).zip(values[p * 64..].chunks_exact(32)) {
+            let d = scale(block);
+            for (&q, &x) in block[2..].iter().zip(xs) {
+                // Half a step, and the f16 rounding of the scale over up to 127 steps.
+                let error = (d * f32::from(q as i8) - x).abs();
+                assert!(error <= 0.5 * d + 127.0 * d * 1e-3 + 1e-7, "pair {p}: {x}");
+            }
+        }
+    }
+    assert!(
+        differ > 10,
+        "only {differ} pairs have blocks of different scales"
+    );
 }
 
 #[test]

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use gitcap::captioner::ModelFiles;
 use gitcap::checkpoint::read_model_files;
 use gitcap::gguf::{captioner_from_gguf, keys, placement, QuantType, FORMAT_VERSION};
-use gitcap::quantize::quantize_checkpoint;
+use gitcap::quantize::{encode_paired_q8_0, quantize_checkpoint};
 use gitcap::quantize_stream::QuantizeStream;
 
 use crate::common::{model_dir, TempDir};
@@ -33,7 +33,8 @@ fn cli_bytes(dir: &Path, t: QuantType) -> Vec<u8> {
 }
 
 /// An independent writer: the tensors loaded whole by candle, each quantized whole by
-/// `QTensor::quantize` and written in the source file's order by candle's `gguf_file::write`,
+/// `QTensor::quantize` (the image encoder's q8_0 matrices by `encode_paired_q8_0`, tested against
+/// candle's quantizer in tests/native/quantize.rs) and written in the source file's order by candle's `gguf_file::write`,
 /// with the metadata the format (src/gguf.rs) prescribes.
 fn candle_bytes(dir: &Path, t: QuantType) -> Vec<u8> {
     let path = dir.join("model.safetensors");
@@ -64,7 +65,16 @@ fn candle_bytes(dir: &Path, t: QuantType) -> Vec<u8> {
                 gitcap::gguf::dtype_name(p.dtype)
             )));
         }
-        let qt = QTensor::quantize(&tensor.to_dtype(DType::F32).unwrap(), p.dtype).unwrap();
+        let values = tensor.to_dtype(DType::F32).unwrap();
+        let qt = if p.paired {
+            let mut bytes = Vec::new();
+            let flat = values.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            encode_paired_q8_0(&flat, &mut bytes);
+            let storage = QStorage::from_data(bytes.into(), &Device::Cpu, GgmlDType::Q8_0).unwrap();
+            QTensor::new(storage, values.dims()).unwrap()
+        } else {
+            QTensor::quantize(&values, p.dtype).unwrap()
+        };
         q.push((name, qt));
     }
     let f = files(dir);
