@@ -24,7 +24,8 @@
 //! const state = q.state();                     // Uint8Array; Quantizer.resume(state) continues
 //! q.finish();                                  // {fileBytes, f32Bytes, tensors, fallbacks, skipped}
 //! buildInfo();                                 // {simd, threaded, threads, splits, version,
-//!                                              //  relaxed, int8, int8Products}
+//!                                              //  relaxed, int8, int8Products,
+//!                                              //  int8PairedProducts}
 //! setMinSplitMacs(n);                          // threaded: split products from n multiply-adds
 //! setMinSplitRows(n);                          // threaded: split products from n rows
 //! setKernelMinRows(n);                         // own SIMD kernel for products of >= n rows
@@ -118,6 +119,8 @@ export interface BuildInfo {
     int8: string;
     /** Products the integer kernel has computed so far. */
     int8Products: number;
+    /** Of those, the ones that summed 64 inputs per step (paired q8_0 blocks: the image encoder's, from gitcap's quantizer). */
+    int8PairedProducts: number;
 }
 "#;
 
@@ -1042,6 +1045,9 @@ struct BuildInfo {
     /// How many products the integer kernel has computed so far, for the worker's models.
     #[serde(rename = "int8Products")]
     int8_products: u32,
+    /// Of those, the ones that stepped per pair of q8_0 blocks.
+    #[serde(rename = "int8PairedProducts")]
+    int8_paired_products: u32,
 }
 
 /// Products smaller than `macs` multiply-adds run on one thread (default 2^21; 0 splits every
@@ -1078,8 +1084,8 @@ pub fn set_int8_min_rows(rows: f64) {
     change_worker_policy(|p| p.with_int8_min_rows(rows.max(0.0) as usize));
 }
 
-/// {simd, threaded, threads, splits, version, relaxed, int8, int8Products}: how this build was compiled and how many threads
-/// it uses.
+/// {simd, threaded, threads, splits, version, relaxed, int8, int8Products, int8PairedProducts}:
+/// how this build was compiled and how many threads it uses.
 #[wasm_bindgen(js_name = buildInfo, unchecked_return_type = "BuildInfo")]
 pub fn build_info() -> Result<JsValue, JsError> {
     hook();
@@ -1096,5 +1102,6 @@ pub fn build_info() -> Result<JsValue, JsError> {
         )),
         int8: crate::model::int8::describe_forms(&policy),
         int8_products: policy.stats().int8_products() as u32,
+        int8_paired_products: policy.stats().int8_paired_products() as u32,
     })
 }

@@ -179,6 +179,11 @@ fn integer_kernel_and_candle_both_match_transformers_within_q8_0() {
         portable.stats().int8_products() > 0,
         "the integer kernel did not run"
     );
+    // fc2's blocks (64 inputs) are paired by the quantizer: its products of 17 rows step per pair.
+    assert!(
+        portable.stats().int8_paired_products() > 0,
+        "no product stepped per pair of blocks"
+    );
     println!(
         "portable int8 vs candle's q8_0: features {:.2e}, logits {:.2e}",
         rel_err(&f_portable, &f_candle),

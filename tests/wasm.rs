@@ -564,12 +564,26 @@ fn relaxed_dots() -> Vec<Option<gitcap::model::int8::RelaxedDot>> {
     }
 }
 
-/// A random Gaussian weight (n × k) quantized to q8_0, and its q8_0 values expanded to f32.
-fn random_q8_0(n: usize, k: usize) -> (candle_core::quantized::QMatMul, candle_core::Tensor) {
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+/// A random Gaussian weight (n × k) quantized to q8_0, its blocks in pairs of one scale where
+/// `paired` (gitcap's quantizer's image encoder matrices: their products of 8 rows or more step
+/// per 64 inputs), and its q8_0 values expanded to f32.
+fn random_q8_0(
+    n: usize,
+    k: usize,
+    paired: bool,
+) -> (candle_core::quantized::QMatMul, candle_core::Tensor) {
+    use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
     use candle_core::{Device, Tensor};
     let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-    let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+    let q = if paired {
+        let mut bytes = Vec::new();
+        let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        gitcap::quantize::encode_paired_q8_0(&values, &mut bytes);
+        let storage = QStorage::from_data(bytes.into(), &Device::Cpu, GgmlDType::Q8_0).unwrap();
+        QTensor::new(storage, (n, k)).unwrap()
+    } else {
+        QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
+    };
     let expanded = q.dequantize(&Device::Cpu).unwrap();
     (QMatMul::from_qtensor(q).unwrap(), expanded)
 }
@@ -618,16 +632,22 @@ fn int8_forms_give_the_portable_bits_in_every_relaxed_encoding() {
                 })
         };
         assert_eq!(int8::kernel(&portable(127)), int8::Kernel::Portable);
-        // Decoding's few rows (under 8) take the few-rows loop, the rest the tiles.
-        for (m, n, k) in [
+        // Decoding's few rows (under 8) take the few-rows loop, the rest the tiles; paired
+        // weights (of whole pairs) step per 64 inputs there.
+        let shapes = [
             (258, 40, 768),
             (9, 13, 64),
             (1, 13, 64),
             (3, 30, 544),
             (2, 7, 1024),
             (12, 25, 1088),
-        ] {
-            let (weight, _) = random_q8_0(n, k);
+        ];
+        let cases = shapes
+            .iter()
+            .map(|&s| (s, false))
+            .chain(shapes.iter().filter(|s| s.2 % 64 == 0).map(|&s| (s, true)));
+        for ((m, n, k), paired) in cases {
+            let (weight, _) = random_q8_0(n, k, paired);
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
             let run = |policy: &Policy| {
                 matmul::linear(policy, &x, &weight, matmul::Epilogue::default(), false)
@@ -638,7 +658,7 @@ fn int8_forms_give_the_portable_bits_in_every_relaxed_encoding() {
                     .to_vec1::<f32>()
                     .unwrap()
             };
-            let at = format!("({m}, {n}, {k}), {probed:?}");
+            let at = format!("({m}, {n}, {k}), paired {paired}, {probed:?}");
             assert!(
                 run(&text) == run(&portable(127).for_text_decoder()),
                 "text {at}"
@@ -694,8 +714,15 @@ fn kernel_matches_candle_once() {
         (3, 9, 96),
         (7, 5, 544),
     ];
-    for (m, n, k) in shapes {
-        let (weight, expanded) = random_q8_0(n, k);
+    // Paired weights: x per 64 inputs from 8 rows on, per 32 below.
+    let paired = [(257, 64, 1088), (8, 12, 64), (33, 19, 1024), (1, 30, 1024)];
+    let cases = shapes
+        .iter()
+        .map(|&s| (s, false))
+        .chain(paired.iter().map(|&s| (s, true)));
+    for ((m, n, k), paired) in cases {
+        let (weight, expanded) = random_q8_0(n, k, paired);
+        let block = if paired && m >= 8 { 64 } else { 32 };
         let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let want = x
@@ -724,7 +751,7 @@ fn kernel_matches_candle_once() {
         for i in 0..m {
             // Half a quantization step per input, by block.
             let half_steps: Vec<f32> = xs[i]
-                .chunks(32)
+                .chunks(block)
                 .flat_map(|b| {
                     let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
                     std::iter::repeat_n(amax / levels / 2.0, b.len())
@@ -739,7 +766,7 @@ fn kernel_matches_candle_once() {
                 let err = (got[i][j] - want[i][j]).abs();
                 assert!(
                     err <= bound * 1.001 + 1e-3 * (1.0 + want[i][j].abs()),
-                    "({m}, {n}, {k}) [{i}, {j}]: {} vs {}, bound {bound}",
+                    "({m}, {n}, {k}) paired {paired} [{i}, {j}]: {} vs {}, bound {bound}",
                     got[i][j],
                     want[i][j]
                 );
@@ -758,9 +785,11 @@ fn kernel_matches_candle_once() {
     }
     assert_eq!(
         policy.stats().int8_products(),
-        shapes.len(),
+        shapes.len() + paired.len(),
         "the kernel did not run"
     );
+    // Those of 8 rows or more, of paired weights, stepped per pair.
+    assert_eq!(policy.stats().int8_paired_products(), 3);
 }
 
 /// The vector quantizer of the integer kernel's activations gives the scalar definition's words
@@ -768,7 +797,7 @@ fn kernel_matches_candle_once() {
 /// whose scaled form saturates, infinities and NaN.
 #[wasm_bindgen_test]
 fn int8_quantizer_matches_its_definition() {
-    let (m, k) = (19, 160);
+    let (m, k) = (19, 192);
     let specials = [
         0.0,
         -0.0,

@@ -858,6 +858,7 @@ function onCaptionDone(id, r) {
     peakWasmBytes: t.peakWasmBytes,
     splits: t.splits,
     int8Products: t.int8Products,
+    int8PairedProducts: t.int8PairedProducts,
   });
   if (r.note) el.caption.dataset.note = r.note;
   el.caption.setAttribute('aria-busy', 'false');

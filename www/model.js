@@ -530,6 +530,7 @@ export async function caption(m, imageSize, input, options, hooks) {
             peakWasmBytes: peakBytes(),
             splits: build.splits,
             int8Products: build.int8Products,
+            int8PairedProducts: build.int8PairedProducts,
           },
         };
       }

@@ -346,6 +346,7 @@ impl Policy {
 pub struct Stats {
     kernel_products: AtomicUsize,
     int8_products: AtomicUsize,
+    int8_paired_products: AtomicUsize,
     splits: AtomicUsize,
 }
 
@@ -360,6 +361,12 @@ impl Stats {
         self.int8_products.load(Ordering::Relaxed)
     }
 
+    /// Of those, the ones that stepped per pair of blocks (`int8::PAIR`: a paired weight, many
+    /// rows).
+    pub fn int8_paired_products(&self) -> usize {
+        self.int8_paired_products.load(Ordering::Relaxed)
+    }
+
     /// Times work was shared out over more than one thread.
     pub fn splits(&self) -> usize {
         self.splits.load(Ordering::Relaxed)
@@ -371,6 +378,10 @@ impl Stats {
 
     pub(crate) fn count_int8_product(&self) {
         self.int8_products.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_int8_paired_product(&self) {
+        self.int8_paired_products.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_split(&self) {

@@ -123,6 +123,8 @@ test('a q8_0 GGUF model: the integer kernel runs in the page and gives the CLI\'
     const backend = await page.textContent('#backend');
     assert.match(backend, /q8_0: wasm (SIMD128 i16 dot|relaxed SIMD int8 dot)/);
     assert.ok(Number(r.data.int8Products) > 0, `the integer kernel did not run: ${r.data.int8Products}`);
+    // fc2 (64 inputs) is paired by the quantizer: it steps per pair of blocks.
+    assert.ok(Number(r.data.int8PairedProducts) > 0, `no product stepped per pair: ${r.data.int8PairedProducts}`);
     const int8 = int8FormOfPage(backend);
     const native = nativeCaption(CHELSEA, [], { model: file, int8 });
     assert.equal(r.data.tokenIds, native.token_ids.join(','), `page (${int8}) vs CLI`);
