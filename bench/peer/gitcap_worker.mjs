@@ -120,7 +120,7 @@ async function pageWorker() {
         if ('error' in d) throw new Error(`caption failed: ${d.error}`);
         // The whole caption's figures too, for the caption-level comparisons and for finding
         // where a thread count loses time (products split, integer products run).
-        log(`caption: encode ${d.encodeMs} ms, ${d.tokens} tokens at ${d.perTokenMs} ms, total ${d.totalMs} ms, splits ${d.splits}, int8 products ${d.int8Products}`);
+        log(`caption: encode ${d.encodeMs} ms, ${d.tokens} tokens at ${d.perTokenMs} ms, total ${d.totalMs} ms, splits ${d.splits}, int8 products ${d.int8Products} (paired ${d.int8PairedProducts})`);
         return { ms: Number(d.encodeMs), totalMs: Number(d.totalMs), perTokenMs: Number(d.perTokenMs) };
       },
     };

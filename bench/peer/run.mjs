@@ -53,11 +53,11 @@ const ENGINES = [
   // integer kernel's threading apart from the rest of the page's.
   { id: 'gitcap-page-q8_0-f32kernel', name: 'gitcap page, q8_0 through the f32 kernel (wasm, Chromium)', weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n, '--query', 'int8_min=1000000'] },
   { id: 'gitcap-page-q8_0-simd128-f32kernel', name: 'gitcap page, SIMD128 only, q8_0 through the f32 kernel (wasm, Chromium)', weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n, '--query', 'relaxed=0&int8_min=1000000'] },
-  // PEER_ALT_WWW=DIR: the page once more from another folder laid out like www/ (a second build
-  // of the wasm), timed in the same rounds as the page from www/: an A/B of two builds.
-  ...(process.env.PEER_ALT_WWW
-    ? [{ id: 'gitcap-page-q8_0-alt', name: `gitcap page from ${process.env.PEER_ALT_WWW} (wasm, Chromium)`, weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n, '--www', process.env.PEER_ALT_WWW] }]
-    : []),
+  // PEER_ALT_WWW=DIR[,DIR...]: the page once more from each other folder laid out like www/ (other
+  // builds of the wasm; ids gitcap-page-q8_0-alt, -alt2, ...), timed in the same rounds as the
+  // page from www/: an A/B of two builds, or more.
+  ...(process.env.PEER_ALT_WWW ?? '').split(',').filter(Boolean).map((dir, i) => (
+    { id: `gitcap-page-q8_0-alt${i ? i + 1 : ''}`, name: `gitcap page from ${dir} (wasm, Chromium)`, weights: 'q8_0', wider: true, cmd: (n) => ['node', 'bench/peer/gitcap_worker.mjs', 'page', gguf, image, n, '--www', dir] })),
 ].filter((e) => !only || only.split(',').includes(e.id));
 if (!ENGINES.length) throw new Error(`no engine matches --engines ${only}`);
 
